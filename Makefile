@@ -1,0 +1,44 @@
+# The README names these targets. `make demo` and `make test` each do all set-up on a fresh machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test test-all lint openapi bench redis clean
+
+$(BIN)/gensvc: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(BIN)/gensvc
+
+install: $(BIN)/gensvc
+
+redis:
+	@scripts/ensure-redis
+
+# Starts Redis (if none answers), the gateway and a worker on the embedded demo model,
+# generates one image into ./demo.png, then stops everything.
+demo: install
+	$(BIN)/gensvc demo --out demo.png
+
+test: install redis
+	@$(BIN)/python -m pytest -q -m "not slow and not gpu"; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+test-all: install redis
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+lint: install
+	$(BIN)/ruff check generative_service workers tests benchmarks
+	$(BIN)/ruff format --check generative_service workers tests benchmarks
+
+openapi: install
+	$(BIN)/python -m generative_service.openapi_export
+
+bench: install redis
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,470 @@
+"""Job records in Redis and the named state changes that also emit the job's events.
+
+Redis layout (prefix P = settings.key_prefix):
+  P:job:{id}                JSON JobRecord (the job resource plus owner and worker)
+  P:cancel:{id}             set when a client cancels a running job; the worker polls it each step
+  P:events:{id}             the job's event stream (events.py)
+  P:owner:{owner}           sorted set of the owner's job ids by creation time (listing)
+  P:idem:{owner}:{key}      Idempotency-Key -> {job_id, body_hash}
+  P:stats:step_ms           hash: pixel class -> EWMA milliseconds per denoising step (ETAs)
+  rq:queue:P:{queue}        the RQ queue the job waits in (RQ job id == our job id)
+
+Gateway and worker both change records; every change is a WATCH/MULTI read-modify-write so
+neither overwrites the other. A terminal record never changes again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from pydantic import BaseModel
+from redis import Redis, WatchError
+from rq import Queue, Retry
+
+from generative_service import events, webhooks
+from generative_service.errors import Conflict, InvalidRequest, NotFound, QueueFull
+from generative_service.schemas import (
+    BatchInfo,
+    Event,
+    GenerationRequest,
+    ImageInfo,
+    JobError,
+    JobResource,
+    JobStatus,
+    Links,
+    Progress,
+    Stage,
+    Timings,
+    percent,
+    utcnow,
+)
+from generative_service.settings import Settings
+
+# The RQ callable of a generation job. The GPU worker batches instead of calling it one by one;
+# see workers/gpu_worker.py.
+GENERATE_FUNC = "workers.gpu_worker.generate"
+ANONYMOUS = "anonymous"
+SMALL_MODELS = ("demo", "tiny")
+
+
+class JobRecord(BaseModel):
+    """What is stored per job: the resource without derived fields, plus internal bookkeeping."""
+
+    id: str
+    owner: str = ANONYMOUS
+    status: JobStatus = JobStatus.queued
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    queue: str = "default"
+    attempts: int = 0
+    progress: Progress = Progress()
+    request: GenerationRequest
+    images: list[ImageInfo] = []
+    timings: Timings = Timings()
+    batch: BatchInfo | None = None
+    error: JobError | None = None
+    reproducibility: dict | None = None
+    worker_id: str | None = None
+
+
+def new_job_id() -> str:
+    return "job_" + secrets.token_hex(12)
+
+
+def owner_for_key(api_key: str | None) -> str:
+    """A stable, non-reversible owner id for an API key (never store the key itself)."""
+    if not api_key:
+        return ANONYMOUS
+    return "key_" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+def body_hash(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def default_size(settings: Settings) -> int:
+    if settings.default_size:
+        return settings.default_size
+    return 64 if settings.model in SMALL_MODELS else 1024
+
+
+def pixel_class(width: int, height: int) -> str:
+    return str(width * height)
+
+
+class JobStore:
+    """Creates, reads and changes job records; every change emits the matching event."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.prefix = settings.key_prefix
+
+    # --- keys -----------------------------------------------------------------------------------
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def cancel_key(self, job_id: str) -> str:
+        return f"{self.prefix}:cancel:{job_id}"
+
+    def owner_key(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}"
+
+    def rq_queue_name(self, queue: str) -> str:
+        return f"{self.prefix}:{queue}"
+
+    def rq_queue(self, queue: str) -> Queue:
+        return Queue(self.rq_queue_name(queue), connection=self.redis)
+
+    # --- submit ---------------------------------------------------------------------------------
+    def resolve(self, request: GenerationRequest) -> GenerationRequest:
+        """Fill every server-side default: size from the model, a random seed when none was given."""
+        size = default_size(self.settings)
+        updates: dict = {}
+        if request.width is None:
+            updates["width"] = size
+        if request.height is None:
+            updates["height"] = size
+        if request.seed is None:
+            updates["seed"] = secrets.randbelow(2**32)
+        resolved = request.model_copy(update=updates)
+        for field in ("width", "height"):
+            if getattr(resolved, field) > self.settings.max_side:
+                raise InvalidRequest(field, f"must be at most {self.settings.max_side} (GENSVC_MAX_SIDE)")
+        return resolved
+
+    def waiting_count(self) -> int:
+        return sum(self.rq_queue(name).count for name in self.known_queues())
+
+    def known_queues(self) -> list[str]:
+        names = ["default"] + [rule.partition(":")[0] for rule in self.settings.queue_routes]
+        return list(dict.fromkeys(names))
+
+    def create(
+        self, request: GenerationRequest, *, owner: str = ANONYMOUS, idempotency_key: str | None = None, raw_body: dict | None = None
+    ) -> tuple[JobRecord, bool]:
+        """Accept a job: store it, enqueue it, emit `queued`. Returns (record, created).
+
+        Raises:
+            Conflict: the idempotency key was used with another body.
+            QueueFull: more than MAX_QUEUED jobs wait.
+        """
+        idem_key = f"{self.prefix}:idem:{owner}:{idempotency_key}" if idempotency_key else None
+        digest = body_hash(raw_body if raw_body is not None else request.model_dump(mode="json"))
+        if idem_key:
+            existing = self._idempotent_replay(idem_key, digest)
+            if existing is not None:
+                return existing, False
+        if self.waiting_count() >= self.settings.max_queued:
+            raise QueueFull(f"queue is full ({self.settings.max_queued} jobs waiting); retry later", retry_after_s=self._retry_after_s())
+        resolved = self.resolve(request)
+        record = JobRecord(
+            id=new_job_id(),
+            owner=owner,
+            created_at=utcnow(),
+            queue=self.settings.queue_for_pixels(resolved.width * resolved.height),
+            request=resolved,
+            progress=Progress(stage=Stage.queued, total_steps=resolved.steps),
+        )
+        if idem_key and not self.redis.set(idem_key, json.dumps({"job_id": record.id, "hash": digest}), nx=True, ex=self.settings.retention_s):
+            existing = self._idempotent_replay(idem_key, digest)  # lost a race with the same key
+            if existing is not None:
+                return existing, False
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self.job_key(record.id), record.model_dump_json())
+        pipe.zadd(self.owner_key(owner), {record.id: record.created_at.timestamp()})
+        pipe.execute()
+        self._enqueue(record)
+        self._emit(record, Event(type="queued", job_id=record.id, position=self.queue_position(record)))
+        return record, True
+
+    def _idempotent_replay(self, idem_key: str, digest: str) -> JobRecord | None:
+        raw = self.redis.get(idem_key)
+        if raw is None:
+            return None
+        saved = json.loads(raw)
+        if saved["hash"] != digest:
+            raise Conflict("Idempotency-Key was already used with a different request body")
+        try:
+            return self.get(saved["job_id"])
+        except NotFound:
+            return None
+
+    def _enqueue(self, record: JobRecord) -> None:
+        retry = Retry(max=self.settings.job_retries) if self.settings.job_retries else None
+        self.rq_queue(record.queue).enqueue_call(
+            func=GENERATE_FUNC,
+            args=(record.id,),
+            job_id=record.id,
+            timeout=self.settings.job_timeout_s,
+            result_ttl=self.settings.retention_s,
+            failure_ttl=self.settings.retention_s,
+            retry=retry,
+        )
+
+    def _retry_after_s(self) -> int:
+        step_ms = self.mean_step_ms() or 100.0
+        return max(1, int(step_ms * 30 / 1000))
+
+    # --- read -----------------------------------------------------------------------------------
+    def get(self, job_id: str, *, owner: str | None = None) -> JobRecord:
+        """The job, or NotFound. With `owner`, another owner's job is NotFound too (no leak)."""
+        raw = self.redis.get(self.job_key(job_id)) if _plausible_id(job_id) else None
+        if raw is None:
+            raise NotFound(f"job {job_id!r} not found")
+        record = JobRecord.model_validate_json(raw)
+        if owner is not None and record.owner != owner:
+            raise NotFound(f"job {job_id!r} not found")
+        return record
+
+    def list(self, *, owner: str, status: JobStatus | None = None, cursor: str | None = None, limit: int = 20) -> tuple[list[JobRecord], str | None]:
+        """The owner's jobs, newest first. `cursor` is the opaque value a previous page returned."""
+        max_score: str = "+inf"
+        if cursor:
+            try:
+                max_score = f"({float(cursor)!r}"
+            except ValueError:
+                raise InvalidRequest("cursor", "not a cursor this API returned") from None
+        out: list[JobRecord] = []
+        next_cursor = None
+        while len(out) < limit:
+            ids = self.redis.zrevrangebyscore(self.owner_key(owner), max_score, "-inf", start=0, num=limit * 2, withscores=True)
+            if not ids:
+                break
+            for job_id, score in ids:
+                max_score = f"({score!r}"
+                try:
+                    record = self.get(job_id.decode() if isinstance(job_id, bytes) else job_id)
+                except NotFound:
+                    self.redis.zrem(self.owner_key(owner), job_id)  # expired
+                    continue
+                if status is None or record.status == status:
+                    out.append(record)
+                    if len(out) == limit:
+                        next_cursor = repr(score)
+                        break
+        return out, next_cursor
+
+    def queue_position(self, record: JobRecord) -> int | None:
+        """1-based position among waiting jobs of its queue; None unless queued."""
+        if record.status != JobStatus.queued:
+            return None
+        position = self.rq_queue(record.queue).get_job_position(record.id)
+        return None if position is None else position + 1
+
+    def mean_step_ms(self, width: int | None = None, height: int | None = None) -> float | None:
+        key = f"{self.prefix}:stats:step_ms"
+        if width and height:
+            value = self.redis.hget(key, pixel_class(width, height))
+            if value is not None:
+                return float(value)
+        values = [float(v) for v in self.redis.hvals(key)]
+        return sum(values) / len(values) if values else None
+
+    def record_step_time(self, width: int, height: int, step_ms: float) -> None:
+        key = f"{self.prefix}:stats:step_ms"
+        old = self.redis.hget(key, pixel_class(width, height))
+        value = step_ms if old is None else 0.8 * float(old) + 0.2 * step_ms
+        self.redis.hset(key, pixel_class(width, height), value)
+
+    def to_resource(self, record: JobRecord, *, base_url: str = "") -> JobResource:
+        """The public job resource, with queue position, ETA and links filled in."""
+        data = record.model_dump(exclude={"owner", "worker_id"})
+        data["queue_position"] = self.queue_position(record)
+        data["progress"] = self._with_eta(record, data["queue_position"])
+        root = f"{base_url}/v1/jobs/{record.id}"
+        data["links"] = Links(self=root, events=f"{root}/events", cancel=f"{root}/cancel", webhooks=f"{root}/webhooks")
+        for image in data["images"]:
+            if image["url"] and image["url"].startswith("/"):
+                image["url"] = base_url + image["url"]
+        return JobResource.model_validate(data)
+
+    def _with_eta(self, record: JobRecord, position: int | None) -> Progress:
+        progress = record.progress.model_copy()
+        if record.status.is_terminal:
+            progress.eta_s = 0.0
+            return progress
+        step_ms = self.mean_step_ms(record.request.width, record.request.height)
+        if step_ms is None:
+            return progress
+        remaining = record.request.steps - record.progress.step
+        batches_ahead = ((position or 1) - 1) // max(1, self.settings.max_batch_images)
+        progress.eta_s = round(step_ms * (remaining + batches_ahead * record.request.steps) / 1000.0, 2)
+        return progress
+
+    # --- state changes --------------------------------------------------------------------------
+    def update(self, job_id: str, change: Callable[[JobRecord], bool | None]) -> JobRecord:
+        """Atomically apply `change` to the stored record. `change` returns False to skip writing."""
+        key = self.job_key(job_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise NotFound(f"job {job_id!r} not found")
+                    record = JobRecord.model_validate_json(raw)
+                    if change(record) is False:
+                        pipe.unwatch()
+                        return record
+                    pipe.multi()
+                    pipe.set(key, record.model_dump_json(), keepttl=True)
+                    if record.status.is_terminal:
+                        pipe.expire(key, self.settings.retention_s)
+                    pipe.execute()
+                    return record
+                except WatchError:
+                    continue
+
+    def _emit(self, record: JobRecord, event: Event) -> str:
+        event_id = events.publish(self.redis, self.prefix, event, ttl_s=self.settings.retention_s + 3600)
+        if record.request.webhook:
+            webhooks.on_event(self.redis, self.settings, record, event)
+        return event_id
+
+    def _transition(self, job_id: str, change: Callable[[JobRecord], bool | None], make_event: Callable[[JobRecord], Event]) -> JobRecord | None:
+        """Apply `change` unless the job already ended; emit the event. None if it had ended."""
+        changed = False
+
+        def guarded(record: JobRecord) -> bool | None:
+            nonlocal changed
+            if record.status.is_terminal:
+                return False
+            changed = change(record) is not False
+            return changed
+
+        record = self.update(job_id, guarded)
+        if not changed:
+            return None
+        self._emit(record, make_event(record))
+        return record
+
+    def mark_started(self, job_id: str, *, batch: BatchInfo, worker_id: str) -> JobRecord | None:
+        def change(record: JobRecord) -> None:
+            record.status = JobStatus.running
+            record.started_at = record.started_at or utcnow()
+            record.attempts += 1
+            record.batch = batch
+            record.worker_id = worker_id
+            record.progress = Progress(stage=Stage.loading, total_steps=record.request.steps)
+            record.timings.queued_ms = round((utcnow() - record.created_at).total_seconds() * 1000, 1)
+
+        return self._transition(job_id, change, lambda r: Event(type="started", job_id=job_id))
+
+    def report_progress(self, job_id: str, step: int, total: int, *, preview: str | None = None) -> JobRecord | None:
+        def change(record: JobRecord) -> None:
+            record.progress = Progress(stage=Stage.denoising, step=step, total_steps=total, percent=percent(step, total))
+
+        return self._transition(
+            job_id, change, lambda r: Event(type="progress", job_id=job_id, step=step, total_steps=total, percent=percent(step, total), preview=preview)
+        )
+
+    def set_stage(self, job_id: str, stage: Stage) -> JobRecord | None:
+        def change(record: JobRecord) -> bool | None:
+            if record.progress.stage == stage:
+                return False
+            record.progress = record.progress.model_copy(update={"stage": stage})
+            return None
+
+        return self._transition(job_id, change, lambda r: Event(type="stage", job_id=job_id, stage=stage))
+
+    def mark_succeeded(self, job_id: str, *, images: list[ImageInfo], timings: Timings, reproducibility: dict | None = None) -> JobRecord | None:
+        def change(record: JobRecord) -> None:
+            record.status = JobStatus.succeeded
+            record.finished_at = utcnow()
+            record.images = images
+            record.timings = timings.model_copy(update={"queued_ms": record.timings.queued_ms, "total_ms": _total_ms(record)})
+            record.reproducibility = reproducibility
+            record.progress = Progress(stage=Stage.done, step=record.request.steps, total_steps=record.request.steps, percent=100.0)
+
+        return self._finish(job_id, change, "succeeded")
+
+    def mark_failed(self, job_id: str, *, code: str, message: str) -> JobRecord | None:
+        def change(record: JobRecord) -> None:
+            record.status = JobStatus.failed
+            record.finished_at = utcnow()
+            record.error = JobError(code=code, message=message)
+            record.timings.total_ms = _total_ms(record)
+
+        return self._finish(job_id, change, "failed")
+
+    def mark_canceled(self, job_id: str, *, message: str = "canceled by the client") -> JobRecord | None:
+        def change(record: JobRecord) -> None:
+            record.status = JobStatus.canceled
+            record.finished_at = utcnow()
+            record.error = JobError(code="canceled", message=message)
+            record.timings.total_ms = _total_ms(record)
+
+        return self._finish(job_id, change, "canceled")
+
+    def mark_requeued(self, job_id: str, *, reason: str) -> JobRecord | None:
+        """A job whose worker died goes back to `queued` for a retry; emits `queued` again."""
+
+        def change(record: JobRecord) -> None:
+            record.status = JobStatus.queued
+            record.progress = Progress(stage=Stage.queued, total_steps=record.request.steps)
+            record.batch = None
+            record.worker_id = None
+            record.error = JobError(code="retrying", message=reason)
+
+        return self._transition(job_id, change, lambda r: Event(type="queued", job_id=job_id, position=self.queue_position(r)))
+
+    def _finish(self, job_id: str, change: Callable[[JobRecord], None], kind: str) -> JobRecord | None:
+        def make_event(record: JobRecord) -> Event:
+            job = self.to_resource(record, base_url=self.settings.public_url).model_dump(mode="json")
+            return Event(type=kind, job_id=job_id, error=record.error if kind != "succeeded" else None, job=job)
+
+        record = self._transition(job_id, change, make_event)
+        if record is not None:
+            self.redis.delete(self.cancel_key(job_id))
+        return record
+
+    # --- cancel ---------------------------------------------------------------------------------
+    def cancel(self, job_id: str, *, owner: str | None = None) -> JobRecord:
+        """Cancel a queued job at once, or ask the worker to stop a running one at its next step.
+
+        Raises:
+            NotFound: unknown job (or another owner's).
+            Conflict: the job already ended.
+        """
+        record = self.get(job_id, owner=owner)
+        if record.status.is_terminal:
+            raise Conflict(f"job {job_id} already {record.status.value}; only queued or running jobs can be canceled")
+        self.redis.set(self.cancel_key(job_id), "1", ex=self.settings.retention_s)
+        if record.status == JobStatus.queued:
+            removed = self.rq_queue(record.queue).remove(job_id)
+            if removed or self.get(job_id).status == JobStatus.queued:
+                self._cancel_rq_job(job_id)
+                ended = self.mark_canceled(job_id)
+                if ended is not None:
+                    return ended
+        return self.get(job_id)
+
+    def _cancel_rq_job(self, job_id: str) -> None:
+        from rq.job import Job
+
+        try:
+            Job.fetch(job_id, connection=self.redis).cancel()
+        except Exception:  # noqa: BLE001 - the RQ job may be gone already; our record is the truth
+            pass
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        return bool(self.redis.exists(self.cancel_key(job_id)))
+
+
+def _total_ms(record: JobRecord) -> float:
+    return round((utcnow() - record.created_at).total_seconds() * 1000, 1)
+
+
+def _plausible_id(job_id: str) -> bool:
+    return job_id.startswith("job_") and len(job_id) <= 64 and job_id[4:].isalnum()
+
+
+def now_ms() -> float:
+    return time.perf_counter() * 1000.0

