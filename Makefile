@@ -2,6 +2,9 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Extras installed with the package: `test` for development and CI; Dockerfile.gpu runs this same
+# target with EXTRAS=gpu (GPU image: + xformers) or EXTRAS= (CPU image: the package alone).
+EXTRAS ?= test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -10,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 $(BIN)/gensvc: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.$(if $(strip $(EXTRAS)),[$(EXTRAS)])'
 	touch $(BIN)/gensvc
 
 install: $(BIN)/gensvc

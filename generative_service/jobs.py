@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from redis import Redis, WatchError
 from rq import Queue, Retry
 
-from generative_service import events, webhooks
+from generative_service import events, metrics, webhooks
 from generative_service.errors import Conflict, InvalidRequest, NotFound, QueueFull
 from generative_service.schemas import (
     BatchInfo,
@@ -181,6 +181,7 @@ class JobStore:
         pipe.zadd(self.owner_key(owner), {record.id: record.created_at.timestamp()})
         pipe.execute()
         self._enqueue(record)
+        metrics.job_submitted(self.redis, self.settings, record.queue)
         self._emit(record, Event(type="queued", job_id=record.id, position=self.queue_position(record)))
         return record, True
 
@@ -350,6 +351,7 @@ class JobStore:
             record.status = JobStatus.running
             record.started_at = record.started_at or utcnow()
             record.attempts += 1
+            record.error = None  # a retried job no longer carries the "retrying" note
             record.batch = batch
             record.worker_id = worker_id
             record.progress = Progress(stage=Stage.loading, total_steps=record.request.steps)

@@ -6,6 +6,7 @@ List settings accept comma-separated strings in the environment (`GENSVC_API_KEY
 
 from __future__ import annotations
 
+import base64
 import functools
 from pathlib import Path
 from typing import Annotated, Literal
@@ -57,6 +58,7 @@ class Settings(BaseSettings):
     job_retries: int = Field(1, ge=0, description="Times a job whose worker died is retried before it fails.")
     worker_heartbeat_s: int = Field(5, ge=1, description="Worker liveness heartbeat interval.")
     worker_dead_after_s: int = Field(30, ge=3, description="A worker silent this long is dead; its jobs are retried or failed.")
+    worker_maintenance_s: int = Field(10, ge=1, description="How often GPU workers look for jobs of dead workers (RQ registry cleanup); a lost job is found within about WORKER_DEAD_AFTER_S + this.")
     retention_s: int = Field(7 * 86400, ge=60, description="Jobs, events and images expire this long after they finish.")
 
     # --- API -----------------------------------------------------------------------------------
@@ -68,6 +70,7 @@ class Settings(BaseSettings):
     wait_max_s: int = Field(60, ge=0, description="Longest `Prefer: wait=N` honoured.")
     sse_keepalive_s: float = Field(10.0, gt=0, description="Keep-alive comment interval on SSE streams.")
     public_url: str = Field("", description="Base URL used in `links` and image URLs; empty = relative URLs.")
+    gateway_redis_connections: int = Field(100, ge=1, description="Bound of the gateway's async Redis pool shared by SSE streams and `Prefer: wait` (a stream waits for a free connection).")
 
     # --- Webhooks ------------------------------------------------------------------------------
     webhook_secrets: CommaList = Field([], description="`whsec_...` signing secrets; several for rotation (every signature is sent).")
@@ -76,6 +79,7 @@ class Settings(BaseSettings):
     webhook_retry_schedule: CommaList = Field(["5", "300", "1800", "7200", "18000", "36000", "36000"], description="Seconds before each retry (Standard Webhooks schedule); jittered ±10%.")
     webhook_timeout_s: float = Field(10.0, gt=0, description="Connect and read timeout for a delivery.")
     webhook_progress_interval_s: float = Field(2.0, ge=0, description="At most one `job.progress` webhook per interval per job.")
+    webhook_retry_after_max_s: float = Field(3600.0, ge=0, description="Longest `Retry-After` from a receiver that is honoured (longer values are capped).")
 
     # --- Post-processing -------------------------------------------------------------------------
     safety_policy: Literal["blur", "block", "off"] = Field("blur", description="What happens to an image the NSFW filter flags.")
@@ -102,6 +106,12 @@ class Settings(BaseSettings):
         for secret in value:
             if not secret.startswith("whsec_"):
                 raise ValueError("each webhook secret must start with 'whsec_' (Standard Webhooks format)")
+            try:
+                body = secret.removeprefix("whsec_")
+                if not base64.b64decode(body + "=" * (-len(body) % 4), validate=True):
+                    raise ValueError
+            except ValueError:
+                raise ValueError("each webhook secret must be 'whsec_' + non-empty base64 (Standard Webhooks format)") from None
         return value
 
     @field_validator("webhook_retry_schedule")

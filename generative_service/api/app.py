@@ -1,0 +1,122 @@
+"""The gateway's app factory. It validates, enqueues and reads state; it never imports torch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import metadata
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from redis import Redis
+from redis.asyncio import BlockingConnectionPool
+from redis.asyncio import Redis as AsyncRedis
+
+from generative_service.api import errors
+from generative_service.api.limits import BodySizeLimit
+from generative_service.api.routes import events, health, jobs, metrics, models
+from generative_service.jobs import JobStore
+from generative_service.settings import Settings, get_settings
+from generative_service.storage import get_storage
+
+DESCRIPTION = """\
+Asynchronous text-to-image: submit a job, get its id at once (202), follow it over Server-Sent
+Events or a signed webhook, download the images.
+
+**Errors** always look like `{"error": {"code", "message", "details"}}`; for bad input the
+message starts with the field, e.g. `width: must be a multiple of 8, got 65`.
+
+**Auth**: when the server has API keys (`GENSVC_API_KEYS`), every `/v1` route needs
+`Authorization: Bearer KEY`, and each key sees only its own jobs.
+"""
+TAGS = [
+    {"name": "jobs", "description": "Submit, follow, cancel and download generation jobs."},
+    {"name": "models", "description": "What the workers serve; LoRA adapter files."},
+    {"name": "health", "description": "Liveness and readiness probes."},
+]
+REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_SOCKET_TIMEOUT_S = 10.0
+
+
+def _version() -> str:
+    try:
+        return metadata.version("generative-service")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def async_redis_for(app: FastAPI) -> AsyncRedis:
+    """The app's async Redis client for the running event loop (made lazily when no lifespan ran)."""
+    loop = asyncio.get_running_loop()
+    if app.state.async_redis is None or app.state.async_redis_loop is not loop:
+        app.state.async_redis = _async_redis(app.state.settings)
+        app.state.async_redis_loop = loop
+    return app.state.async_redis
+
+
+def _async_redis(settings: Settings) -> AsyncRedis:
+    # Bounded pool: SSE streams and Prefer-wait borrow a connection for at most ~1 s at a time
+    # and wait for a free one instead of opening more.
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.gateway_redis_connections,
+        timeout=REDIS_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+    )
+    return AsyncRedis(connection_pool=pool)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Async connections belong to one event loop: make the client inside the server's loop.
+    app.state.async_redis = _async_redis(app.state.settings)
+    app.state.async_redis_loop = asyncio.get_running_loop()
+    try:
+        yield
+    finally:
+        await app.state.async_redis.aclose()
+        app.state.redis.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the gateway. `settings` defaults to the environment (`GENSVC_*`)."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="generative-service",
+        version=_version(),
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.redis = Redis.from_url(
+        settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S, socket_timeout=REDIS_SOCKET_TIMEOUT_S
+    )
+    app.state.async_redis = None
+    app.state.async_redis_loop = None
+    app.state.store = JobStore(app.state.redis, settings)
+    app.state.storage = get_storage(settings)
+    errors.install(app)
+    app.add_middleware(BodySizeLimit, settings=settings)
+    for module in (jobs, events, models, health, metrics):
+        app.include_router(module.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The OpenAPI document, with FastAPI's default 422 schema replaced by our error shape."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes, tags=app.openapi_tags)
+        error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+        for operation in (op for item in schema["paths"].values() for op in item.values()):
+            invalid = operation.get("responses", {}).get("422")
+            if invalid and "HTTPValidationError" in str(invalid):
+                operation["responses"]["422"] = {"description": "Invalid field; the message names it.", "content": {"application/json": {"schema": error_ref}}}
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,70 @@
+"""Request dependencies: settings, Redis clients, the job store, storage and the caller's identity."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from generative_service.errors import Unauthorized
+from generative_service.jobs import JobStore, owner_for_key
+from generative_service.settings import Settings
+from generative_service.storage import Storage
+
+# auto_error=False: we answer 401 ourselves, in the common error shape.
+_bearer = HTTPBearer(auto_error=False, description="One of GENSVC_API_KEYS (only when API keys are configured).")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_redis(request: Request) -> Redis:
+    return request.app.state.redis
+
+
+async def get_async_redis(request: Request) -> AsyncRedis:
+    from generative_service.api.app import async_redis_for
+
+    return async_redis_for(request.app)
+
+
+def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def get_storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def get_owner(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None
+) -> str:
+    """The owner id of the caller: `anonymous` without API keys, else derived from the Bearer key.
+
+    Raises:
+        Unauthorized: API keys are configured and the request has none or a wrong one.
+    """
+    keys: list[str] = request.app.state.settings.api_keys
+    if not keys:
+        return owner_for_key(None)
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("Authorization: a Bearer API key is required")
+    presented = credentials.credentials.encode()
+    # NOTE: compare against every key in constant time so timing does not reveal a prefix.
+    matches = [hmac.compare_digest(presented, key.encode()) for key in keys]
+    if not any(matches):
+        raise Unauthorized("Authorization: the API key is not valid")
+    return owner_for_key(credentials.credentials)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+OwnerDep = Annotated[str, Depends(get_owner)]

@@ -1,0 +1,152 @@
+"""LoRA adapter files: name rules, safetensors header check, atomic no-clobber save, delete.
+
+Uploads stream into a hidden temp file in the LoRA directory (never a `*.safetensors` name, so
+no worker sees it half-written), are checked, then hard-linked to `NAME.safetensors`, which fails
+instead of overwriting an adapter that exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from anyio import to_thread
+
+import generative_service.engine.paths as paths
+from generative_service.api.responses import LoraInfo
+from generative_service.errors import Conflict, InvalidRequest, LoraError, NotFound, PayloadTooLarge
+from generative_service.settings import Settings
+
+NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SUFFIX = ".safetensors"
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own header limit
+DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}  # fmt: skip
+
+
+def check_name(name: str, field: str = "name") -> str:
+    """Return `name` if it is a safe adapter name. Raises InvalidRequest naming `field`."""
+    if name.endswith(SUFFIX):
+        raise InvalidRequest(field, f"give the adapter name without the {SUFFIX} extension, got {name!r}")
+    if not NAME_RULE.match(name):
+        raise InvalidRequest(field, f"must be 1-128 letters, digits, '_', '.' or '-' starting with a letter or digit, got {name!r}")
+    return name
+
+
+def name_from_filename(filename: str | None) -> str:
+    """The adapter name of an uploaded file `NAME.safetensors` (no directories allowed)."""
+    if not filename:
+        raise InvalidRequest("file", "the upload has no filename; send a `name` field")
+    if "/" in filename or "\\" in filename:
+        raise InvalidRequest("file", f"filename must not contain a path, got {filename!r}")
+    if not filename.endswith(SUFFIX):
+        raise InvalidRequest("file", f"must be a {SUFFIX} file, got {filename!r}")
+    return check_name(filename[: -len(SUFFIX)], "file")
+
+
+def info(settings: Settings, name: str) -> LoraInfo:
+    path = paths.lora_path(settings, check_name(name))
+    if not path.is_file():
+        raise NotFound(f"LoRA {name!r} not found")
+    return LoraInfo(name=name, size_bytes=path.stat().st_size)
+
+
+def list_all(settings: Settings) -> list[LoraInfo]:
+    out = []
+    for name in paths.list_lora_names(settings):
+        path = paths.lora_path(settings, name)
+        out.append(LoraInfo(name=name, size_bytes=path.stat().st_size if path.is_file() else None))
+    return out
+
+
+def delete(settings: Settings, name: str) -> None:
+    path = paths.lora_path(settings, check_name(name))
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        raise NotFound(f"LoRA {name!r} not found") from None
+
+
+async def save(settings: Settings, name: str, chunks: AsyncIterator[bytes]) -> LoraInfo:
+    """Stream `chunks` into adapter `name`. Raises Conflict, PayloadTooLarge or LoraError('file')."""
+    check_name(name)
+    paths.seed_lora_dir(settings)  # seed first, so a later seeding never collides with this upload
+    directory = paths.resolve_lora_dir(settings)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = paths.lora_path(settings, name)
+    if target.exists():
+        raise Conflict(f"LoRA {name!r} already exists; delete it first")
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".upload-{name}-", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        size = await _write_all(fd, chunks, settings.max_lora_bytes)
+        await to_thread.run_sync(check_safetensors, tmp, size)
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise Conflict(f"LoRA {name!r} already exists; delete it first") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return LoraInfo(name=name, size_bytes=size)
+
+
+async def _write_all(fd: int, chunks: AsyncIterator[bytes], limit: int) -> int:
+    size = 0
+    with os.fdopen(fd, "wb") as handle:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"file: larger than GENSVC_MAX_LORA_BYTES ({limit} bytes)")
+            if chunk:
+                await to_thread.run_sync(handle.write, chunk)
+    return size
+
+
+def check_safetensors(path: Path, size: int) -> int:
+    """Validate the safetensors header of `path` (size bytes) and that it holds LoRA weights.
+
+    Returns the number of tensors. Raises LoraError('file', reason).
+    """
+    if size < 8:
+        raise LoraError("file", f"not a safetensors file ({size} bytes is shorter than its header)")
+    with open(path, "rb") as handle:
+        header_len = int.from_bytes(handle.read(8), "little")
+        if header_len < 2 or header_len > min(size - 8, MAX_HEADER_BYTES):
+            raise LoraError("file", f"not a safetensors file (header length {header_len} does not fit a {size}-byte file)")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (ValueError, UnicodeDecodeError):
+            raise LoraError("file", "not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise LoraError("file", "not a safetensors file (header is not a JSON object)")
+    tensors = {key: value for key, value in header.items() if key != "__metadata__"}
+    if not tensors:
+        raise LoraError("file", "the safetensors file holds no tensors")
+    data_len = size - 8 - header_len
+    for key, entry in tensors.items():
+        _check_entry(key, entry, data_len)
+    if not any("lora" in key.lower() for key in tensors):
+        raise LoraError("file", "holds no LoRA weights (no tensor name contains 'lora'); is it a full checkpoint?")
+    return len(tensors)
+
+
+def _check_entry(key: str, entry: object, data_len: int) -> None:
+    if not isinstance(entry, dict):
+        raise LoraError("file", f"tensor {key!r}: header entry is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        raise LoraError("file", f"tensor {key!r}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(dim, int) and dim >= 0 for dim in shape):
+        raise LoraError("file", f"tensor {key!r}: bad shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        raise LoraError("file", f"tensor {key!r}: bad data_offsets {offsets!r}")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_len or end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
+        raise LoraError("file", f"tensor {key!r}: data_offsets {offsets} do not match its shape and the file size")

@@ -1,0 +1,118 @@
+"""/v1/models and /v1/loras: what the workers serve, and the LoRA adapter files."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import Path as PathParam
+
+import generative_service.engine.paths as paths
+from generative_service import jobs
+from generative_service.api import loras
+from generative_service.api.deps import OwnerDep, RedisDep, SettingsDep
+from generative_service.api.responses import LoraInfo, LoraList, ModelsInfo, error_responses
+from generative_service.schemas import MAX_IMAGES, SAMPLERS
+from generative_service.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["models"])
+LoraName = Annotated[str, PathParam(description="Adapter name (the file is NAME.safetensors).", max_length=140)]
+
+
+def settings_info(settings: Settings) -> dict:
+    """Model info derived from the settings alone, for when no worker has published its own."""
+    root = paths.model_root(settings)
+    controlnets = [
+        kind
+        for kind, override in (("canny", settings.controlnet_canny), ("depth", settings.controlnet_depth))
+        if override or (root is not None and (root / f"controlnet-{kind}").is_dir())
+    ]
+    return {
+        "base_model": settings.model,
+        "controlnets": controlnets,
+        "samplers": list(SAMPLERS),
+        "default_size": jobs.default_size(settings),
+        "limits": {
+            "max_side": settings.max_side,
+            "max_batch_images": settings.max_batch_images,
+            "max_images_per_job": min(MAX_IMAGES, settings.max_batch_images),
+            "max_steps": 150,
+            "max_prompt_chars": 4000,
+            "max_metadata_bytes": settings.max_metadata_bytes,
+            "max_request_bytes": settings.max_request_bytes,
+            "max_lora_bytes": settings.max_lora_bytes,
+        },
+    }
+
+
+@router.get("/models", response_model=ModelsInfo, summary="Models served now", responses=error_responses(401, 503))
+def get_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> ModelsInfo:
+    """What a GPU worker published at start (base model, ControlNets, samplers, limits); LoRAs are live."""
+    raw = redis.get(f"{settings.key_prefix}:models")
+    try:
+        published = json.loads(raw) if raw else None
+    except ValueError:
+        published = None
+    info = {**settings_info(settings), "source": "settings"}
+    if isinstance(published, dict):
+        info = {**info, **published, "source": "worker"}
+    info["loras"] = paths.list_lora_names(settings)
+    return ModelsInfo.model_validate(info)
+
+
+@router.get("/loras", response_model=LoraList, summary="List LoRA adapters", responses=error_responses(401))
+def list_loras(settings: SettingsDep, owner: OwnerDep) -> LoraList:
+    return LoraList(data=loras.list_all(settings))
+
+
+@router.get("/loras/{name}", response_model=LoraInfo, summary="Get a LoRA adapter", responses=error_responses(401, 404, 422))
+def get_lora(name: LoraName, settings: SettingsDep, owner: OwnerDep) -> LoraInfo:
+    return loras.info(settings, name)
+
+
+@router.post(
+    "/loras",
+    status_code=201,
+    response_model=LoraInfo,
+    summary="Upload a LoRA adapter (multipart)",
+    responses=error_responses(401, 409, 413, 422),
+)
+async def upload_lora_form(
+    response: Response,
+    settings: SettingsDep,
+    owner: OwnerDep,
+    file: Annotated[UploadFile, File(description="A `NAME.safetensors` LoRA file (diffusers/peft format).")],
+    name: Annotated[str | None, Form(description="Adapter name; default: the file name without `.safetensors`.")] = None,
+) -> LoraInfo:
+    adapter = loras.check_name(name) if name else loras.name_from_filename(file.filename)
+    saved = await loras.save(settings, adapter, _upload_chunks(file))
+    response.headers["Location"] = f"/v1/loras/{adapter}"
+    return saved
+
+
+@router.post(
+    "/loras/{name}",
+    status_code=201,
+    response_model=LoraInfo,
+    summary="Upload a LoRA adapter (raw body)",
+    openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    responses=error_responses(401, 409, 413, 422),
+)
+async def upload_lora_raw(name: LoraName, request: Request, response: Response, settings: SettingsDep, owner: OwnerDep) -> LoraInfo:
+    """`curl --data-binary @ink.safetensors -H 'Content-Type: application/octet-stream' .../v1/loras/ink`."""
+    loras.check_name(name)
+    saved = await loras.save(settings, name, request.stream())
+    response.headers["Location"] = f"/v1/loras/{name}"
+    return saved
+
+
+@router.delete("/loras/{name}", status_code=204, response_class=Response, summary="Remove a LoRA adapter", responses=error_responses(401, 404, 422))
+def delete_lora(name: LoraName, settings: SettingsDep, owner: OwnerDep) -> Response:
+    loras.delete(settings, name)
+    return Response(status_code=204)
+
+
+async def _upload_chunks(upload: UploadFile, size: int = 1024 * 1024):
+    while chunk := await upload.read(size):
+        yield chunk

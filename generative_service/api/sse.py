@@ -1,0 +1,84 @@
+"""Server-Sent Events for one job, read from its Redis Stream.
+
+Each SSE event carries the stream id as `id:`, so a client that reconnects with `Last-Event-ID`
+(or `?last_event_id=`) gets exactly what it missed. The stream closes after the terminal event;
+for a job that already ended it replays everything and closes. While nothing happens, comment
+lines keep proxies from closing the connection. A client that goes away cancels nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import redis.exceptions
+from redis.asyncio import Redis as AsyncRedis
+
+from generative_service import events
+from generative_service.errors import InvalidRequest
+from generative_service.jobs import JobRecord
+from generative_service.schemas import Event
+from generative_service.settings import Settings
+
+BLOCK_MAX_S = 1.0  # NOTE: short XREAD BLOCKs return the pooled connection often (bounded pool)
+REDIS_RETRIES = 5
+RECONNECT_MS = 2000
+
+
+def resume_point(header: str | None, query: str | None) -> str:
+    """The stream id to resume after. The header wins: a browser's EventSource updates it on reconnect."""
+    for name, value in (("Last-Event-ID", header), ("last_event_id", query)):
+        if value:
+            if not events.valid_event_id(value.strip()):
+                raise InvalidRequest(name, f"must be an event id this stream sent (like 1700000000000-0), got {value!r}")
+            return value.strip()
+    return "0-0"
+
+
+def format_event(event_id: str, event: Event) -> str:
+    """One SSE frame: `id`, `event` (the type) and one JSON `data` line."""
+    return f"id: {event_id}\nevent: {event.type}\ndata: {json.dumps(event.to_payload(), separators=(',', ':'))}\n\n"
+
+
+async def _job_ended(redis: AsyncRedis, settings: Settings, job_id: str) -> bool:
+    raw = await redis.get(f"{settings.key_prefix}:job:{job_id}")
+    if raw is None:
+        return True  # expired while we streamed: nothing more will come
+    return JobRecord.model_validate_json(raw).status.is_terminal
+
+
+async def stream_job_events(redis: AsyncRedis, settings: Settings, job_id: str, *, after: str) -> AsyncIterator[str]:
+    """Yield SSE frames for `job_id` after stream id `after` until its terminal event."""
+    block_ms = max(10, int(min(settings.sse_keepalive_s, BLOCK_MAX_S) * 1000))
+    yield f"retry: {RECONNECT_MS}\n\n"
+    last_sent = time.monotonic()
+    failures = 0
+    ended_seen = False
+    while True:
+        try:
+            batch = await events.read_async(redis, settings.key_prefix, job_id, after=after, block_ms=block_ms)
+            idle_and_ended = not batch and await _job_ended(redis, settings, job_id)
+            failures = 0
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            failures += 1
+            if failures > REDIS_RETRIES:
+                yield ": redis unavailable; reconnect with Last-Event-ID to resume\n\n"
+                return
+            await asyncio.sleep(0.2 * failures)
+            continue
+        for event_id, event in batch:
+            yield format_event(event_id, event)
+            after = event_id
+            last_sent = time.monotonic()
+            if event.is_terminal:
+                return
+        if idle_and_ended:
+            # The record turns terminal a moment before its event is appended: read once more first.
+            if ended_seen:
+                return
+            ended_seen = True
+        if time.monotonic() - last_sent >= settings.sse_keepalive_s:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()

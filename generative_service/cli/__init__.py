@@ -1,0 +1,146 @@
+"""The `gensvc` command: run the service (`up`, `api`, `worker`, `webhook-worker`), use it
+(`generate`, `demo`) and build models (`models build-tiny`, `models train-demo`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from generative_service.client import DEFAULT_URL
+
+
+def _exec_module(module: str, args: list[str]) -> int:
+    """Replace this process with `python -m module args` (offline model hub unless set)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = [sys.executable, "-m", module, *args]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from generative_service import logs
+    from generative_service.settings import get_settings
+
+    logs.configure(get_settings(), "gateway")
+    uvicorn.run("generative_service.api:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_config=None, timeout_graceful_shutdown=5)  # fmt: skip
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from generative_service.cli.supervisor import Supervisor, child_env, ensure_redis, service_children, stop_redis
+    from generative_service.settings import get_settings
+
+    redis_port = ensure_redis(get_settings().redis_url)
+    supervisor = Supervisor(service_children(host=args.host, port=args.port, workers=args.workers), env=child_env())
+    supervisor.start()
+    print(f"gensvc up: http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops everything", file=sys.stderr)
+    try:
+        supervisor.run_forever()
+    finally:
+        stop_redis(redis_port)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from generative_service.cli.generate import run_generate
+
+    return run_generate(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from generative_service.cli.generate import run_demo
+
+    return run_demo(args)
+
+
+def cmd_build_tiny(args: argparse.Namespace) -> int:
+    from generative_service.engine.tiny import build_tiny
+
+    build_tiny(Path(args.dir))
+    print(args.dir)
+    return 0
+
+
+def cmd_train_demo(args: argparse.Namespace) -> int:
+    from generative_service.training.demo import main as train_main
+
+    return int(train_main(args.rest) or 0)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    from generative_service.cli.generate import parse_lora, parse_size
+
+    p = sub.add_parser("generate", help="submit a prompt, show progress, save the image(s)")
+    p.add_argument("prompt")
+    p.add_argument("--out", "-o", required=True, help="output file; several images get -0, -1... suffixes")
+    p.add_argument("--negative", help="negative prompt")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--guidance", type=float, help="guidance scale")
+    p.add_argument("--sampler")
+    p.add_argument("--size", type=parse_size, help="WxH, e.g. 64x64")
+    p.add_argument("--num-images", type=int)
+    p.add_argument("--lora", type=parse_lora, action="append", help="name or name:scale (repeatable)")
+    p.add_argument("--control-type", choices=("canny", "depth"))
+    p.add_argument("--control-image", help="image file for the ControlNet")
+    p.add_argument("--control-scale", type=float, help="ControlNet conditioning scale")
+    p.add_argument("--upscale", type=int, choices=(2, 4))
+    p.add_argument("--format", choices=("png", "jpeg", "webp"))
+    p.add_argument("--url", default=DEFAULT_URL, help=f"gateway URL (default {DEFAULT_URL})")
+    p.add_argument("--api-key", help="Bearer API key, when the server has GENSVC_API_KEYS")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_generate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gensvc", description="Self-hosted asynchronous text-to-image service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="Redis (if none answers) + gateway + GPU worker(s) + webhook worker, supervised")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="GPU worker processes (one per GPU)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("api", help="run the gateway (uvicorn)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.set_defaults(func=cmd_api)
+
+    for name, module, text in (("worker", "workers.gpu_worker", "run a GPU worker"), ("webhook-worker", "workers.webhook_worker", "run the webhook sender")):
+        p = sub.add_parser(name, help=f"{text} (extra arguments go to `python -m {module}`)")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda args, module=module: _exec_module(module, args.rest))
+
+    _add_generate(sub)
+
+    p = sub.add_parser("demo", help="start everything on the embedded model, generate one image, stop")
+    p.add_argument("--out", "-o", default="demo.png")
+    p.add_argument("--prompt", default="a handwritten seven")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+    p.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for a worker")
+    p.set_defaults(func=cmd_demo)
+
+    models = sub.add_parser("models", help="build or train the small built-in models").add_subparsers(dest="models_command", required=True)
+    p = models.add_parser("build-tiny", help="build the tiny random-weight SDXL bundle into DIR")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_build_tiny)
+    p = models.add_parser("train-demo", help="train the demo digits model (arguments go to the trainer)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_train_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `gensvc`."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,154 @@
+"""`gensvc generate` (submit, follow over SSE with a progress bar, save) and `gensvc demo`."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import mimetypes
+import socket
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from generative_service.cli.supervisor import Supervisor, child_env, ensure_redis, service_children, stop_redis
+from generative_service.client import APIError, Client
+from generative_service.settings import get_settings
+
+DEMO_PROMPT = "a handwritten seven"
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """`WxH` -> (W, H)."""
+    width, sep, height = value.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise argparse.ArgumentTypeError(f"size must look like 512x512, got {value!r}")
+    return int(width), int(height)
+
+
+def parse_lora(value: str) -> dict:
+    """`name` or `name:scale` -> {"name", "scale"}."""
+    name, _, scale = value.partition(":")
+    try:
+        return {"name": name, "scale": float(scale) if scale else 1.0}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"LoRA must look like name:0.8, got {value!r}") from None
+
+
+def image_data_url(path: str) -> str:
+    kind = mimetypes.guess_type(path)[0] or "image/png"
+    return f"data:{kind};base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def request_from_args(args: argparse.Namespace) -> dict:
+    """The POST /v1/jobs body for the generate options (unset options are left to the server)."""
+    body: dict = {"prompt": args.prompt}
+    optional = {"negative_prompt": args.negative, "steps": args.steps, "seed": args.seed, "guidance_scale": args.guidance,
+                "sampler": args.sampler, "num_images": args.num_images, "upscale": args.upscale, "output_format": args.format}  # fmt: skip
+    body.update({key: value for key, value in optional.items() if value is not None})
+    if args.size:
+        body["width"], body["height"] = args.size
+    if args.lora:
+        body["loras"] = args.lora
+    if args.control_type or args.control_image:
+        if not (args.control_type and args.control_image):
+            raise SystemExit("--control-type and --control-image go together")
+        body["control"] = {"type": args.control_type, "image": image_data_url(args.control_image)}
+        if args.control_scale is not None:
+            body["control"]["conditioning_scale"] = args.control_scale
+    return body
+
+
+def follow(client: Client, job_id: str, *, quiet: bool = False) -> None:
+    """Show a progress bar fed by the job's SSE events until it ends."""
+    bar = tqdm(total=None, unit="step", disable=quiet, file=sys.stderr, desc="queued")
+    try:
+        for _, event in client.events(job_id):
+            if event.type == "queued":
+                bar.set_description(f"queued (position {event.position})" if event.position else "queued")
+            elif event.type == "started":
+                bar.set_description("running")
+            elif event.type == "progress" and event.total_steps:
+                bar.total = event.total_steps
+                bar.n = event.step or 0
+                bar.set_description("denoising")
+                bar.refresh()
+            elif event.type == "stage" and event.stage:
+                bar.set_description(event.stage.value)
+            elif event.is_terminal:
+                bar.set_description(event.type)
+                break
+    finally:
+        bar.close()
+
+
+def generate(url: str, body: dict, out: str, *, api_key: str | None = None, quiet: bool = False) -> int:
+    """Submit `body`, follow it, save the image(s) to `out`. Returns the exit code."""
+    with Client(url, api_key=api_key) as client:
+        try:
+            job = client.submit(body)
+        except APIError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
+        print(f"job {job.id} (seed {job.request.seed})", file=sys.stderr)
+        try:
+            follow(client, job.id, quiet=quiet)
+        except KeyboardInterrupt:
+            client.cancel(job.id)
+            print(f"\ncanceled job {job.id}", file=sys.stderr)
+            return 130
+        job = client.get(job.id)
+        if job.status.value != "succeeded":
+            reason = job.error.message if job.error else job.status.value
+            print(f"job {job.id} {job.status.value}: {reason}", file=sys.stderr)
+            return 1
+        for path in client.save_images(job, out):
+            print(path)
+        blocked = [image.index for image in job.images if image.url is None]
+        if blocked:
+            print(f"images {blocked} were blocked by the safety filter", file=sys.stderr)
+        return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    return generate(args.url, request_from_args(args), args.out, api_key=args.api_key, quiet=args.quiet)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(client: Client, supervisor: Supervisor, timeout_s: float) -> None:
+    """Poll /readyz until a worker is up; keeps the children supervised meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    print("waiting for the gateway and a worker (the first start builds/loads the model)...", file=sys.stderr)
+    while time.monotonic() < deadline:
+        if client.ready():
+            return
+        supervisor.check()
+        time.sleep(0.5)
+    raise SystemExit(f"the service was not ready within {timeout_s:.0f} s (see the worker log above)")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Start everything on the embedded default model, generate one image, stop everything."""
+    settings = get_settings()
+    port = args.port or free_port()
+    redis_port = ensure_redis(settings.redis_url, log=lambda line: print(line, file=sys.stderr))
+    supervisor = Supervisor(service_children(host="127.0.0.1", port=port, workers=1), env=child_env(),
+                            log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    supervisor.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with Client(url) as client:
+            wait_ready(client, supervisor, args.ready_timeout)
+        body = {"prompt": args.prompt, "seed": args.seed}
+        if args.steps:
+            body["steps"] = args.steps
+        return generate(url, body, args.out)
+    finally:
+        supervisor.stop()
+        stop_redis(redis_port)

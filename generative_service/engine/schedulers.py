@@ -1,0 +1,97 @@
+"""Samplers: a fresh diffusers scheduler per pipeline call, built from the model's base config.
+
+NOTE: schedulers keep per-run state (step index, model output history). Sharing one instance
+between runs (or threads) leaks that state; `make_scheduler` therefore always builds a new one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+
+from generative_service.errors import InvalidRequest
+from generative_service.schemas import SAMPLERS
+
+DEFAULT_SAMPLER = "dpmpp_2m_karras"
+
+# name -> (scheduler class, overrides of the base config)
+_SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
+    # DPM++ 2M Karras. NOTE: keep the default final_sigmas_type="zero".
+    "dpmpp_2m_karras": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "dpmpp_2m": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False},
+    ),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "unipc": (UniPCMultistepScheduler, {}),
+}
+assert set(_SAMPLERS) == set(SAMPLERS), "schemas.SAMPLERS and engine samplers must agree"
+
+
+def make_scheduler(name: str, base_config: Any):
+    """A new scheduler for sampler `name`, configured from the model's scheduler config.
+
+    The returned scheduler also records each step's x0 prediction (see `x0_prediction`).
+
+    Raises:
+        InvalidRequest: unknown sampler (field `sampler`).
+    """
+    if name not in _SAMPLERS:
+        raise InvalidRequest("sampler", f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    cls, overrides = _SAMPLERS[name]
+    scheduler = cls.from_config(base_config, **overrides)
+    _record_x0(scheduler)
+    return scheduler
+
+
+def scheduler_record(scheduler) -> dict[str, Any]:
+    """The scheduler's class and full config, for the reproducibility record."""
+    config = {key: value for key, value in dict(scheduler.config).items() if not key.startswith("_")}
+    return {"class": type(scheduler).__name__, "config": _jsonable(config)}
+
+
+def x0_prediction(scheduler) -> torch.Tensor | None:
+    """The latest denoised (x0) estimate of the running scheduler, or None before the first step."""
+    x0 = getattr(scheduler, "_gensvc_x0", None)
+    if x0 is not None:
+        return x0
+    # Multistep solvers (DPM++ with dpmsolver++, UniPC with predict_x0) keep x0 as model output.
+    outputs = getattr(scheduler, "model_outputs", None)
+    if outputs and outputs[-1] is not None:
+        return outputs[-1]
+    return None
+
+
+def _record_x0(scheduler) -> None:
+    """Wrap this instance's `step` so the x0 estimate that Euler/DDIM return is kept for previews."""
+    original = scheduler.step
+
+    def step(*args: Any, return_dict: bool = True, **kwargs: Any):
+        output = original(*args, return_dict=True, **kwargs)
+        scheduler._gensvc_x0 = getattr(output, "pred_original_sample", None)
+        return output if return_dict else (output.prev_sample,)
+
+    scheduler.step = step
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)

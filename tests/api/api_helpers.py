@@ -1,0 +1,71 @@
+"""Helpers for gateway tests: drive jobs through JobStore transitions, as a worker would, with no
+worker and no torch; check the common error shape."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+from redis import Redis
+
+from generative_service.jobs import JobStore
+from generative_service.schemas import BatchInfo, ImageInfo, NsfwVerdict, Stage, Timings
+from generative_service.settings import Settings
+from generative_service.storage import LocalStorage, encode_image, image_url
+
+
+def check_error(response, status: int, code: str | None = None, message: str | None = None) -> dict:
+    """Assert `response` is an error in the common shape; returns its `error` object."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) >= {"error"}, body
+    error = body["error"]
+    assert set(error) == {"code", "message", "details"}, error
+    assert "Traceback" not in response.text
+    if code is not None:
+        assert error["code"] == code, error
+    if message is not None:
+        assert message in error["message"], error["message"]
+    return error
+
+
+class FakeWorker:
+    """Moves jobs through the same JobStore transitions a GPU worker makes."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.store = JobStore(redis, settings)
+        self.storage = LocalStorage(settings.storage_dir)
+
+    def start(self, job_id: str) -> None:
+        self.store.rq_queue(self.store.get(job_id).queue).remove(job_id)
+        self.store.mark_started(job_id, batch=BatchInfo(id="batch_test", size=1), worker_id="fake-worker")
+
+    def progress(self, job_id: str, steps: int) -> None:
+        for step in range(1, steps + 1):
+            self.store.report_progress(job_id, step, steps)
+
+    def succeed(self, job_id: str, *, blocked: tuple[int, ...] = ()) -> None:
+        """Store a small image per requested image (blocked ones stay unstored) and succeed."""
+        record = self.store.get(job_id)
+        request = record.request
+        self.store.set_stage(job_id, Stage.storing)
+        images = []
+        for index in range(request.num_images):
+            data, content_type = encode_image(Image.new("RGB", (request.width, request.height), (index * 60, 20, 200)), request.output_format)
+            if index not in blocked:
+                self.storage.put(job_id, index, data, content_type)
+            images.append(
+                ImageInfo(index=index, url=None if index in blocked else image_url(job_id, index), width=request.width, height=request.height,
+                          seed=request.seed + index, nsfw=NsfwVerdict(flagged=index in blocked, score=0.9 if index in blocked else 0.01),
+                          blocked=index in blocked, content_type=content_type)  # fmt: skip
+            )
+        self.store.mark_succeeded(job_id, images=images, timings=Timings(inference_ms=1.0))
+
+    def run(self, job_id: str, steps: int = 3, **kwargs) -> None:
+        self.start(job_id)
+        self.progress(job_id, steps)
+        self.succeed(job_id, **kwargs)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    return Image.open(io.BytesIO(data)).size

@@ -1,0 +1,129 @@
+"""The committed API documents match the app, and they show real, valid examples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from generative_service import openapi_export
+from generative_service.schemas import GenerationRequest, JobResource
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[Path, str]:
+    return openapi_export.render_all()
+
+
+@pytest.fixture(scope="module")
+def spec(rendered) -> dict:
+    return json.loads(rendered[openapi_export.OPENAPI_PATH])
+
+
+@pytest.fixture(scope="module")
+def collection(rendered) -> dict:
+    return json.loads(rendered[openapi_export.POSTMAN_PATH])
+
+
+def test_committed_documents_match_the_app(rendered):
+    stale = [
+        str(path)
+        for path, text in rendered.items()
+        if not (ROOT / path).exists() or (ROOT / path).read_text() != text
+    ]
+    assert stale == [], f"out of date: {stale}; run `make openapi` and commit the result"
+
+
+def test_check_mode_detects_drift(tmp_path, rendered):
+    for path, text in rendered.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    assert openapi_export.main(["--check", "--root", str(tmp_path)]) == 0
+    tampered = json.loads((tmp_path / openapi_export.OPENAPI_PATH).read_text())
+    tampered["paths"].pop("/v1/jobs")
+    (tmp_path / openapi_export.OPENAPI_PATH).write_text(json.dumps(tampered))
+    assert openapi_export.main(["--check", "--root", str(tmp_path)]) == 1
+
+
+def test_submit_documents_a_valid_request_and_job_example(spec):
+    operation = spec["paths"]["/v1/jobs"]["post"]
+    body = openapi_export.media_example(
+        spec, operation["requestBody"]["content"]["application/json"]
+    )
+    request = GenerationRequest.model_validate(body)
+    assert request.prompt.strip()
+    accepted = operation["responses"]["202"]["content"]["application/json"]
+    assert openapi_export.documented(spec, accepted, success=True)
+    job = JobResource.model_validate(openapi_export.media_example(spec, accepted))
+    assert job.id.startswith("job_")
+
+
+def test_job_resource_example_is_valid(spec):
+    media = spec["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]["200"]["content"][
+        "application/json"
+    ]
+    assert openapi_export.documented(spec, media, success=True)
+    job = JobResource.model_validate(openapi_export.media_example(spec, media))
+    assert job.links.self.endswith(job.id)
+
+
+def test_postman_collection_covers_every_operation(spec, collection):
+    assert collection["info"]["schema"].endswith("/v2.1.0/collection.json")
+    in_spec = {
+        (method.upper(), path)
+        for path, ops in spec["paths"].items()
+        for method in ops
+        if method in openapi_export.METHODS
+    }
+    in_postman = set()
+    for folder in collection["item"]:
+        for item in folder["item"]:
+            request = item["request"]
+            assert request["url"]["raw"].startswith("{{baseUrl}}/"), item["name"]
+            path = "/" + "/".join(request["url"]["path"])
+            for name, value in openapi_export.PATH_VARIABLES.items():
+                path = path.replace(value, "{" + name + "}")
+            in_postman.add((request["method"], path))
+    assert in_postman == in_spec
+
+
+def test_postman_submit_sends_the_documented_example_and_keeps_the_job_id(spec, collection):
+    submit = next(
+        item
+        for folder in collection["item"]
+        for item in folder["item"]
+        if item["request"]["method"] == "POST" and item["request"]["url"]["path"] == ["v1", "jobs"]
+    )
+    sent = json.loads(submit["request"]["body"]["raw"])
+    documented = openapi_export.media_example(
+        spec, spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    )
+    assert sent == documented
+    assert {"key": "Content-Type", "value": "application/json"} in submit["request"]["header"]
+    assert "pm.collectionVariables.set('jobId'" in "".join(submit["event"][0]["script"]["exec"])
+    assert submit["response"], "the 202 example answer is missing"
+
+
+def test_swagger_ui_and_redoc_are_served(settings_for_docs):
+    from generative_service.api import create_app
+
+    client = TestClient(create_app(settings_for_docs))
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger-ui" in docs.text.lower()
+    redoc = client.get("/redoc")
+    assert redoc.status_code == 200 and "redoc" in redoc.text.lower()
+    served = client.get("/openapi.json").json()
+    assert "/v1/jobs" in served["paths"]
+
+
+@pytest.fixture
+def settings_for_docs(tmp_path):
+    from generative_service.settings import Settings
+
+    return Settings(
+        storage_dir=tmp_path / "images", cache_dir=tmp_path / "cache", key_prefix="t_docs_unused"
+    )

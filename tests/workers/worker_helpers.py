@@ -1,0 +1,79 @@
+"""Helpers of the GPU worker tests: submit jobs and read back what a user would see (record,
+events, stored images, RQ registries)."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+from redis import Redis
+from rq import Queue
+
+from generative_service import events
+from generative_service.jobs import JobRecord, JobStore
+from generative_service.schemas import Event, GenerationRequest
+from generative_service.settings import Settings
+from generative_service.storage import get_storage
+
+TERMINAL_TIMEOUT_S = 180.0
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float = 60.0, what: str = "condition") -> object:
+    """Poll `predicate` until it is truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Jobs:
+    """Submit jobs and read them back, on one Settings."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.store = JobStore(redis, settings)
+        self.storage = get_storage(settings)
+        self.queue = Queue(self.store.rq_queue_name("default"), connection=redis)
+
+    def submit(self, prompt: str = "a red house", **fields: object) -> str:
+        fields.setdefault("steps", 4)
+        fields.setdefault("seed", 1234)
+        record, _ = self.store.create(GenerationRequest(prompt=prompt, **fields))
+        return record.id
+
+    def get(self, job_id: str) -> JobRecord:
+        return self.store.get(job_id)
+
+    def wait_terminal(self, job_ids: list[str], timeout: float = TERMINAL_TIMEOUT_S) -> list[JobRecord]:
+        wait_for(lambda: all(self.get(job_id).status.is_terminal for job_id in job_ids), timeout=timeout, what=f"jobs {job_ids} to end")
+        return [self.get(job_id) for job_id in job_ids]
+
+    def events(self, job_id: str) -> list[Event]:
+        return [event for _, event in events.read(self.redis, self.settings.key_prefix, job_id)]
+
+    def event_types(self, job_id: str, *, progress: bool = False) -> list[str]:
+        return [event.type for event in self.events(job_id) if progress or event.type != "progress"]
+
+    def pixels(self, job_id: str, index: int = 0) -> np.ndarray:
+        data, _ = self.storage.get(job_id, index)
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+    def registries(self) -> dict[str, set[str]]:
+        """Job ids per RQ place: queue, started, finished, failed, canceled."""
+        queue = self.queue
+        return {
+            "queued": set(queue.get_job_ids()),
+            "started": set(queue.started_job_registry.get_job_ids(cleanup=False)),
+            "finished": set(queue.finished_job_registry.get_job_ids(cleanup=False)),
+            "failed": set(queue.failed_job_registry.get_job_ids(cleanup=False)),
+            "canceled": set(queue.canceled_job_registry.get_job_ids(cleanup=False)),
+        }
+

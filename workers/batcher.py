@@ -1,0 +1,151 @@
+"""Fill a batch around the job RQ handed out with compatible jobs waiting in the same queue.
+
+RQ dequeues one job. Within GENSVC_BATCH_WINDOW_MS of that job's submission the batcher looks at
+the jobs waiting behind it, oldest first, and claims those with the same `batch_key` until the
+batch holds GENSVC_MAX_BATCH_IMAGES images. A claim moves the job id from the queue to the queue's
+RQ intermediate list in one atomic step (the same place RQ's own dequeue puts a job), so two
+workers never claim the same job and RQ's intermediate-queue cleanup covers a worker that dies
+right after claiming. The handed-out job is always in the batch (no starvation); a job that is
+invalid, canceled or incompatible is left where it is and runs alone when RQ hands it out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from generative_service.engine.batching import batch_key, images_in
+from generative_service.errors import ServiceError
+from generative_service.jobs import JobRecord, JobStore
+from generative_service.schemas import JobStatus
+
+if TYPE_CHECKING:
+    from rq.job import Job
+    from rq.queue import Queue
+
+    from generative_service.settings import Settings
+
+# How many waiting jobs are inspected per look (the oldest ones; deeper ones wait their turn).
+SCAN_DEPTH = 64
+POLL_S = 0.01
+
+# Move one job id from the queue to its intermediate list if it is still waiting.
+_CLAIM = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass
+class Candidate:
+    """What the batcher knows about one waiting job (cached across looks)."""
+
+    record: JobRecord | None
+    key: str | None = None
+    images: int = 0
+    error: ServiceError | None = None
+
+
+@dataclass
+class Batch:
+    """Jobs that will share one pipeline call, oldest first."""
+
+    queue: Queue
+    key: str
+    jobs: list[tuple[Job, JobRecord]] = field(default_factory=list)
+
+    @property
+    def images(self) -> int:
+        return sum(images_in(record.request) for _, record in self.jobs)
+
+
+class Batcher:
+    """Claims compatible waiting jobs for the job RQ handed out.
+
+    Args:
+        store: the job store (records and requests).
+        settings: batch window and size.
+        validate: `Engine.validate`; raises InvalidRequest for a request this worker cannot run.
+        should_stop: returns True when the worker is shutting down (stop filling at once).
+    """
+
+    def __init__(self, store: JobStore, settings: Settings, *, validate: Callable, should_stop: Callable[[], bool]) -> None:
+        self.store = store
+        self.settings = settings
+        self.validate = validate
+        self.should_stop = should_stop
+        self._claim = store.redis.register_script(_CLAIM)
+
+    def check(self, record: JobRecord) -> Candidate:
+        """Validate one job for this worker: its batch key and image count, or the error."""
+        try:
+            self.validate(record.request)
+        except ServiceError as exc:
+            return Candidate(record, error=exc)
+        return Candidate(record, key=batch_key(record.request), images=images_in(record.request))
+
+    def fill(self, job: Job, queue: Queue, record: JobRecord, key: str) -> Batch:
+        """The batch for `job` (already validated, with batch key `key`), mates claimed."""
+        batch = Batch(queue=queue, key=key, jobs=[(job, record)])
+        capacity = self.settings.max_batch_images
+        window_s = self.settings.batch_window_ms / 1000.0
+        # The window counts from the submission of the handed-out job: a job that already waited
+        # that long (a busy queue) batches with what is there and does not wait again.
+        deadline = time.monotonic() + max(0.0, window_s - _age_s(record))
+        seen: dict[str, Candidate] = {}
+        while batch.images < capacity and not self.should_stop():
+            self._claim_waiting(batch, seen, capacity)
+            if batch.images >= capacity or time.monotonic() >= deadline:
+                break
+            time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        return batch
+
+    def _claim_waiting(self, batch: Batch, seen: dict[str, Candidate], capacity: int) -> None:
+        queue = batch.queue
+        ids = [_text(value) for value in self.store.redis.lrange(queue.key, 0, SCAN_DEPTH - 1)]
+        self._look_up([job_id for job_id in ids if job_id not in seen], seen)
+        waiting = [seen[job_id] for job_id in ids if seen[job_id].key == batch.key]
+        waiting.sort(key=lambda candidate: candidate.record.created_at)  # oldest first
+        for candidate in waiting:
+            if batch.images + candidate.images > capacity:
+                continue
+            job_id = candidate.record.id
+            if not self._claim(keys=[queue.key, queue.intermediate_queue_key], args=[job_id]):
+                continue  # another worker took it (or it was canceled) meanwhile
+            rq_job = queue.fetch_job(job_id)
+            if rq_job is None:
+                self.store.redis.lrem(queue.intermediate_queue_key, 0, job_id)
+                continue
+            batch.jobs.append((rq_job, candidate.record))
+            seen[job_id] = Candidate(None)  # taken: never look at it again
+            if batch.images >= capacity:
+                return
+
+    def _look_up(self, ids: list[str], seen: dict[str, Candidate]) -> None:
+        if not ids:
+            return
+        raws = self.store.redis.mget([self.store.job_key(job_id) for job_id in ids])
+        for job_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                seen[job_id] = Candidate(None)
+                continue
+            record = JobRecord.model_validate_json(raw)
+            if record.status != JobStatus.queued:
+                seen[job_id] = Candidate(None)  # canceled (or odd): RQ hands it out alone
+                continue
+            seen[job_id] = self.check(record)
+
+
+def _age_s(record: JobRecord) -> float:
+    from generative_service.schemas import utcnow
+
+    return max(0.0, (utcnow() - record.created_at).total_seconds())
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,294 @@
+"""The GPU worker: `python -m workers.gpu_worker [--queues default,...] [--burst] [--worker-id ID]`.
+
+One long-lived process per GPU. It loads the engine, the NSFW filter and the upscaler once and
+keeps them, so it runs RQ in-process (a `SimpleWorker`; CUDA does not survive RQ's fork). RQ
+dequeues one job; `GpuWorker.execute_job` fills a batch around it with compatible waiting jobs
+(batcher.py), runs the batch (runner.py) and drives every job through RQ's own bookkeeping
+(lifecycle.py). Threads beside the RQ loop: heartbeats and the watchdog (liveness.py), dead-worker
+maintenance (recovery.py), progress publishing (progress.py).
+
+Signals: the first SIGTERM/SIGINT finishes the running batch, then the worker exits; a second one
+stops the batch at its next step and hands its jobs back to the front of their queue. Redis
+going away is waited out with backoff (the models stay loaded); it never ends the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq.worker import SimpleWorker, WorkerStatus
+
+from generative_service import logs, metrics
+from generative_service.errors import GenerationFailed, ModelLoadError, NotFound
+from generative_service.jobs import JobStore
+from generative_service.settings import Settings, get_settings
+from generative_service.storage import get_storage
+from workers import lifecycle
+from workers.batcher import Batcher
+from workers.liveness import Heartbeat, Watchdog
+from workers.recovery import Maintenance, running_key, settle_lost
+from workers.runner import BatchRunner, BatchState, Models
+
+if TYPE_CHECKING:
+    from rq.job import Job
+    from rq.queue import Queue
+
+    from workers.runner import Slot
+
+log = logs.get_logger(__name__)
+EXIT_CONFIG = 78  # EX_CONFIG: a model setting is wrong; restarting will not help
+EXIT_HUNG = 70  # EX_SOFTWARE: the watchdog ended a hung batch
+
+
+def generate(job_id: str) -> None:
+    """The RQ callable of generation jobs. GPU workers batch jobs instead of calling it.
+
+    Raises:
+        GenerationFailed: always; only `python -m workers.gpu_worker` can run generation jobs.
+    """
+    raise GenerationFailed(f"job {job_id}: generation jobs run only in the GPU worker (python -m workers.gpu_worker)")
+
+
+class GpuWorker(SimpleWorker):
+    """An in-process RQ worker that runs the jobs it dequeues in batches."""
+
+    def __init__(self, queues: Sequence[str], *, context: WorkerContext, **kwargs: Any) -> None:
+        super().__init__(list(queues), **kwargs)
+        self.context = context
+        self.stop_requested = False
+        self.batcher = Batcher(context.store, context.settings, validate=context.models.engine.validate, should_stop=self._stopping)
+        self.runner = BatchRunner(
+            self, store=context.store, storage=context.storage, models=context.models, settings=context.settings,
+            worker_id=context.worker_id, state=context.state, abort=context.abort,
+        )  # fmt: skip
+
+    def _stopping(self) -> bool:
+        return self.stop_requested or self.context.abort.is_set()
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        # NOTE: running jobs' started-registry entries live WORKER_DEAD_AFTER_S, not job timeout
+        # + 60 s: the heartbeat thread renews them, so a dead worker's jobs are found quickly.
+        return self.context.settings.worker_dead_after_s
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run `job` in a batch with compatible waiting jobs (RQ calls this per dequeued job)."""
+        # BUSY from the start, so a SIGTERM during the batch window means "finish, then exit".
+        self.set_state(WorkerStatus.BUSY)
+        try:
+            self._execute(job, queue)
+        finally:
+            self.set_state(WorkerStatus.IDLE)
+
+    def _execute(self, job: Job, queue: Queue) -> None:
+        store = self.context.store
+        try:
+            record = store.get(job.id)
+        except NotFound:
+            execution = lifecycle.start(self, job)
+            lifecycle.fail(self, job, queue, execution, GenerationFailed(f"job {job.id} has no record (expired or deleted)"))
+            return
+        if record.status.is_terminal:  # canceled (or finished) before it reached a worker
+            lifecycle.cancel(self, job, queue, None)
+            return
+        candidate = self.batcher.check(record)
+        if candidate.error is not None:
+            self.runner.fail_alone(job, queue, record, candidate.error)
+            return
+        self.runner.run(self.batcher.fill(job, queue, record, candidate.key))
+
+    def run_maintenance_tasks(self) -> None:
+        # The maintenance thread cleans registries on its own schedule and lock (recovery.py).
+        from rq.utils import now
+
+        self.last_cleaned_at = now()
+
+    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "", execution: Any = None) -> None:
+        """RQ's failure handling, plus the job record for failures RQ finds on its own
+        (a job stuck in the intermediate list after its worker died)."""
+        retry = job.should_retry and self._stopped_job_id != job.id
+        super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string, execution=execution)
+        settle_lost(self.context.store, job.id, retry=retry, cause="died right after taking the job")
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+        log.info("worker.stopping", extra={"worker_id": self.context.worker_id, "signal": signum})
+        super().request_stop(signum, frame)
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        if self.get_state() == WorkerStatus.BUSY and not self.context.abort.is_set():
+            # NOTE: never raise inside a CUDA call: the engine stops at its next step instead,
+            # and the batch's jobs go back to the front of their queue.
+            log.warning("worker.handing_back", extra={"worker_id": self.context.worker_id})
+            self.context.abort.set()
+            return
+        super().request_force_stop(signum, frame)
+
+
+class WorkerContext:
+    """What outlives one RQ worker object: settings, Redis, models, batch state, threads."""
+
+    def __init__(self, settings: Settings, *, worker_id: str, queues: list[str], models: Models, redis: Redis) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.queues = queues
+        self.models = models
+        self.redis = redis
+        self.store = JobStore(redis, settings)
+        self.storage = get_storage(settings)
+        self.state = BatchState()
+        self.abort = threading.Event()
+        self.worker: GpuWorker | None = None
+        # Background threads get their own client with short timeouts: a stuck socket must not
+        # silence heartbeats (the main client blocks in BLMOVE for minutes by design).
+        side = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        side_store = JobStore(side, settings)
+        rq_queues = [side_store.rq_queue_name(name) for name in queues]
+        self.heartbeat = Heartbeat(
+            redis=side, settings=settings, worker_id=worker_id, queues=queues, state=self.state,
+            get_worker=lambda: self.worker, describe=models.engine.describe,
+        )  # fmt: skip
+        self.maintenance = Maintenance(redis=side, store=side_store, queue_names=rq_queues, get_worker=lambda: self.worker)
+        self.watchdog = Watchdog(state=self.state, timeout_s=settings.job_timeout_s, on_hung=self.on_hung)
+
+    def start_threads(self) -> None:
+        for thread in (self.heartbeat, self.maintenance, self.watchdog):
+            thread.start()
+
+    def stop_threads(self) -> None:
+        self.watchdog.stop()
+        self.maintenance.stop()
+        self.heartbeat.stop(remove=True)
+
+    def on_hung(self, batch_id: str, slots: list[Slot]) -> None:
+        """Watchdog: fail the hung batch's jobs with the reason, then end the process."""
+        timeout = self.settings.job_timeout_s
+        message = f"generation ran longer than GENSVC_JOB_TIMEOUT_S={timeout} s and was stopped; the worker restarts"
+        worker, queue = self.worker, self.state.queue
+        for slot in slots:
+            if slot.outcome is not None:
+                continue
+            try:
+                self.store.mark_failed(slot.id, code="timeout", message=message)
+                if worker is not None and queue is not None:
+                    lifecycle.fail(worker, slot.rq_job, queue, slot.execution, GenerationFailed(message))
+                self.redis.hdel(running_key(self.settings), slot.id)
+            except Exception:  # noqa: BLE001 - exit regardless
+                log.exception("watchdog.fail_job_failed", extra={"job_id": slot.id})
+        self.heartbeat.stop(remove=True)
+        log.error("worker.exit_hung", extra={"worker_id": self.worker_id, "batch_id": batch_id})
+        logs_flush()
+        os._exit(EXIT_HUNG)
+
+
+def logs_flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def load_models(settings: Settings, redis: Redis) -> Models:
+    """Load the engine, the NSFW filter and the upscaler once (ModelLoadError names the setting)."""
+    from generative_service.engine import Engine
+    from generative_service.postprocess import SafetyFilter, Upscaler
+
+    started = time.perf_counter()
+    models = Models(engine=Engine.from_settings(settings, redis=redis), safety=SafetyFilter.from_settings(settings), upscaler=Upscaler.from_settings(settings))
+    log.info("worker.models_loaded", extra={"model": settings.model, "seconds": round(time.perf_counter() - started, 2)})
+    return models
+
+
+def wait_for_redis(redis: Redis, stop: threading.Event | None = None) -> None:
+    """Block until Redis answers, backing off from 0.5 s to 10 s between tries."""
+    delay = 0.5
+    while True:
+        try:
+            redis.ping()
+            return
+        except RedisError as exc:
+            log.warning("worker.redis_unavailable", extra={"error": repr(exc), "retry_in_s": delay})
+        if stop is not None and stop.wait(delay):
+            return
+        if stop is None:
+            time.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+def serve(context: WorkerContext, *, burst: bool = False) -> int:
+    """Run RQ work loops until stopped (or, in burst mode, until the queues are empty)."""
+    settings = context.settings
+    rq_queues = [context.store.rq_queue_name(name) for name in context.queues]
+    context.start_threads()
+    try:
+        while True:
+            wait_for_redis(context.redis)
+            worker = GpuWorker(
+                rq_queues, context=context, connection=context.redis,
+                # A fresh RQ name per incarnation: a restarted worker with the same --worker-id
+                # must not collide with (or keep alive) the hash of the one that died.
+                name=f"{context.worker_id}.{secrets.token_hex(3)}",
+                worker_ttl=max(60, 2 * settings.worker_dead_after_s), log_job_description=False,
+            )  # fmt: skip
+            context.worker = worker
+            try:
+                worker.work(burst=burst, logging_level=settings.log_level)
+            except RedisError as exc:
+                log.warning("worker.redis_lost", extra={"error": repr(exc)})
+            if worker.stop_requested or context.abort.is_set():
+                return 0
+            if burst and _redis_up(context.redis):
+                return 0
+            log.warning("worker.restarting_loop", extra={"worker_id": context.worker_id})
+            time.sleep(0.5)
+    finally:
+        context.stop_threads()
+
+
+def _redis_up(redis: Redis) -> bool:
+    try:
+        return bool(redis.ping())
+    except RedisError:
+        return False
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workers.gpu_worker", description="GPU generation worker (loads the models once, batches jobs).")
+    parser.add_argument("--queues", default=None, help="Comma-separated logical queues, in priority order (default: GENSVC_QUEUES).")
+    parser.add_argument("--burst", action="store_true", help="Exit when the queues are empty.")
+    parser.add_argument("--worker-id", default=None, help="Stable worker id (default: HOST-PID).")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = parse_args(argv)
+    settings = settings or get_settings()
+    logs.configure(settings, "gpu-worker")
+    queues = [name.strip() for name in (args.queues.split(",") if args.queues else settings.queues) if name.strip()]
+    worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    redis = Redis.from_url(settings.redis_url)
+    wait_for_redis(redis)
+    try:
+        models = load_models(settings, redis)
+    except ModelLoadError as exc:
+        log.error("worker.model_load_failed", extra={"error": exc.message, "setting": exc.setting})
+        return EXIT_CONFIG
+    context = WorkerContext(settings, worker_id=worker_id, queues=queues, models=models, redis=redis)
+    log.info("worker.ready", extra={"worker_id": worker_id, "queues": queues})
+    metrics.serve_process_metrics(settings)  # only when GENSVC_WORKER_METRICS_PORT > 0
+    return serve(context, burst=args.burst)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

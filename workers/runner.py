@@ -1,0 +1,304 @@
+"""Run one batch: start its jobs, denoise them in one pipeline call, finish each job on its own.
+
+Per job the record and RQ move together: RQ start + `mark_started`; progress and cancel during
+denoising; then exactly one of succeeded (images stored), failed (code + message), canceled (the
+client asked; batch-mates go on) or handed back (the worker is stopping: the job returns to the
+front of its queue). `BatchState` is what the liveness and watchdog threads see of the batch.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from generative_service import metrics
+from generative_service.engine.batching import images_in
+from generative_service.errors import ServiceError
+from generative_service.logs import get_logger
+from generative_service.schemas import BatchInfo, JobStatus
+from workers import lifecycle
+from workers.outputs import deliver
+from workers.progress import ProgressPublisher, preview_data_url
+
+if TYPE_CHECKING:
+    from rq.executions import Execution
+    from rq.job import Job
+    from rq.queue import Queue
+    from rq.worker import BaseWorker
+
+    from generative_service.jobs import JobRecord, JobStore
+    from generative_service.settings import Settings
+    from generative_service.storage import Storage
+    from workers.batcher import Batch
+
+log = get_logger(__name__)
+SUCCEEDED, FAILED, CANCELED, HANDED_BACK = "succeeded", "failed", "canceled", "handed_back"
+
+
+@dataclass
+class Models:
+    """What a worker loads once and keeps: the engine, the NSFW filter, the upscaler."""
+
+    engine: Any
+    safety: Any
+    upscaler: Any
+
+
+@dataclass
+class Slot:
+    """One job of the running batch."""
+
+    rq_job: Job
+    record: JobRecord
+    execution: Execution | None = None
+    outcome: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+@dataclass
+class BatchState:
+    """The running batch as other threads see it (heartbeats, watchdog, liveness key)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    batch_id: str | None = None
+    started: float | None = None
+    queue: Queue | None = None
+    slots: list[Slot] = field(default_factory=list)
+
+    def begin(self, batch_id: str, queue: Queue) -> None:
+        with self.lock:
+            self.batch_id, self.started, self.queue, self.slots = batch_id, time.monotonic(), queue, []
+
+    def add(self, slot: Slot) -> None:
+        with self.lock:
+            self.slots.append(slot)
+
+    def end(self) -> None:
+        with self.lock:
+            self.batch_id, self.started, self.queue, self.slots = None, None, None, []
+
+    def snapshot(self) -> tuple[str | None, float | None, list[Slot]]:
+        with self.lock:
+            return self.batch_id, self.started, list(self.slots)
+
+
+def error_code(exc: BaseException) -> tuple[str, str]:
+    """The job error (code, message) for an exception raised while running it."""
+    if isinstance(exc, ServiceError):
+        return exc.code, exc.message
+    if "OutOfMemory" in type(exc).__name__:
+        return "out_of_memory", f"the device ran out of memory running this batch: {exc}"
+    return "generation_failed", f"{type(exc).__name__}: {exc}"
+
+
+class BatchRunner:
+    """Runs batches for one worker process (engine and post-processing already loaded)."""
+
+    def __init__(
+        self, worker: BaseWorker, *, store: JobStore, storage: Storage, models: Models, settings: Settings, worker_id: str, state: BatchState, abort: threading.Event
+    ) -> None:
+        self.worker = worker
+        self.store = store
+        self.storage = storage
+        self.models = models
+        self.settings = settings
+        self.worker_id = worker_id
+        self.state = state
+        self.abort = abort
+        self.publisher = ProgressPublisher()
+        self.running_key = f"{settings.key_prefix}:running"
+
+    # --- one batch ------------------------------------------------------------------------------
+    def run(self, batch: Batch) -> None:
+        """Run `batch` to the end: every job leaves it succeeded, failed, canceled or handed back."""
+        batch_id = "batch_" + secrets.token_hex(8)
+        self.state.begin(batch_id, batch.queue)
+        try:
+            info = BatchInfo(id=batch_id, size=batch.images, jobs=len(batch.jobs))
+            slots = [slot for slot in (self._start(job, record, batch.queue, info) for job, record in batch.jobs) if slot]
+            if slots:
+                log.info("batch.started", extra={"batch_id": batch_id, "worker_id": self.worker_id, "jobs": [s.id for s in slots], "images": info.size})
+                results = self._generate(slots)
+                self.publisher.flush()
+                # Handed-back jobs go to the front of the queue one by one: last first keeps their order.
+                for slot in reversed(slots) if self.abort.is_set() else slots:
+                    self._finish(slot, results.get(slot.id), batch.queue)
+        finally:
+            self.state.end()
+
+    def fail_alone(self, job: Job, queue: Queue, record: JobRecord, error: ServiceError) -> None:
+        """A job this worker cannot run (bad request): failed at once, in RQ too, never batched."""
+        execution = lifecycle.start(self.worker, job)
+        self._mark(self.store.mark_failed, record.id, code=error.code, message=error.message)
+        lifecycle.fail(self.worker, job, queue, execution, error)
+        metrics.job_finished(self.store.redis, self.settings, FAILED)
+
+    def _start(self, job: Job, record: JobRecord, queue: Queue, info: BatchInfo) -> Slot | None:
+        slot = Slot(rq_job=job, record=record)
+        slot.execution = lifecycle.start(self.worker, job)
+        self.state.add(slot)
+        started = self.store.mark_started(record.id, batch=info, worker_id=self.worker_id)
+        if started is None:  # canceled while it was being claimed
+            lifecycle.cancel(self.worker, job, queue, slot.execution)
+            slot.outcome = CANCELED
+            return None
+        slot.record = started
+        owner = {"worker": self.worker_id, "incarnation": self.worker.name}
+        self.store.redis.hset(self.running_key, record.id, _json(owner))
+        return slot
+
+    # --- denoising ------------------------------------------------------------------------------
+    def _generate(self, slots: list[Slot]) -> dict[str, Any]:
+        """JobOutput (or the exception) per job id. A failed multi-job batch is retried job by job,
+        so one job that breaks the pipeline call does not take its batch-mates down with it."""
+        try:
+            return {output.job_id: output for output in self._run_engine(slots)}
+        except Exception as exc:  # noqa: BLE001 - becomes the jobs' failure reason
+            if len(slots) == 1 or self.abort.is_set():
+                return {slot.id: exc for slot in slots}
+            log.warning("batch.failed_retrying_alone", extra={"error": repr(exc), "jobs": [s.id for s in slots]})
+        results: dict[str, Any] = {}
+        for slot in slots:
+            try:
+                results.update({output.job_id: output for output in self._run_engine([slot])})
+            except Exception as exc:  # noqa: BLE001
+                results[slot.id] = exc
+        return results
+
+    def _run_engine(self, slots: list[Slot]) -> list:
+        from generative_service.engine import EngineJob
+
+        by_id = {slot.id: slot for slot in slots}
+        first = slots[0].id
+        timing = {"last": time.perf_counter(), "steps": []}
+        canceled: set[str] = set()
+
+        def on_step(info: Any) -> None:
+            request = by_id[info.job_id].record.request
+            image = info.preview if request.preview and _wants_preview(request.preview.every_n_steps, info.step, info.total_steps) else None
+            self.publisher.submit(lambda: self._progress(info.job_id, info.step, info.total_steps, image, request))
+            if info.job_id == first:
+                now = time.perf_counter()
+                step_ms = (now - timing["last"]) * 1000.0
+                timing["last"] = now
+                if info.step > 1:  # the first interval also holds prompt encoding
+                    timing["steps"].append(step_ms / 1000.0)
+                    self.publisher.submit(lambda: self.store.record_step_time(request.width, request.height, step_ms))
+
+        def is_canceled(job_id: str) -> bool:
+            if self.abort.is_set() or job_id in canceled:
+                return True
+            try:
+                requested = self.store.is_cancel_requested(job_id)
+            except RedisError:
+                return False
+            if requested:
+                canceled.add(job_id)
+                # NOTE: ordered after the job's progress events; the record is terminal at once.
+                self.publisher.submit(lambda: self.store.mark_canceled(job_id))
+            return requested
+
+        jobs = [EngineJob(job_id=slot.id, request=slot.record.request) for slot in slots]
+        outputs = self.models.engine.run(jobs, on_step=on_step, is_canceled=is_canceled)
+        metrics.batch_ran(self.store.redis, self.settings, sum(images_in(s.record.request) for s in slots), timing["steps"] or None)
+        return outputs
+
+    def _progress(self, job_id: str, step: int, total: int, image: Any, request: Any) -> None:
+        preview = preview_data_url(image, request.preview.max_px) if image is not None else None
+        self.store.report_progress(job_id, step, total, preview=preview)
+
+    # --- finishing ------------------------------------------------------------------------------
+    def _finish(self, slot: Slot, result: Any, queue: Queue) -> None:
+        try:
+            slot.outcome = self._outcome(slot, result, queue)
+        except Exception as exc:  # noqa: BLE001 - post-processing of one job failed
+            log.exception("job.failed", extra={"job_id": slot.id, "worker_id": self.worker_id})
+            code, message = error_code(exc)
+            self._mark(self.store.mark_failed, slot.id, code=code, message=message)
+            lifecycle.fail(self.worker, slot.rq_job, queue, slot.execution, exc)
+            slot.outcome = FAILED
+        finally:
+            self._forget(slot.id)
+        if slot.outcome != HANDED_BACK:
+            self._count(slot)
+        log.info(f"job.{slot.outcome}", extra={"job_id": slot.id, "worker_id": self.worker_id, "batch_id": self.state.batch_id})
+
+    def _outcome(self, slot: Slot, result: Any, queue: Queue) -> str:
+        worker, job = self.worker, slot.rq_job
+        if result is None:
+            result = RuntimeError("the engine returned no output for this job")
+        if isinstance(result, BaseException):
+            code, message = error_code(result)
+            self._mark(self.store.mark_failed, slot.id, code=code, message=message)
+            lifecycle.fail(worker, job, queue, slot.execution, result)
+            return FAILED
+        if result.canceled and self.abort.is_set() and not self.store.is_cancel_requested(slot.id) and not self._ended(slot.id):
+            self._mark(self.store.mark_requeued, slot.id, reason=f"worker {self.worker_id} stopped; the job went back to the queue")
+            lifecycle.hand_back(worker, job, queue, slot.execution)
+            return HANDED_BACK
+        if result.canceled or self._ended(slot.id) or self.store.is_cancel_requested(slot.id):
+            self._mark(self.store.mark_canceled, slot.id)
+            lifecycle.cancel(worker, job, queue, slot.execution)
+            return CANCELED
+        delivered = deliver(
+            job_id=slot.id, request=slot.record.request, images=result.images, seeds=result.seeds, inference_ms=result.inference_ms,
+            store=self.store, storage=self.storage, safety=self.models.safety, upscaler=self.models.upscaler,
+        )  # fmt: skip
+        metrics.nsfw_flagged(self.store.redis, self.settings, delivered.flagged)
+        done = self._mark(self.store.mark_succeeded, slot.id, images=delivered.images, timings=delivered.timings, reproducibility=result.reproducibility)
+        if done is None and self._ended(slot.id):  # canceled while post-processing
+            lifecycle.cancel(worker, job, queue, slot.execution)
+            return CANCELED
+        lifecycle.succeed(worker, job, queue, slot.execution, {"status": "succeeded", "images": len(delivered.images)})
+        return SUCCEEDED
+
+    def _ended(self, job_id: str) -> bool:
+        return self.store.get(job_id).status.is_terminal
+
+    def _mark(self, change: Any, job_id: str, **kwargs: Any) -> Any:
+        """A terminal record write, retried while Redis is briefly away (a restart)."""
+        delay = 0.5
+        deadline = time.monotonic() + self.settings.worker_dead_after_s
+        while True:
+            try:
+                return change(job_id, **kwargs)
+            except RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _forget(self, job_id: str) -> None:
+        try:
+            self.store.redis.hdel(self.running_key, job_id)
+        except RedisError:
+            pass  # the maintenance scan drops entries of finished jobs
+
+    def _count(self, slot: Slot) -> None:
+        try:
+            record = self.store.get(slot.id)
+        except (ServiceError, RedisError):
+            return
+        if record.status == JobStatus.queued:
+            return
+        latency = (record.finished_at - record.created_at).total_seconds() if record.finished_at else None
+        wait = record.timings.queued_ms / 1000.0 if record.timings.queued_ms is not None else None
+        metrics.job_finished(self.store.redis, self.settings, record.status.value, latency, wait)
+
+
+def _wants_preview(every_n: int, step: int, total: int) -> bool:
+    return step % every_n == 0 or step == total
+
+
+def _json(value: dict) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"))
