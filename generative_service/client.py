@@ -27,9 +27,22 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 class APIError(Exception):
     """A non-2xx answer. `retry_after` is set for 429/503 answers that carry `Retry-After`."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message, self.details, self.retry_after = status, code, message, details, retry_after
+        self.status, self.code, self.message, self.details, self.retry_after = (
+            status,
+            code,
+            message,
+            details,
+            retry_after,
+        )
 
 
 def _check(response: httpx.Response) -> httpx.Response:
@@ -41,10 +54,21 @@ def _check(response: httpx.Response) -> httpx.Response:
     except (ValueError, KeyError, TypeError):
         code, message, details = "http_error", response.text[:200] or response.reason_phrase, None
     retry = response.headers.get("Retry-After")
-    raise APIError(response.status_code, code, message, details, float(retry) if retry and retry.isdigit() else None)
+    raise APIError(
+        response.status_code,
+        code,
+        message,
+        details,
+        float(retry) if retry and retry.isdigit() else None,
+    )
 
 
-def _submit_args(request: GenerationRequest | dict | None, fields: dict, idempotency_key: str | None, wait: int | None) -> dict:
+def _submit_args(
+    request: GenerationRequest | dict | None,
+    fields: dict,
+    idempotency_key: str | None,
+    wait: int | None,
+) -> dict:
     body: dict = {}
     if isinstance(request, GenerationRequest):
         body = request.model_dump(mode="json", exclude_none=True)
@@ -101,7 +125,9 @@ def image_paths(out: str | Path, count: int) -> list[Path]:
 
 
 class _Base:
-    def __init__(self, base_url: str, api_key: str | None, timeout: float, stream_timeout: float) -> None:
+    def __init__(
+        self, base_url: str, api_key: str | None, timeout: float, stream_timeout: float
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout = timeout
@@ -114,7 +140,9 @@ class Client(_Base):
     def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None, timeout: float = 30.0,
                  stream_timeout: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:  # fmt: skip
         super().__init__(base_url, api_key, timeout, stream_timeout)
-        self.http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=timeout, transport=transport)
+        self.http = httpx.Client(
+            base_url=self.base_url, headers=self.headers, timeout=timeout, transport=transport
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -130,17 +158,27 @@ class Client(_Base):
         """Submit a job (fields as in POST /v1/jobs). `wait`: seconds to wait for it to finish."""
         args = _submit_args(request, fields, idempotency_key, wait)
         timeout = self.timeout + (wait or 0)
-        return JobResource.model_validate(_check(self.http.post("/v1/jobs", timeout=timeout, **args)).json())
+        return JobResource.model_validate(
+            _check(self.http.post("/v1/jobs", timeout=timeout, **args)).json()
+        )
 
     def get(self, job_id: str) -> JobResource:
         return JobResource.model_validate(_check(self.http.get(f"/v1/jobs/{job_id}")).json())
 
-    def list(self, *, status: str | None = None, limit: int = 20, cursor: str | None = None) -> JobList:
-        params = {key: value for key, value in {"status": status, "limit": limit, "cursor": cursor}.items() if value is not None}
+    def list(
+        self, *, status: str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> JobList:
+        params = {
+            key: value
+            for key, value in {"status": status, "limit": limit, "cursor": cursor}.items()
+            if value is not None
+        }
         return JobList.model_validate(_check(self.http.get("/v1/jobs", params=params)).json())
 
     def cancel(self, job_id: str) -> JobResource:
-        return JobResource.model_validate(_check(self.http.post(f"/v1/jobs/{job_id}/cancel")).json())
+        return JobResource.model_validate(
+            _check(self.http.post(f"/v1/jobs/{job_id}/cancel")).json()
+        )
 
     def models(self) -> dict:
         return _check(self.http.get("/v1/models")).json()
@@ -165,7 +203,9 @@ class Client(_Base):
             saved.append(path)
         return saved
 
-    def events(self, job_id: str, *, last_event_id: str | None = None, max_reconnects: int = 10) -> Iterator[tuple[str, Event]]:
+    def events(
+        self, job_id: str, *, last_event_id: str | None = None, max_reconnects: int = 10
+    ) -> Iterator[tuple[str, Event]]:
         """The job's events as (event id, Event) until the terminal one, reconnecting with `Last-Event-ID`."""
         for item in self._frames(job_id, last_event_id, max_reconnects):
             if item is not None:
@@ -181,12 +221,16 @@ class Client(_Base):
                 raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
         return self.get(job_id)
 
-    def _frames(self, job_id: str, last_event_id: str | None, max_reconnects: int) -> Iterator[tuple[str, Event] | None]:
+    def _frames(
+        self, job_id: str, last_event_id: str | None, max_reconnects: int
+    ) -> Iterator[tuple[str, Event] | None]:
         failures = 0
         while True:
             headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
             try:
-                with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=self.stream_timeout) as response:
+                with self.http.stream(
+                    "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=self.stream_timeout
+                ) as response:
                     if not response.is_success:
                         response.read()
                         _check(response)
@@ -205,7 +249,9 @@ class Client(_Base):
                 pass
             failures += 1
             if failures > max_reconnects:
-                raise APIError(503, "stream_lost", f"lost the event stream of job {job_id} {failures} times")
+                raise APIError(
+                    503, "stream_lost", f"lost the event stream of job {job_id} {failures} times"
+                )
             time.sleep(min(5.0, 0.2 * 2**failures))
 
 
@@ -215,7 +261,9 @@ class AsyncClient(_Base):
     def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None, timeout: float = 30.0,
                  stream_timeout: float = 60.0, transport: httpx.AsyncBaseTransport | None = None) -> None:  # fmt: skip
         super().__init__(base_url, api_key, timeout, stream_timeout)
-        self.http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=timeout, transport=transport)
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url, headers=self.headers, timeout=timeout, transport=transport
+        )
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -235,12 +283,20 @@ class AsyncClient(_Base):
     async def get(self, job_id: str) -> JobResource:
         return JobResource.model_validate(_check(await self.http.get(f"/v1/jobs/{job_id}")).json())
 
-    async def list(self, *, status: str | None = None, limit: int = 20, cursor: str | None = None) -> JobList:
-        params = {key: value for key, value in {"status": status, "limit": limit, "cursor": cursor}.items() if value is not None}
+    async def list(
+        self, *, status: str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> JobList:
+        params = {
+            key: value
+            for key, value in {"status": status, "limit": limit, "cursor": cursor}.items()
+            if value is not None
+        }
         return JobList.model_validate(_check(await self.http.get("/v1/jobs", params=params)).json())
 
     async def cancel(self, job_id: str) -> JobResource:
-        return JobResource.model_validate(_check(await self.http.post(f"/v1/jobs/{job_id}/cancel")).json())
+        return JobResource.model_validate(
+            _check(await self.http.post(f"/v1/jobs/{job_id}/cancel")).json()
+        )
 
     async def models(self) -> dict:
         return _check(await self.http.get("/v1/models")).json()
@@ -248,13 +304,17 @@ class AsyncClient(_Base):
     async def image(self, job_id: str, index: int = 0) -> bytes:
         return _check(await self.http.get(f"/v1/jobs/{job_id}/images/{index}")).content
 
-    async def events(self, job_id: str, *, last_event_id: str | None = None, max_reconnects: int = 10) -> AsyncIterator[tuple[str, Event]]:
+    async def events(
+        self, job_id: str, *, last_event_id: str | None = None, max_reconnects: int = 10
+    ) -> AsyncIterator[tuple[str, Event]]:
         """The job's events as (event id, Event) until the terminal one, reconnecting with `Last-Event-ID`."""
         failures = 0
         while True:
             headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
             try:
-                async with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=self.stream_timeout) as response:
+                async with self.http.stream(
+                    "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=self.stream_timeout
+                ) as response:
                     if not response.is_success:
                         await response.aread()
                         _check(response)
@@ -271,7 +331,9 @@ class AsyncClient(_Base):
                 pass
             failures += 1
             if failures > max_reconnects:
-                raise APIError(503, "stream_lost", f"lost the event stream of job {job_id} {failures} times")
+                raise APIError(
+                    503, "stream_lost", f"lost the event stream of job {job_id} {failures} times"
+                )
             await asyncio.sleep(min(5.0, 0.2 * 2**failures))
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> JobResource:

@@ -60,6 +60,8 @@ async def read_async(
 
 
 def valid_event_id(value: str) -> bool:
-    """True when `value` looks like a Redis stream id (`ms-seq`)."""
+    """True when `value` is a Redis stream id (`ms-seq`, each part an ASCII integer below 2**64)."""
     ms, _, seq = value.partition("-")
-    return ms.isdigit() and seq.isdigit()
+    # NOTE: str.isdigit() also accepts non-ASCII digits, and Redis rejects parts >= 2**64:
+    # either would reach XREAD and break the stream mid-response.
+    return all(part.isascii() and part.isdigit() and len(part) <= 20 and int(part) < 2**64 for part in (ms, seq))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from pydantic import BaseModel
 from redis import Redis, WatchError
 from rq import Queue, Retry
 
-from generative_service import events, metrics, webhooks
+from generative_service import events, logs, metrics, webhooks
 from generative_service.errors import Conflict, InvalidRequest, NotFound, QueueFull
 from generative_service.schemas import (
     BatchInfo,
@@ -48,6 +49,7 @@ from generative_service.settings import Settings
 # The RQ callable of a generation job. The GPU worker batches instead of calling it one by one;
 # see workers/gpu_worker.py.
 GENERATE_FUNC = "workers.gpu_worker.generate"
+log = logs.get_logger(__name__)
 ANONYMOUS = "anonymous"
 SMALL_MODELS = ("demo", "tiny")
 
@@ -182,6 +184,11 @@ class JobStore:
         pipe.execute()
         self._enqueue(record)
         metrics.job_submitted(self.redis, self.settings, record.queue)
+        log.info(
+            "job.submitted",
+            extra={"job_id": record.id, "queue": record.queue, "owner": owner, "width": resolved.width, "height": resolved.height,
+                   "steps": resolved.steps, "images": resolved.num_images, "prompt": logs.prompt_field(self.settings, resolved.prompt)},
+        )  # fmt: skip
         self._emit(record, Event(type="queued", job_id=record.id, position=self.queue_position(record)))
         return record, True
 
@@ -229,9 +236,12 @@ class JobStore:
         max_score: str = "+inf"
         if cursor:
             try:
-                max_score = f"({float(cursor)!r}"
+                score = float(cursor)
             except ValueError:
-                raise InvalidRequest("cursor", "not a cursor this API returned") from None
+                score = math.nan
+            if not math.isfinite(score):  # NOTE: Redis rejects "(nan" (a 500 before this check)
+                raise InvalidRequest("cursor", "not a cursor this API returned")
+            max_score = f"({score!r}"
         out: list[JobRecord] = []
         next_cursor = None
         while len(out) < limit:
@@ -445,6 +455,9 @@ class JobStore:
                 self._cancel_rq_job(job_id)
                 ended = self.mark_canceled(job_id)
                 if ended is not None:
+                    # Workers count the endings they run; a queued job never reaches one.
+                    latency = (ended.finished_at - ended.created_at).total_seconds() if ended.finished_at else None
+                    metrics.job_finished(self.redis, self.settings, "canceled", latency)
                     return ended
         return self.get(job_id)
 

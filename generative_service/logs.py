@@ -24,10 +24,12 @@ from typing import Any, TextIO
 from generative_service.settings import Settings
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
+# (uvicorn adds `color_message`, the same text with ANSI colours.)
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))) | {
     "message",
     "asctime",
     "taskName",
+    "color_message",
 }
 PROMPT_KEYS = ("prompt", "negative_prompt")
 # Loggers of libraries we run under; they get our handler through the root logger.

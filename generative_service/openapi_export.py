@@ -30,6 +30,8 @@ POSTMAN_SCHEMA = "https://schema.getpostman.com/json/collection/v2.1.0/collectio
 # Path parameters become collection variables so requests chain (submit, then get/cancel/...).
 PATH_VARIABLES = {"job_id": "{{jobId}}", "name": "{{loraName}}", "index": "0"}
 METHODS = ("get", "post", "put", "patch", "delete")
+# Values for parameters the document gives no example for ({{$guid}} is Postman's random UUID).
+PARAM_HINTS = {"idempotency-key": "{{$guid}}", "prefer": "wait=30", "last-event-id": "0-0"}
 
 
 @contextlib.contextmanager
@@ -147,7 +149,7 @@ def build_postman(spec: dict) -> dict:
                 "type": "string",
                 "description": "Set by the test script of 'Submit a generation job'.",
             },
-            {"key": "loraName", "value": "digits_bold", "type": "string"},
+            {"key": "loraName", "value": lora_example_name(spec), "type": "string"},
         ],
         "item": [
             {"name": tag, "description": tag_text.get(tag, ""), "item": items}
@@ -155,6 +157,13 @@ def build_postman(spec: dict) -> dict:
             if items
         ],
     }
+
+
+def lora_example_name(spec: dict) -> str:
+    """The adapter name the document's own LoRA example uses, so the requests agree with it."""
+    schema = spec.get("components", {}).get("schemas", {}).get("LoraInfo", {})
+    example = schema_example(spec, schema) if schema else None
+    return example.get("name", "my-style") if isinstance(example, dict) else "my-style"
 
 
 def postman_item(spec: dict, path: str, method: str, operation: dict) -> dict:
@@ -196,6 +205,25 @@ def postman_item(spec: dict, path: str, method: str, operation: dict) -> dict:
     return item
 
 
+def param_value(spec: dict, param: dict) -> str:
+    """A query/header parameter's documented example or default, else a useful hint, else ""."""
+    schema = resolve(spec, param.get("schema", {}))
+    for source in (param, schema):
+        if "example" in source:
+            return _text(source["example"])
+        if source.get("examples") and isinstance(source["examples"], list):
+            return _text(source["examples"][0])
+    if schema.get("default") is not None:
+        return _text(schema["default"])
+    options = [resolve(spec, o) for o in schema.get("anyOf", [])]
+    enums = [value for option in options for value in option.get("enum", [])] + schema.get(
+        "enum", []
+    )
+    if enums:
+        return _text(enums[0])
+    return PARAM_HINTS.get(param["name"].lower(), "")
+
+
 def postman_request(spec: dict, path: str, method: str, operation: dict) -> dict:
     params = [resolve(spec, p) for p in operation.get("parameters", [])]
     segments = [
@@ -205,7 +233,7 @@ def postman_request(spec: dict, path: str, method: str, operation: dict) -> dict
     query = [
         {
             "key": p["name"],
-            "value": _text(p.get("example", schema_example(spec, p.get("schema", {})))),
+            "value": param_value(spec, p),
             "description": p.get("description", ""),
             "disabled": not p.get("required", False),
         }
@@ -215,7 +243,7 @@ def postman_request(spec: dict, path: str, method: str, operation: dict) -> dict
     headers = [
         {
             "key": p["name"],
-            "value": _text(p.get("example", schema_example(spec, p.get("schema", {})))),
+            "value": param_value(spec, p),
             "description": p.get("description", ""),
             "disabled": not p.get("required", False),
         }

@@ -35,9 +35,16 @@ WORKER_START_TIMEOUT_S = 600.0  # the first worker of a session builds the tiny 
 
 def cleanup_prefix(redis: Redis, prefix: str) -> None:
     """Delete every key a test with this prefix left: ours, its RQ queues/registries and RQ jobs."""
-    job_ids = [key.decode().rsplit(":", 1)[-1] for key in redis.scan_iter(match=f"{prefix}:job:*", count=500)]
-    keys = list(redis.scan_iter(match=f"{prefix}:*", count=500)) + list(redis.scan_iter(match=f"rq:*{prefix}:*", count=500))
-    keys += [f"rq:job:{job_id}" for job_id in job_ids] + [f"rq:results:{job_id}" for job_id in job_ids]
+    job_ids = [
+        key.decode().rsplit(":", 1)[-1]
+        for key in redis.scan_iter(match=f"{prefix}:job:*", count=500)
+    ]
+    keys = list(redis.scan_iter(match=f"{prefix}:*", count=500)) + list(
+        redis.scan_iter(match=f"rq:*{prefix}:*", count=500)
+    )
+    keys += [f"rq:job:{job_id}" for job_id in job_ids] + [
+        f"rq:results:{job_id}" for job_id in job_ids
+    ]
     for start in range(0, len(keys), 500):
         redis.delete(*keys[start : start + 500])
     for member in redis.smembers("rq:queues"):
@@ -90,7 +97,13 @@ def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def make_settings(redis: Redis, redis_url: str, tmp_path: Path, model_cache_dir: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Settings]]:
+def make_settings(
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    model_cache_dir: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[..., Settings]]:
     """Factory of isolated Settings: `make_settings(max_queued=2, api_keys=["k"])`.
 
     Defaults: model "tiny" (64 px), unique key_prefix, tmp storage and LoRA dirs (pass
@@ -172,11 +185,20 @@ class RunningService:
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        self.processes[name] = subprocess.Popen(argv, env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[name] = subprocess.Popen(
+            argv,
+            env=self.env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         return self.processes[name]
 
-    def start_worker(self, name: str | None = None, args: list[str] | tuple[str, ...] = ()) -> subprocess.Popen:
+    def start_worker(
+        self, name: str | None = None, args: list[str] | tuple[str, ...] = ()
+    ) -> subprocess.Popen:
         """Start one more `python -m workers.gpu_worker ARGS`; its output goes to LOG_DIR/NAME.log."""
         name = name or f"worker-{sum(key.startswith('worker-') for key in self.processes)}"
         return self.start(name, [sys.executable, "-m", "workers.gpu_worker", *args])
@@ -202,7 +224,9 @@ class RunningService:
         while self.live_workers() < count:
             for name, process in self.processes.items():
                 if name.startswith("worker") and process.poll() is not None:
-                    pytest.fail(f"{name} exited with {process.returncode}:\n{self.logs(name)[-4000:]}")
+                    pytest.fail(
+                        f"{name} exited with {process.returncode}:\n{self.logs(name)[-4000:]}"
+                    )
             if time.monotonic() > deadline:
                 pytest.fail(f"{count} workers not alive after {timeout_s:.0f} s")
             time.sleep(0.2)
@@ -260,7 +284,10 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., RunningService]]:
         if gateway:
             port = free_port()
             service.base_url = f"http://127.0.0.1:{port}"
-            service.start("gateway", [sys.executable, "-m", "generative_service.cli", "api", "--port", str(port)])
+            service.start(
+                "gateway",
+                [sys.executable, "-m", "generative_service.cli", "api", "--port", str(port)],
+            )
         for _ in range(workers):
             service.start_worker(args=worker_args)
         if wait and gateway:
@@ -278,3 +305,9 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., RunningService]]:
 def service(start_service: Callable[..., RunningService], settings: Settings) -> RunningService:
     """Gateway + one GPU worker on `settings`, ready to take jobs."""
     return start_service(settings, workers=1)
+
+
+@pytest.fixture
+def process_env() -> Callable[[Settings], dict[str, str]]:
+    """`process_env(settings)`: the environment a child process needs to run on `settings`."""
+    return child_env

@@ -74,7 +74,14 @@ class Batcher:
         should_stop: returns True when the worker is shutting down (stop filling at once).
     """
 
-    def __init__(self, store: JobStore, settings: Settings, *, validate: Callable, should_stop: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        *,
+        validate: Callable,
+        should_stop: Callable[[], bool],
+    ) -> None:
         self.store = store
         self.settings = settings
         self.validate = validate

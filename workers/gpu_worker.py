@@ -56,7 +56,9 @@ def generate(job_id: str) -> None:
     Raises:
         GenerationFailed: always; only `python -m workers.gpu_worker` can run generation jobs.
     """
-    raise GenerationFailed(f"job {job_id}: generation jobs run only in the GPU worker (python -m workers.gpu_worker)")
+    raise GenerationFailed(
+        f"job {job_id}: generation jobs run only in the GPU worker (python -m workers.gpu_worker)"
+    )
 
 
 class GpuWorker(SimpleWorker):
@@ -66,7 +68,12 @@ class GpuWorker(SimpleWorker):
         super().__init__(list(queues), **kwargs)
         self.context = context
         self.stop_requested = False
-        self.batcher = Batcher(context.store, context.settings, validate=context.models.engine.validate, should_stop=self._stopping)
+        self.batcher = Batcher(
+            context.store,
+            context.settings,
+            validate=context.models.engine.validate,
+            should_stop=self._stopping,
+        )
         self.runner = BatchRunner(
             self, store=context.store, storage=context.storage, models=context.models, settings=context.settings,
             worker_id=context.worker_id, state=context.state, abort=context.abort,
@@ -95,7 +102,13 @@ class GpuWorker(SimpleWorker):
             record = store.get(job.id)
         except NotFound:
             execution = lifecycle.start(self, job)
-            lifecycle.fail(self, job, queue, execution, GenerationFailed(f"job {job.id} has no record (expired or deleted)"))
+            lifecycle.fail(
+                self,
+                job,
+                queue,
+                execution,
+                GenerationFailed(f"job {job.id} has no record (expired or deleted)"),
+            )
             return
         if record.status.is_terminal:  # canceled (or finished) before it reached a worker
             lifecycle.cancel(self, job, queue, None)
@@ -112,12 +125,27 @@ class GpuWorker(SimpleWorker):
 
         self.last_cleaned_at = now()
 
-    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "", execution: Any = None) -> None:
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: Any = None,
+        exc_string: str = "",
+        execution: Any = None,
+    ) -> None:
         """RQ's failure handling, plus the job record for failures RQ finds on its own
         (a job stuck in the intermediate list after its worker died)."""
         retry = job.should_retry and self._stopped_job_id != job.id
-        super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string, execution=execution)
-        settle_lost(self.context.store, job.id, retry=retry, cause="died right after taking the job")
+        super().handle_job_failure(
+            job,
+            queue,
+            started_job_registry=started_job_registry,
+            exc_string=exc_string,
+            execution=execution,
+        )
+        settle_lost(
+            self.context.store, job.id, retry=retry, cause="died right after taking the job"
+        )
 
     def request_stop(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
@@ -137,7 +165,9 @@ class GpuWorker(SimpleWorker):
 class WorkerContext:
     """What outlives one RQ worker object: settings, Redis, models, batch state, threads."""
 
-    def __init__(self, settings: Settings, *, worker_id: str, queues: list[str], models: Models, redis: Redis) -> None:
+    def __init__(
+        self, settings: Settings, *, worker_id: str, queues: list[str], models: Models, redis: Redis
+    ) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.queues = queues
@@ -157,8 +187,12 @@ class WorkerContext:
             redis=side, settings=settings, worker_id=worker_id, queues=queues, state=self.state,
             get_worker=lambda: self.worker, describe=models.engine.describe,
         )  # fmt: skip
-        self.maintenance = Maintenance(redis=side, store=side_store, queue_names=rq_queues, get_worker=lambda: self.worker)
-        self.watchdog = Watchdog(state=self.state, timeout_s=settings.job_timeout_s, on_hung=self.on_hung)
+        self.maintenance = Maintenance(
+            redis=side, store=side_store, queue_names=rq_queues, get_worker=lambda: self.worker
+        )
+        self.watchdog = Watchdog(
+            state=self.state, timeout_s=settings.job_timeout_s, on_hung=self.on_hung
+        )
 
     def start_threads(self) -> None:
         for thread in (self.heartbeat, self.maintenance, self.watchdog):
@@ -180,7 +214,9 @@ class WorkerContext:
             try:
                 self.store.mark_failed(slot.id, code="timeout", message=message)
                 if worker is not None and queue is not None:
-                    lifecycle.fail(worker, slot.rq_job, queue, slot.execution, GenerationFailed(message))
+                    lifecycle.fail(
+                        worker, slot.rq_job, queue, slot.execution, GenerationFailed(message)
+                    )
                 self.redis.hdel(running_key(self.settings), slot.id)
             except Exception:  # noqa: BLE001 - exit regardless
                 log.exception("watchdog.fail_job_failed", extra={"job_id": slot.id})
@@ -204,8 +240,15 @@ def load_models(settings: Settings, redis: Redis) -> Models:
     from generative_service.postprocess import SafetyFilter, Upscaler
 
     started = time.perf_counter()
-    models = Models(engine=Engine.from_settings(settings, redis=redis), safety=SafetyFilter.from_settings(settings), upscaler=Upscaler.from_settings(settings))
-    log.info("worker.models_loaded", extra={"model": settings.model, "seconds": round(time.perf_counter() - started, 2)})
+    models = Models(
+        engine=Engine.from_settings(settings, redis=redis),
+        safety=SafetyFilter.from_settings(settings),
+        upscaler=Upscaler.from_settings(settings),
+    )
+    log.info(
+        "worker.models_loaded",
+        extra={"model": settings.model, "seconds": round(time.perf_counter() - started, 2)},
+    )
     return models
 
 
@@ -263,8 +306,15 @@ def _redis_up(redis: Redis) -> bool:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m workers.gpu_worker", description="GPU generation worker (loads the models once, batches jobs).")
-    parser.add_argument("--queues", default=None, help="Comma-separated logical queues, in priority order (default: GENSVC_QUEUES).")
+    parser = argparse.ArgumentParser(
+        prog="python -m workers.gpu_worker",
+        description="GPU generation worker (loads the models once, batches jobs).",
+    )
+    parser.add_argument(
+        "--queues",
+        default=None,
+        help="Comma-separated logical queues, in priority order (default: GENSVC_QUEUES).",
+    )
     parser.add_argument("--burst", action="store_true", help="Exit when the queues are empty.")
     parser.add_argument("--worker-id", default=None, help="Stable worker id (default: HOST-PID).")
     return parser.parse_args(argv)
@@ -275,7 +325,11 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
     args = parse_args(argv)
     settings = settings or get_settings()
     logs.configure(settings, "gpu-worker")
-    queues = [name.strip() for name in (args.queues.split(",") if args.queues else settings.queues) if name.strip()]
+    queues = [
+        name.strip()
+        for name in (args.queues.split(",") if args.queues else settings.queues)
+        if name.strip()
+    ]
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     redis = Redis.from_url(settings.redis_url)
     wait_for_redis(redis)
@@ -284,7 +338,9 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
     except ModelLoadError as exc:
         log.error("worker.model_load_failed", extra={"error": exc.message, "setting": exc.setting})
         return EXIT_CONFIG
-    context = WorkerContext(settings, worker_id=worker_id, queues=queues, models=models, redis=redis)
+    context = WorkerContext(
+        settings, worker_id=worker_id, queues=queues, models=models, redis=redis
+    )
     log.info("worker.ready", extra={"worker_id": worker_id, "queues": queues})
     metrics.serve_process_metrics(settings)  # only when GENSVC_WORKER_METRICS_PORT > 0
     return serve(context, burst=args.burst)

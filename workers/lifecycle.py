@@ -40,7 +40,9 @@ def succeed(worker: BaseWorker, job: Job, queue: Queue, execution: Execution, re
     worker._finalize_success(job, queue, execution, result)
 
 
-def fail(worker: BaseWorker, job: Job, queue: Queue, execution: Execution | None, error: BaseException) -> None:
+def fail(
+    worker: BaseWorker, job: Job, queue: Queue, execution: Execution | None, error: BaseException
+) -> None:
     """RQ's failure handling: FAILED, failed registry, failure result. Never retried.
 
     NOTE: RQ retries (GENSVC_JOB_RETRIES) are for jobs whose worker died. A job that failed on its

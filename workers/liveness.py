@@ -50,7 +50,15 @@ class Heartbeat(threading.Thread):
     """Keeps this worker, its running jobs and its model description visible in Redis."""
 
     def __init__(
-        self, *, redis: Redis, settings: Settings, worker_id: str, queues: list[str], state: BatchState, get_worker: Callable, describe: Callable[[], dict]
+        self,
+        *,
+        redis: Redis,
+        settings: Settings,
+        worker_id: str,
+        queues: list[str],
+        state: BatchState,
+        get_worker: Callable,
+        describe: Callable[[], dict],
     ) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.redis = redis
@@ -73,7 +81,10 @@ class Heartbeat(threading.Thread):
                 self._failing = False
             except RedisError as exc:
                 if not self._failing:  # log once per outage, not every beat
-                    log.warning("heartbeat.redis_error", extra={"worker_id": self.worker_id, "error": repr(exc)})
+                    log.warning(
+                        "heartbeat.redis_error",
+                        extra={"worker_id": self.worker_id, "error": repr(exc)},
+                    )
                 self._failing = True
             self.stopped.wait(self.settings.worker_heartbeat_s)
 
@@ -92,7 +103,11 @@ class Heartbeat(threading.Thread):
         batch_id, started, slots = self.state.snapshot()
         batch = None
         if batch_id is not None:
-            batch = {"id": batch_id, "jobs": [slot.id for slot in slots], "running_s": round(time.monotonic() - (started or 0), 1)}
+            batch = {
+                "id": batch_id,
+                "jobs": [slot.id for slot in slots],
+                "running_s": round(time.monotonic() - (started or 0), 1),
+            }
         return {
             "worker_id": self.worker_id,
             "incarnation": worker.name if worker is not None else None,
@@ -118,8 +133,12 @@ class Heartbeat(threading.Thread):
             if worker is not None:
                 worker.heartbeat(pipeline=pipeline)
                 for slot in _running(slots):
-                    slot.execution.heartbeat(slot.rq_job.started_job_registry, ttl, pipeline=pipeline)
-            pipeline.set(liveness_key(self.settings, self.worker_id), json.dumps(self.info()), ex=ttl)
+                    slot.execution.heartbeat(
+                        slot.rq_job.started_job_registry, ttl, pipeline=pipeline
+                    )
+            pipeline.set(
+                liveness_key(self.settings, self.worker_id), json.dumps(self.info()), ex=ttl
+            )
             if models is not None:
                 pipeline.set(models_key(self.settings), models)
             pipeline.execute()
@@ -132,7 +151,9 @@ def _running(slots: list[Slot]) -> list[Slot]:
 class Watchdog(threading.Thread):
     """Calls `on_hung(batch_id, slots)` once when a batch runs past JOB_TIMEOUT_S."""
 
-    def __init__(self, *, state: BatchState, timeout_s: float, on_hung: Callable[[str, list[Slot]], None]) -> None:
+    def __init__(
+        self, *, state: BatchState, timeout_s: float, on_hung: Callable[[str, list[Slot]], None]
+    ) -> None:
         super().__init__(name="watchdog", daemon=True)
         self.state = state
         self.timeout_s = timeout_s
@@ -143,8 +164,19 @@ class Watchdog(threading.Thread):
         poll_s = min(1.0, self.timeout_s / 4)
         while not self.stopped.wait(poll_s):
             batch_id, started, slots = self.state.snapshot()
-            if batch_id is not None and started is not None and time.monotonic() - started > self.timeout_s:
-                log.error("watchdog.batch_hung", extra={"batch_id": batch_id, "jobs": [slot.id for slot in slots], "timeout_s": self.timeout_s})
+            if (
+                batch_id is not None
+                and started is not None
+                and time.monotonic() - started > self.timeout_s
+            ):
+                log.error(
+                    "watchdog.batch_hung",
+                    extra={
+                        "batch_id": batch_id,
+                        "jobs": [slot.id for slot in slots],
+                        "timeout_s": self.timeout_s,
+                    },
+                )
                 self.on_hung(batch_id, slots)
                 return
 

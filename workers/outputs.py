@@ -63,19 +63,35 @@ def deliver(
     if request.upscale:
         store.set_stage(job_id, Stage.upscaling)
         start = time.perf_counter()
-        shown = [(upscaler.upscale(image, request.upscale) if image is not None else None, blurred) for image, blurred in shown]
+        shown = [
+            (upscaler.upscale(image, request.upscale) if image is not None else None, blurred)
+            for image, blurred in shown
+        ]
         timings.upscale_ms = _ms(start)
 
     # 3. Storing: encode in the requested format, write atomically per index.
     store.set_stage(job_id, Stage.storing)
     start = time.perf_counter()
     infos = []
-    for index, ((image, blurred), verdict, seed) in enumerate(zip(shown, verdicts, seeds, strict=True)):
+    for index, ((image, blurred), verdict, seed) in enumerate(
+        zip(shown, verdicts, seeds, strict=True)
+    ):
         nsfw = NsfwVerdict(flagged=bool(verdict.flagged), score=round(float(verdict.score), 4))
         content_type = f"image/{request.output_format}"
         if image is None:
             width, height = request.width * factor, request.height * factor
-            infos.append(ImageInfo(index=index, url=None, width=width, height=height, seed=seed, nsfw=nsfw, blocked=True, content_type=content_type))
+            infos.append(
+                ImageInfo(
+                    index=index,
+                    url=None,
+                    width=width,
+                    height=height,
+                    seed=seed,
+                    nsfw=nsfw,
+                    blocked=True,
+                    content_type=content_type,
+                )
+            )
             continue
         data, content_type = encode_image(image, request.output_format)
         storage.put(job_id, index, data, content_type)
@@ -92,4 +108,6 @@ def deliver(
             )
         )
     timings.storing_ms = _ms(start)
-    return Delivered(images=infos, timings=timings, flagged=sum(1 for verdict in verdicts if verdict.flagged))
+    return Delivered(
+        images=infos, timings=timings, flagged=sum(1 for verdict in verdicts if verdict.flagged)
+    )

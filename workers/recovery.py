@@ -67,11 +67,22 @@ def settle_lost(store: JobStore, job_id: str, *, retry: bool, cause: str) -> Non
     if retry and record.status == JobStatus.queued:
         return  # never started (lost right after it was dequeued): it simply runs again
     if retry:
-        store.mark_requeued(job_id, reason=f"worker {worker} {cause}; the job was put back in the queue (retry {record.attempts} of {settings.job_retries})")
+        store.mark_requeued(
+            job_id,
+            reason=f"worker {worker} {cause}; the job was put back in the queue (retry {record.attempts} of {settings.job_retries})",
+        )
         log.warning("job.requeued", extra={"job_id": job_id, "worker_id": worker, "cause": cause})
         return
-    used = f"its {settings.job_retries} retr{'y was' if settings.job_retries == 1 else 'ies were'} used up" if settings.job_retries else "retries are off (GENSVC_JOB_RETRIES=0)"
-    store.mark_failed(job_id, code="worker_lost", message=f"worker {worker} {cause} while running this job, and {used}")
+    used = (
+        f"its {settings.job_retries} retr{'y was' if settings.job_retries == 1 else 'ies were'} used up"
+        if settings.job_retries
+        else "retries are off (GENSVC_JOB_RETRIES=0)"
+    )
+    store.mark_failed(
+        job_id,
+        code="worker_lost",
+        message=f"worker {worker} {cause} while running this job, and {used}",
+    )
     log.warning("job.worker_lost", extra={"job_id": job_id, "worker_id": worker, "cause": cause})
 
 
@@ -79,10 +90,14 @@ def abandoned_handler(store: JobStore) -> Callable:
     """An RQ exception handler: settles the record of a job RQ found abandoned in cleanup."""
     dead_s = store.settings.worker_dead_after_s
 
-    def handle(job: Job, exc_type: type, exc_value: BaseException | None, traceback: object) -> None:
+    def handle(
+        job: Job, exc_type: type, exc_value: BaseException | None, traceback: object
+    ) -> None:
         if exc_type is AbandonedJobError or isinstance(exc_value, AbandonedJobError):
             retry = bool(job.retries_left and job.retries_left > 0)
-            settle_lost(store, job.id, retry=retry, cause=f"stopped answering (no heartbeat for {dead_s} s)")
+            settle_lost(
+                store, job.id, retry=retry, cause=f"stopped answering (no heartbeat for {dead_s} s)"
+            )
         return None  # let the other handlers run
 
     return handle
@@ -91,7 +106,9 @@ def abandoned_handler(store: JobStore) -> Callable:
 class Maintenance(threading.Thread):
     """Every WORKER_MAINTENANCE_S: RQ registry cleanup for our queues, then the backstop scan."""
 
-    def __init__(self, *, redis: Redis, store: JobStore, queue_names: list[str], get_worker: Callable) -> None:
+    def __init__(
+        self, *, redis: Redis, store: JobStore, queue_names: list[str], get_worker: Callable
+    ) -> None:
         super().__init__(name="maintenance", daemon=True)
         self.redis = redis
         self.store = store
@@ -120,7 +137,9 @@ class Maintenance(threading.Thread):
         worker = self.get_worker()
         for queue in self.queues:
             lock = f"{self.settings.key_prefix}:maintenance:{queue.name}"
-            if not self.redis.set(lock, "1", nx=True, ex=max(5, self.settings.worker_maintenance_s)):
+            if not self.redis.set(
+                lock, "1", nx=True, ex=max(5, self.settings.worker_maintenance_s)
+            ):
                 continue  # another worker is cleaning this queue right now
             try:
                 clean_registries(queue, [self.handler])

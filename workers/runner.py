@@ -75,7 +75,12 @@ class BatchState:
 
     def begin(self, batch_id: str, queue: Queue) -> None:
         with self.lock:
-            self.batch_id, self.started, self.queue, self.slots = batch_id, time.monotonic(), queue, []
+            self.batch_id, self.started, self.queue, self.slots = (
+                batch_id,
+                time.monotonic(),
+                queue,
+                [],
+            )
 
     def add(self, slot: Slot) -> None:
         with self.lock:
@@ -103,7 +108,16 @@ class BatchRunner:
     """Runs batches for one worker process (engine and post-processing already loaded)."""
 
     def __init__(
-        self, worker: BaseWorker, *, store: JobStore, storage: Storage, models: Models, settings: Settings, worker_id: str, state: BatchState, abort: threading.Event
+        self,
+        worker: BaseWorker,
+        *,
+        store: JobStore,
+        storage: Storage,
+        models: Models,
+        settings: Settings,
+        worker_id: str,
+        state: BatchState,
+        abort: threading.Event,
     ) -> None:
         self.worker = worker
         self.store = store
@@ -123,9 +137,23 @@ class BatchRunner:
         self.state.begin(batch_id, batch.queue)
         try:
             info = BatchInfo(id=batch_id, size=batch.images, jobs=len(batch.jobs))
-            slots = [slot for slot in (self._start(job, record, batch.queue, info) for job, record in batch.jobs) if slot]
+            slots = [
+                slot
+                for slot in (
+                    self._start(job, record, batch.queue, info) for job, record in batch.jobs
+                )
+                if slot
+            ]
             if slots:
-                log.info("batch.started", extra={"batch_id": batch_id, "worker_id": self.worker_id, "jobs": [s.id for s in slots], "images": info.size})
+                log.info(
+                    "batch.started",
+                    extra={
+                        "batch_id": batch_id,
+                        "worker_id": self.worker_id,
+                        "jobs": [s.id for s in slots],
+                        "images": info.size,
+                    },
+                )
                 results = self._generate(slots)
                 self.publisher.flush()
                 # Handed-back jobs go to the front of the queue one by one: last first keeps their order.
@@ -164,7 +192,10 @@ class BatchRunner:
         except Exception as exc:  # noqa: BLE001 - becomes the jobs' failure reason
             if len(slots) == 1 or self.abort.is_set():
                 return {slot.id: exc for slot in slots}
-            log.warning("batch.failed_retrying_alone", extra={"error": repr(exc), "jobs": [s.id for s in slots]})
+            log.warning(
+                "batch.failed_retrying_alone",
+                extra={"error": repr(exc), "jobs": [s.id for s in slots]},
+            )
         results: dict[str, Any] = {}
         for slot in slots:
             try:
@@ -183,15 +214,24 @@ class BatchRunner:
 
         def on_step(info: Any) -> None:
             request = by_id[info.job_id].record.request
-            image = info.preview if request.preview and _wants_preview(request.preview.every_n_steps, info.step, info.total_steps) else None
-            self.publisher.submit(lambda: self._progress(info.job_id, info.step, info.total_steps, image, request))
+            image = (
+                info.preview
+                if request.preview
+                and _wants_preview(request.preview.every_n_steps, info.step, info.total_steps)
+                else None
+            )
+            self.publisher.submit(
+                lambda: self._progress(info.job_id, info.step, info.total_steps, image, request)
+            )
             if info.job_id == first:
                 now = time.perf_counter()
                 step_ms = (now - timing["last"]) * 1000.0
                 timing["last"] = now
                 if info.step > 1:  # the first interval also holds prompt encoding
                     timing["steps"].append(step_ms / 1000.0)
-                    self.publisher.submit(lambda: self.store.record_step_time(request.width, request.height, step_ms))
+                    self.publisher.submit(
+                        lambda: self.store.record_step_time(request.width, request.height, step_ms)
+                    )
 
         def is_canceled(job_id: str) -> bool:
             if self.abort.is_set() or job_id in canceled:
@@ -208,7 +248,12 @@ class BatchRunner:
 
         jobs = [EngineJob(job_id=slot.id, request=slot.record.request) for slot in slots]
         outputs = self.models.engine.run(jobs, on_step=on_step, is_canceled=is_canceled)
-        metrics.batch_ran(self.store.redis, self.settings, sum(images_in(s.record.request) for s in slots), timing["steps"] or None)
+        metrics.batch_ran(
+            self.store.redis,
+            self.settings,
+            sum(images_in(s.record.request) for s in slots),
+            timing["steps"] or None,
+        )
         return outputs
 
     def _progress(self, job_id: str, step: int, total: int, image: Any, request: Any) -> None:
@@ -229,7 +274,10 @@ class BatchRunner:
             self._forget(slot.id)
         if slot.outcome != HANDED_BACK:
             self._count(slot)
-        log.info(f"job.{slot.outcome}", extra={"job_id": slot.id, "worker_id": self.worker_id, "batch_id": self.state.batch_id})
+        log.info(
+            f"job.{slot.outcome}",
+            extra={"job_id": slot.id, "worker_id": self.worker_id, "batch_id": self.state.batch_id},
+        )
 
     def _outcome(self, slot: Slot, result: Any, queue: Queue) -> str:
         worker, job = self.worker, slot.rq_job
@@ -240,8 +288,17 @@ class BatchRunner:
             self._mark(self.store.mark_failed, slot.id, code=code, message=message)
             lifecycle.fail(worker, job, queue, slot.execution, result)
             return FAILED
-        if result.canceled and self.abort.is_set() and not self.store.is_cancel_requested(slot.id) and not self._ended(slot.id):
-            self._mark(self.store.mark_requeued, slot.id, reason=f"worker {self.worker_id} stopped; the job went back to the queue")
+        if (
+            result.canceled
+            and self.abort.is_set()
+            and not self.store.is_cancel_requested(slot.id)
+            and not self._ended(slot.id)
+        ):
+            self._mark(
+                self.store.mark_requeued,
+                slot.id,
+                reason=f"worker {self.worker_id} stopped; the job went back to the queue",
+            )
             lifecycle.hand_back(worker, job, queue, slot.execution)
             return HANDED_BACK
         if result.canceled or self._ended(slot.id) or self.store.is_cancel_requested(slot.id):
@@ -253,11 +310,23 @@ class BatchRunner:
             store=self.store, storage=self.storage, safety=self.models.safety, upscaler=self.models.upscaler,
         )  # fmt: skip
         metrics.nsfw_flagged(self.store.redis, self.settings, delivered.flagged)
-        done = self._mark(self.store.mark_succeeded, slot.id, images=delivered.images, timings=delivered.timings, reproducibility=result.reproducibility)
+        done = self._mark(
+            self.store.mark_succeeded,
+            slot.id,
+            images=delivered.images,
+            timings=delivered.timings,
+            reproducibility=result.reproducibility,
+        )
         if done is None and self._ended(slot.id):  # canceled while post-processing
             lifecycle.cancel(worker, job, queue, slot.execution)
             return CANCELED
-        lifecycle.succeed(worker, job, queue, slot.execution, {"status": "succeeded", "images": len(delivered.images)})
+        lifecycle.succeed(
+            worker,
+            job,
+            queue,
+            slot.execution,
+            {"status": "succeeded", "images": len(delivered.images)},
+        )
         return SUCCEEDED
 
     def _ended(self, job_id: str) -> bool:
@@ -289,7 +358,9 @@ class BatchRunner:
             return
         if record.status == JobStatus.queued:
             return
-        latency = (record.finished_at - record.created_at).total_seconds() if record.finished_at else None
+        latency = (
+            (record.finished_at - record.created_at).total_seconds() if record.finished_at else None
+        )
         wait = record.timings.queued_ms / 1000.0 if record.timings.queued_ms is not None else None
         metrics.job_finished(self.store.redis, self.settings, record.status.value, latency, wait)
 

@@ -92,7 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.redis = Redis.from_url(
-        settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S, socket_timeout=REDIS_SOCKET_TIMEOUT_S
+        settings.redis_url,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
     )
     app.state.async_redis = None
     app.state.async_redis_loop = None
@@ -109,12 +111,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _openapi(app: FastAPI) -> dict:
     """The OpenAPI document, with FastAPI's default 422 schema replaced by our error shape."""
     if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes, tags=app.openapi_tags)
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=app.openapi_tags,
+        )
         error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
         for operation in (op for item in schema["paths"].values() for op in item.values()):
             invalid = operation.get("responses", {}).get("422")
             if invalid and "HTTPValidationError" in str(invalid):
-                operation["responses"]["422"] = {"description": "Invalid field; the message names it.", "content": {"application/json": {"schema": error_ref}}}
+                operation["responses"]["422"] = {
+                    "description": "Invalid field; the message names it.",
+                    "content": {"application/json": {"schema": error_ref}},
+                }
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)

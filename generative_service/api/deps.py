@@ -16,7 +16,9 @@ from generative_service.settings import Settings
 from generative_service.storage import Storage
 
 # auto_error=False: we answer 401 ourselves, in the common error shape.
-_bearer = HTTPBearer(auto_error=False, description="One of GENSVC_API_KEYS (only when API keys are configured).")
+_bearer = HTTPBearer(
+    auto_error=False, description="One of GENSVC_API_KEYS (only when API keys are configured)."
+)
 
 
 def get_settings(request: Request) -> Settings:
@@ -42,7 +44,8 @@ def get_storage(request: Request) -> Storage:
 
 
 def get_owner(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
 ) -> str:
     """The owner id of the caller: `anonymous` without API keys, else derived from the Bearer key.
 

@@ -38,7 +38,9 @@ _SHOULD = re.compile(r"^(Input|String|List|Value|Dictionary|Object|Tuple|Set) sh
 _SOURCES = ("body", "query", "path", "header", "cookie")
 
 
-def error_json(status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_json(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """A response in the common error shape."""
     body = {"error": {"code": code, "message": message, "details": details}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -87,7 +89,13 @@ def validation_details(errors: list[dict]) -> list[dict[str, str]]:
         loc = list(error.get("loc", ()))
         if error.get("type") == "json_invalid":
             loc = loc[:1]  # the second item is the character position, not a field
-        out.append({"field": field_name(loc), "message": _reason(error), "type": str(error.get("type", ""))})
+        out.append(
+            {
+                "field": field_name(loc),
+                "message": _reason(error),
+                "type": str(error.get("type", "")),
+            }
+        )
     return out
 
 
@@ -98,7 +106,9 @@ def validation_response(errors: list[dict]) -> JSONResponse:
     message = "; ".join(f"{item['field']}: {item['message']}" for item in details[:3])
     if len(details) > 3:
         message += f" (and {len(details) - 3} more)"
-    return error_json(status, "bad_request" if status == 400 else "invalid_request", message, details)
+    return error_json(
+        status, "bad_request" if status == 400 else "invalid_request", message, details
+    )
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
@@ -126,7 +136,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if status == 405:
         allowed = _allowed_methods(request) or headers.get("Allow", "")
         headers["Allow"] = allowed
-        message = f"method {request.method} is not allowed on {request.url.path}" + (f"; allowed: {allowed}" if allowed else "")
+        message = f"method {request.method} is not allowed on {request.url.path}" + (
+            f"; allowed: {allowed}" if allowed else ""
+        )
     return error_json(status, _HTTP_CODES.get(status, "http_error"), message, None, headers)
 
 
@@ -142,12 +154,16 @@ def _allowed_methods(request: Request) -> str:
 
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     log.warning("redis unavailable: %s", exc)
-    return error_json(503, "unavailable", "Redis is unavailable; retry later", None, {"Retry-After": "5"})
+    return error_json(
+        503, "unavailable", "Redis is unavailable; retry later", None, {"Retry-After": "5"}
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_json(500, "internal_error", "internal server error; the gateway log has the details")
+    return error_json(
+        500, "internal_error", "internal server error; the gateway log has the details"
+    )
 
 
 def install(app: FastAPI) -> None:

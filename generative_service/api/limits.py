@@ -19,7 +19,9 @@ class BodyTooLarge(HTTPException):
     """Raised from `receive`; an HTTPException so FastAPI's body parser re-raises it unchanged."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(status_code=413, detail=f"body: request body is larger than the limit of {limit} bytes")
+        super().__init__(
+            status_code=413, detail=f"body: request body is larger than the limit of {limit} bytes"
+        )
 
 
 def body_limit(settings: Settings, scope: Scope) -> int:
@@ -43,7 +45,11 @@ class BodySizeLimit:
         limit = body_limit(self.settings, scope)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            response = error_json(413, "payload_too_large", f"body: Content-Length {declared} is larger than the limit of {limit} bytes")
+            response = error_json(
+                413,
+                "payload_too_large",
+                f"body: Content-Length {declared} is larger than the limit of {limit} bytes",
+            )
             await response(scope, receive, send)
             return
         received = 0

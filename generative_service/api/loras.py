@@ -34,9 +34,14 @@ DTYPE_BYTES = {
 def check_name(name: str, field: str = "name") -> str:
     """Return `name` if it is a safe adapter name. Raises InvalidRequest naming `field`."""
     if name.endswith(SUFFIX):
-        raise InvalidRequest(field, f"give the adapter name without the {SUFFIX} extension, got {name!r}")
+        raise InvalidRequest(
+            field, f"give the adapter name without the {SUFFIX} extension, got {name!r}"
+        )
     if not NAME_RULE.match(name):
-        raise InvalidRequest(field, f"must be 1-128 letters, digits, '_', '.' or '-' starting with a letter or digit, got {name!r}")
+        raise InvalidRequest(
+            field,
+            f"must be 1-128 letters, digits, '_', '.' or '-' starting with a letter or digit, got {name!r}",
+        )
     return name
 
 
@@ -119,7 +124,10 @@ def check_safetensors(path: Path, size: int) -> int:
     with open(path, "rb") as handle:
         header_len = int.from_bytes(handle.read(8), "little")
         if header_len < 2 or header_len > min(size - 8, MAX_HEADER_BYTES):
-            raise LoraError("file", f"not a safetensors file (header length {header_len} does not fit a {size}-byte file)")
+            raise LoraError(
+                "file",
+                f"not a safetensors file (header length {header_len} does not fit a {size}-byte file)",
+            )
         try:
             header = json.loads(handle.read(header_len))
         except (ValueError, UnicodeDecodeError):
@@ -133,7 +141,10 @@ def check_safetensors(path: Path, size: int) -> int:
     for key, entry in tensors.items():
         _check_entry(key, entry, data_len)
     if not any("lora" in key.lower() for key in tensors):
-        raise LoraError("file", "holds no LoRA weights (no tensor name contains 'lora'); is it a full checkpoint?")
+        raise LoraError(
+            "file",
+            "holds no LoRA weights (no tensor name contains 'lora'); is it a full checkpoint?",
+        )
     return len(tensors)
 
 
@@ -145,8 +156,13 @@ def _check_entry(key: str, entry: object, data_len: int) -> None:
         raise LoraError("file", f"tensor {key!r}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(isinstance(dim, int) and dim >= 0 for dim in shape):
         raise LoraError("file", f"tensor {key!r}: bad shape {shape!r}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+    if not (
+        isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+    ):
         raise LoraError("file", f"tensor {key!r}: bad data_offsets {offsets!r}")
     begin, end = offsets
     if not 0 <= begin <= end <= data_len or end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
-        raise LoraError("file", f"tensor {key!r}: data_offsets {offsets} do not match its shape and the file size")
+        raise LoraError(
+            "file",
+            f"tensor {key!r}: data_offsets {offsets} do not match its shape and the file size",
+        )

@@ -11,9 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="Machine-readable error code, e.g. `invalid_request`, `not_found`, `queue_full`.")
-    message: str = Field(description="What went wrong; for bad input it starts with the field name.")
-    details: Any = Field(None, description="Extra data: the list of field errors, known LoRA names, Retry-After seconds...")
+    code: str = Field(
+        description="Machine-readable error code, e.g. `invalid_request`, `not_found`, `queue_full`."
+    )
+    message: str = Field(
+        description="What went wrong; for bad input it starts with the field name."
+    )
+    details: Any = Field(
+        None,
+        description="Extra data: the list of field errors, known LoRA names, Retry-After seconds...",
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -26,7 +33,13 @@ class ErrorResponse(BaseModel):
                     "error": {
                         "code": "invalid_request",
                         "message": "width: must be a multiple of 8, got 65",
-                        "details": [{"field": "width", "message": "must be a multiple of 8, got 65", "type": "value_error"}],
+                        "details": [
+                            {
+                                "field": "width",
+                                "message": "must be a multiple of 8, got 65",
+                                "type": "value_error",
+                            }
+                        ],
                     }
                 }
             ]
@@ -48,7 +61,10 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         429: "Queue full; retry after `Retry-After` seconds.",
         503: "Redis or workers unavailable.",
     }
-    return {code: {"model": ErrorResponse, "description": descriptions.get(code, "Error.")} for code in codes}
+    return {
+        code: {"model": ErrorResponse, "description": descriptions.get(code, "Error.")}
+        for code in codes
+    }
 
 
 class WebhookAttempts(BaseModel):
@@ -56,7 +72,9 @@ class WebhookAttempts(BaseModel):
 
 
 class LoraInfo(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "ink", "size_bytes": 98304}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "ink", "size_bytes": 98304}]}
+    )
 
     name: str = Field(description="Adapter name; use it in a request's `loras[].name`.")
     size_bytes: int | None = None
@@ -77,16 +95,30 @@ class ModelsInfo(BaseModel):
                     "source": "worker",
                     "base_model": "demo",
                     "controlnets": ["canny", "depth"],
-                    "samplers": ["dpmpp_2m_karras", "euler_a", "euler", "ddim", "dpmpp_2m", "unipc"],
+                    "samplers": [
+                        "dpmpp_2m_karras",
+                        "euler_a",
+                        "euler",
+                        "ddim",
+                        "dpmpp_2m",
+                        "unipc",
+                    ],
                     "loras": ["ink"],
                     "default_size": 64,
-                    "limits": {"max_side": 2048, "max_batch_images": 4, "max_images_per_job": 4, "max_steps": 150},
+                    "limits": {
+                        "max_side": 2048,
+                        "max_batch_images": 4,
+                        "max_images_per_job": 4,
+                        "max_steps": 150,
+                    },
                 }
             ]
         },
     )
 
-    source: str = Field(description="`worker` (published by a running GPU worker) or `settings` (no worker has published yet).")
+    source: str = Field(
+        description="`worker` (published by a running GPU worker) or `settings` (no worker has published yet)."
+    )
     base_model: str
     controlnets: list[str] = []
     samplers: list[str] = []
@@ -108,10 +140,17 @@ class ReadyCheck(BaseModel):
 class Ready(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"status": "ready", "checks": {"redis": {"ok": True}, "workers": {"ok": True, "live": 1}}}]
+            "examples": [
+                {
+                    "status": "ready",
+                    "checks": {"redis": {"ok": True}, "workers": {"ok": True, "live": 1}},
+                }
+            ]
         }
     )
 
     status: str = Field(description="`ready` or `not_ready`.")
     checks: dict[str, ReadyCheck]
-    error: ErrorDetail | None = Field(None, description="Present when not ready (503), in the common error shape.")
+    error: ErrorDetail | None = Field(
+        None, description="Present when not ready (503), in the common error shape."
+    )

@@ -13,8 +13,9 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-import redis.exceptions
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from generative_service import events
 from generative_service.errors import InvalidRequest
@@ -32,7 +33,10 @@ def resume_point(header: str | None, query: str | None) -> str:
     for name, value in (("Last-Event-ID", header), ("last_event_id", query)):
         if value:
             if not events.valid_event_id(value.strip()):
-                raise InvalidRequest(name, f"must be an event id this stream sent (like 1700000000000-0), got {value!r}")
+                raise InvalidRequest(
+                    name,
+                    f"must be an event id this stream sent (like 1700000000000-0), got {value!r}",
+                )
             return value.strip()
     return "0-0"
 
@@ -49,7 +53,9 @@ async def _job_ended(redis: AsyncRedis, settings: Settings, job_id: str) -> bool
     return JobRecord.model_validate_json(raw).status.is_terminal
 
 
-async def stream_job_events(redis: AsyncRedis, settings: Settings, job_id: str, *, after: str) -> AsyncIterator[str]:
+async def stream_job_events(
+    redis: AsyncRedis, settings: Settings, job_id: str, *, after: str
+) -> AsyncIterator[str]:
     """Yield SSE frames for `job_id` after stream id `after` until its terminal event."""
     block_ms = max(10, int(min(settings.sse_keepalive_s, BLOCK_MAX_S) * 1000))
     yield f"retry: {RECONNECT_MS}\n\n"
@@ -58,10 +64,13 @@ async def stream_job_events(redis: AsyncRedis, settings: Settings, job_id: str, 
     ended_seen = False
     while True:
         try:
-            batch = await events.read_async(redis, settings.key_prefix, job_id, after=after, block_ms=block_ms)
+            batch = await events.read_async(
+                redis, settings.key_prefix, job_id, after=after, block_ms=block_ms
+            )
             idle_and_ended = not batch and await _job_ended(redis, settings, job_id)
             failures = 0
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        # NOTE: not `redis.exceptions...`: the `redis` parameter (the client) shadows the module.
+        except (RedisConnectionError, RedisTimeoutError):
             failures += 1
             if failures > REDIS_RETRIES:
                 yield ": redis unavailable; reconnect with Last-Event-ID to resume\n\n"

@@ -15,8 +15,8 @@ import time
 
 from redis.asyncio import Redis as AsyncRedis
 
-from generative_service import events, webhooks
 import generative_service.engine.paths as paths
+from generative_service import events, webhooks
 from generative_service.errors import InvalidRequest
 from generative_service.schemas import ControlSpec, GenerationRequest
 from generative_service.settings import Settings
@@ -38,13 +38,16 @@ def parse_prefer_wait(header: str | None, settings: Settings) -> int | None:
         if match is None:
             continue
         value = match.group(1).strip('"')
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise InvalidRequest("Prefer", f"wait must be a whole number of seconds, got {value!r}")
-        return min(int(value), settings.wait_max_s)
+        # NOTE: int() of a 5000-digit string raises ValueError (a 500); anything that long is "a lot".
+        return min(int(value), settings.wait_max_s) if len(value) <= 9 else settings.wait_max_s
     return None
 
 
-def check_request(request: GenerationRequest, settings: Settings, models_info: dict | None = None) -> None:
+def check_request(
+    request: GenerationRequest, settings: Settings, models_info: dict | None = None
+) -> None:
     """Checks that depend on configuration. Raises InvalidRequest naming the field."""
     _check_metadata(request, settings)
     _check_images(request, settings)
@@ -58,16 +61,23 @@ def check_request(request: GenerationRequest, settings: Settings, models_info: d
 def _check_metadata(request: GenerationRequest, settings: Settings) -> None:
     size = len(json.dumps(request.metadata, separators=(",", ":")).encode())
     if size > settings.max_metadata_bytes:
-        raise InvalidRequest("metadata", f"must be at most {settings.max_metadata_bytes} bytes as JSON, got {size}")
+        raise InvalidRequest(
+            "metadata", f"must be at most {settings.max_metadata_bytes} bytes as JSON, got {size}"
+        )
 
 
 def _check_images(request: GenerationRequest, settings: Settings) -> None:
     if request.num_images > settings.max_batch_images:
-        raise InvalidRequest("num_images", f"must be at most {settings.max_batch_images} (GENSVC_MAX_BATCH_IMAGES), got {request.num_images}")
+        raise InvalidRequest(
+            "num_images",
+            f"must be at most {settings.max_batch_images} (GENSVC_MAX_BATCH_IMAGES), got {request.num_images}",
+        )
     for field in ("width", "height"):
         value = getattr(request, field)
         if value is not None and value > settings.max_side:
-            raise InvalidRequest(field, f"must be at most {settings.max_side} (GENSVC_MAX_SIDE), got {value}")
+            raise InvalidRequest(
+                field, f"must be at most {settings.max_side} (GENSVC_MAX_SIDE), got {value}"
+            )
 
 
 def _check_loras(request: GenerationRequest, settings: Settings) -> None:
@@ -77,26 +87,51 @@ def _check_loras(request: GenerationRequest, settings: Settings) -> None:
     for index, lora in enumerate(request.loras):
         if lora.name not in known:
             listing = ", ".join(known) if known else "none installed"
-            raise InvalidRequest(f"loras[{index}].name", f"unknown LoRA {lora.name!r}; known: {listing}", details={"known": known})
+            raise InvalidRequest(
+                f"loras[{index}].name",
+                f"unknown LoRA {lora.name!r}; known: {listing}",
+                details={"known": known},
+            )
 
 
 def _check_control(control: ControlSpec, settings: Settings, models_info: dict) -> None:
     available = _available_controlnets(models_info)
     if available is not None and control.type not in available:
         listing = ", ".join(sorted(available)) or "none"
-        raise InvalidRequest("control.type", f"{control.type!r} is not available on this server; available: {listing}")
+        raise InvalidRequest(
+            "control.type",
+            f"{control.type!r} is not available on this server; available: {listing}",
+        )
     raw = decode_image_data(control.image)
     from PIL import Image  # PIL only reads the header here; no pixels are decoded
 
     try:
         with Image.open(io.BytesIO(raw)) as image:
             width, height = image.size
+            if width * height <= settings.max_control_pixels:
+                _check_structure(image)
+    except InvalidRequest:
+        raise
     except Image.DecompressionBombError:
         raise InvalidRequest("control.image", "image is too large to decode") from None
     except Exception:  # noqa: BLE001 - PIL raises many types for garbage input
-        raise InvalidRequest("control.image", "not a decodable image (PNG, JPEG or WebP expected)") from None
+        raise InvalidRequest(
+            "control.image", "not a decodable image (PNG, JPEG or WebP expected)"
+        ) from None
     if width * height > settings.max_control_pixels:
-        raise InvalidRequest("control.image", f"{width}x{height} has more than {settings.max_control_pixels} pixels (GENSVC_MAX_CONTROL_PIXELS)")
+        raise InvalidRequest(
+            "control.image",
+            f"{width}x{height} has more than {settings.max_control_pixels} pixels (GENSVC_MAX_CONTROL_PIXELS)",
+        )
+
+
+def _check_structure(image) -> None:
+    """Walk the file's chunks without decoding pixels (PNG: every CRC), so a truncated or corrupt
+    upload is a 422 at submit instead of a failed job later. Formats PIL cannot verify pass."""
+    try:
+        image.verify()
+    except Exception:  # noqa: BLE001 - PIL raises OSError/SyntaxError/struct.error for broken files
+        raise InvalidRequest("control.image", "the image file is truncated or corrupt") from None
 
 
 def decode_image_data(value: str) -> bytes:
@@ -116,7 +151,11 @@ def _available_controlnets(models_info: dict) -> set[str] | None:
     if isinstance(value, dict):
         return {str(key) for key in value}
     if isinstance(value, list):
-        return {item if isinstance(item, str) else str(item.get("type", "")) for item in value if isinstance(item, (str, dict))}
+        return {
+            item if isinstance(item, str) else str(item.get("type", ""))
+            for item in value
+            if isinstance(item, (str, dict))
+        }
     return None
 
 
@@ -126,7 +165,9 @@ async def wait_for_end(redis: AsyncRedis, prefix: str, job_id: str, timeout_s: f
     after = "0-0"
     while (remaining := deadline - time.monotonic()) > 0:
         block_ms = max(1, int(min(remaining, WAIT_SLICE_S) * 1000))
-        for event_id, event in await events.read_async(redis, prefix, job_id, after=after, block_ms=block_ms):
+        for event_id, event in await events.read_async(
+            redis, prefix, job_id, after=after, block_ms=block_ms
+        ):
             after = event_id
             if event.is_terminal:
                 return True

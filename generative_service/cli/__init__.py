@@ -33,13 +33,24 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from generative_service.cli.supervisor import Supervisor, child_env, ensure_redis, service_children, stop_redis
+    from generative_service.cli.supervisor import (
+        Supervisor,
+        child_env,
+        ensure_redis,
+        service_children,
+        stop_redis,
+    )
     from generative_service.settings import get_settings
 
     redis_port = ensure_redis(get_settings().redis_url)
-    supervisor = Supervisor(service_children(host=args.host, port=args.port, workers=args.workers), env=child_env())
+    supervisor = Supervisor(
+        service_children(host=args.host, port=args.port, workers=args.workers), env=child_env()
+    )
     supervisor.start()
-    print(f"gensvc up: http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops everything", file=sys.stderr)
+    print(
+        f"gensvc up: http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops everything",
+        file=sys.stderr,
+    )
     try:
         supervisor.run_forever()
     finally:
@@ -78,7 +89,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("generate", help="submit a prompt, show progress, save the image(s)")
     p.add_argument("prompt")
-    p.add_argument("--out", "-o", required=True, help="output file; several images get -0, -1... suffixes")
+    p.add_argument(
+        "--out", "-o", required=True, help="output file; several images get -0, -1... suffixes"
+    )
     p.add_argument("--negative", help="negative prompt")
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int)
@@ -86,7 +99,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler")
     p.add_argument("--size", type=parse_size, help="WxH, e.g. 64x64")
     p.add_argument("--num-images", type=int)
-    p.add_argument("--lora", type=parse_lora, action="append", help="name or name:scale (repeatable)")
+    p.add_argument(
+        "--lora", type=parse_lora, action="append", help="name or name:scale (repeatable)"
+    )
     p.add_argument("--control-type", choices=("canny", "depth"))
     p.add_argument("--control-image", help="image file for the ControlNet")
     p.add_argument("--control-scale", type=float, help="ControlNet conditioning scale")
@@ -99,10 +114,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gensvc", description="Self-hosted asynchronous text-to-image service.")
+    parser = argparse.ArgumentParser(
+        prog="gensvc", description="Self-hosted asynchronous text-to-image service."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("up", help="Redis (if none answers) + gateway + GPU worker(s) + webhook worker, supervised")
+    p = sub.add_parser(
+        "up", help="Redis (if none answers) + gateway + GPU worker(s) + webhook worker, supervised"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="GPU worker processes (one per GPU)")
@@ -114,33 +133,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.set_defaults(func=cmd_api)
 
-    for name, module, text in (("worker", "workers.gpu_worker", "run a GPU worker"), ("webhook-worker", "workers.webhook_worker", "run the webhook sender")):
+    for name, module, text in (
+        ("worker", "workers.gpu_worker", "run a GPU worker"),
+        ("webhook-worker", "workers.webhook_worker", "run the webhook sender"),
+    ):
         p = sub.add_parser(name, help=f"{text} (extra arguments go to `python -m {module}`)")
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=lambda args, module=module: _exec_module(module, args.rest))
 
     _add_generate(sub)
 
-    p = sub.add_parser("demo", help="start everything on the embedded model, generate one image, stop")
+    p = sub.add_parser(
+        "demo", help="start everything on the embedded model, generate one image, stop"
+    )
     p.add_argument("--out", "-o", default="demo.png")
     p.add_argument("--prompt", default="a handwritten seven")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--steps", type=int)
     p.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
-    p.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for a worker")
+    p.add_argument(
+        "--ready-timeout", type=float, default=900.0, help="seconds to wait for a worker"
+    )
     p.set_defaults(func=cmd_demo)
 
-    models = sub.add_parser("models", help="build or train the small built-in models").add_subparsers(dest="models_command", required=True)
+    models = sub.add_parser(
+        "models", help="build or train the small built-in models"
+    ).add_subparsers(dest="models_command", required=True)
     p = models.add_parser("build-tiny", help="build the tiny random-weight SDXL bundle into DIR")
     p.add_argument("dir")
     p.set_defaults(func=cmd_build_tiny)
-    p = models.add_parser("train-demo", help="train the demo digits model (arguments go to the trainer)")
+    p = models.add_parser(
+        "train-demo", help="train the demo digits model (arguments go to the trainer)"
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_train_demo)
     return parser
 
 
+PASSTHROUGH = {("worker",): "workers.gpu_worker", ("webhook-worker",): "workers.webhook_worker"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `gensvc`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Commands that hand their arguments to another program take them verbatim (argparse would
+    # try to parse options such as `--queues` itself).
+    if argv and argv[0] in ("worker", "webhook-worker") and not {"-h", "--help"} & set(argv[1:2]):
+        return _exec_module(PASSTHROUGH[(argv[0],)], argv[1:])
+    if argv[:2] == ["models", "train-demo"]:
+        return cmd_train_demo(argparse.Namespace(rest=argv[2:]))
     args = build_parser().parse_args(argv)
     return args.func(args)

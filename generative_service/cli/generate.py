@@ -12,7 +12,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from generative_service.cli.supervisor import Supervisor, child_env, ensure_redis, service_children, stop_redis
+from generative_service.cli.supervisor import (
+    Supervisor,
+    child_env,
+    ensure_redis,
+    service_children,
+    stop_redis,
+)
 from generative_service.client import APIError, Client
 from generative_service.settings import get_settings
 
@@ -66,7 +72,9 @@ def follow(client: Client, job_id: str, *, quiet: bool = False) -> None:
     try:
         for _, event in client.events(job_id):
             if event.type == "queued":
-                bar.set_description(f"queued (position {event.position})" if event.position else "queued")
+                bar.set_description(
+                    f"queued (position {event.position})" if event.position else "queued"
+                )
             elif event.type == "started":
                 bar.set_description("running")
             elif event.type == "progress" and event.total_steps:
@@ -83,7 +91,9 @@ def follow(client: Client, job_id: str, *, quiet: bool = False) -> None:
         bar.close()
 
 
-def generate(url: str, body: dict, out: str, *, api_key: str | None = None, quiet: bool = False) -> int:
+def generate(
+    url: str, body: dict, out: str, *, api_key: str | None = None, quiet: bool = False
+) -> int:
     """Submit `body`, follow it, save the image(s) to `out`. Returns the exit code."""
     with Client(url, api_key=api_key) as client:
         try:
@@ -112,7 +122,9 @@ def generate(url: str, body: dict, out: str, *, api_key: str | None = None, quie
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    return generate(args.url, request_from_args(args), args.out, api_key=args.api_key, quiet=args.quiet)
+    return generate(
+        args.url, request_from_args(args), args.out, api_key=args.api_key, quiet=args.quiet
+    )
 
 
 def free_port() -> int:
@@ -124,13 +136,18 @@ def free_port() -> int:
 def wait_ready(client: Client, supervisor: Supervisor, timeout_s: float) -> None:
     """Poll /readyz until a worker is up; keeps the children supervised meanwhile."""
     deadline = time.monotonic() + timeout_s
-    print("waiting for the gateway and a worker (the first start builds/loads the model)...", file=sys.stderr)
+    print(
+        "waiting for the gateway and a worker (the first start builds/loads the model)...",
+        file=sys.stderr,
+    )
     while time.monotonic() < deadline:
         if client.ready():
             return
         supervisor.check()
         time.sleep(0.5)
-    raise SystemExit(f"the service was not ready within {timeout_s:.0f} s (see the worker log above)")
+    raise SystemExit(
+        f"the service was not ready within {timeout_s:.0f} s (see the worker log above)"
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:

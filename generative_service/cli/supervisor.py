@@ -19,7 +19,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-QUICK_DEATH_S = 10.0  # a child that dies sooner than this after starting backs off before the next try
+QUICK_DEATH_S = (
+    10.0  # a child that dies sooner than this after starting backs off before the next try
+)
 MAX_BACKOFF_S = 30.0
 
 
@@ -53,12 +55,20 @@ def ensure_redis(url: str, *, log: Callable[[str], None] = print) -> int | None:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379
     if host not in LOCAL_HOSTS:
-        raise SystemExit(f"Redis at {host}:{port} does not answer (GENSVC_REDIS_URL); start it or point the URL elsewhere")
+        raise SystemExit(
+            f"Redis at {host}:{port} does not answer (GENSVC_REDIS_URL); start it or point the URL elsewhere"
+        )
     server = shutil.which("redis-server")
     if server is None:
-        raise SystemExit("no Redis answers and redis-server is not installed: `apt-get install redis-server` (or run scripts/ensure-redis)")
+        raise SystemExit(
+            "no Redis answers and redis-server is not installed: `apt-get install redis-server` (or run scripts/ensure-redis)"
+        )
     log(f"starting redis-server on port {port} (no persistence)")
-    subprocess.run([server, "--daemonize", "yes", "--port", str(port), "--save", "", "--appendonly", "no"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [server, "--daemonize", "yes", "--port", str(port), "--save", "", "--appendonly", "no"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     for _ in range(100):
         if redis_answers(url, timeout_s=0.2):
             return port
@@ -136,7 +146,9 @@ class Supervisor:
         def request_stop(signum: int, _frame: object) -> None:
             self.stopping = True
 
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             while not self.stopping:
                 self.check()
@@ -149,7 +161,11 @@ class Supervisor:
     def stop(self) -> None:
         """SIGTERM every child, wait for them, SIGKILL whatever is left after `stop_timeout_s`."""
         self.stopping = True
-        alive = [child for child in self.children if child.process is not None and child.process.poll() is None]
+        alive = [
+            child
+            for child in self.children
+            if child.process is not None and child.process.poll() is None
+        ]
         for child in alive:
             child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout_s
@@ -164,9 +180,19 @@ class Supervisor:
             self.log("stopped " + ", ".join(child.name for child in alive))
 
 
-def service_children(*, host: str, port: int, workers: int, python: str = sys.executable) -> list[Child]:
+def service_children(
+    *, host: str, port: int, workers: int, python: str = sys.executable
+) -> list[Child]:
     """Gateway, `workers` GPU workers and one webhook worker."""
-    children = [Child("gateway", [python, "-m", "generative_service.cli", "api", "--host", host, "--port", str(port)])]
-    children += [Child(f"gpu-worker-{index}", [python, "-m", "workers.gpu_worker"]) for index in range(workers)]
+    children = [
+        Child(
+            "gateway",
+            [python, "-m", "generative_service.cli", "api", "--host", host, "--port", str(port)],
+        )
+    ]
+    children += [
+        Child(f"gpu-worker-{index}", [python, "-m", "workers.gpu_worker"])
+        for index in range(workers)
+    ]
     children.append(Child("webhook-worker", [python, "-m", "workers.webhook_worker"]))
     return children

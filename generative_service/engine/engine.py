@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from generative_service.engine import paths
-from generative_service.engine.batching import batch_key, images_in
 from generative_service.engine.batch import BatchPlan, GuidanceScales, plan_batch
+from generative_service.engine.batching import batch_key, images_in
 from generative_service.engine.hashing import FileHasher
 from generative_service.engine.loader import CONTROL_TYPES, LoadedModels, load_models
 from generative_service.engine.lora import LoraManager

@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    ControlNetModel,
+    StableDiffusionXLControlNetPipeline,
+    StableDiffusionXLPipeline,
+)
 
 from generative_service.engine import paths
 from generative_service.engine._quiet import quiet_progress_bars

@@ -6,6 +6,7 @@ between runs (or threads) leaks that state; `make_scheduler` therefore always bu
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -79,6 +80,9 @@ def _record_x0(scheduler) -> None:
     """Wrap this instance's `step` so the x0 estimate that Euler/DDIM return is kept for previews."""
     original = scheduler.step
 
+    # NOTE: functools.wraps keeps step's signature visible: diffusers passes `generator` (ancestral
+    # samplers' noise) only when inspect.signature(scheduler.step) lists it.
+    @functools.wraps(original)
     def step(*args: Any, return_dict: bool = True, **kwargs: Any):
         output = original(*args, return_dict=True, **kwargs)
         scheduler._gensvc_x0 = getattr(output, "pred_original_sample", None)

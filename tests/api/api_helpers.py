@@ -38,7 +38,9 @@ class FakeWorker:
 
     def start(self, job_id: str) -> None:
         self.store.rq_queue(self.store.get(job_id).queue).remove(job_id)
-        self.store.mark_started(job_id, batch=BatchInfo(id="batch_test", size=1), worker_id="fake-worker")
+        self.store.mark_started(
+            job_id, batch=BatchInfo(id="batch_test", size=1), worker_id="fake-worker"
+        )
 
     def progress(self, job_id: str, steps: int) -> None:
         for step in range(1, steps + 1):
@@ -51,13 +53,25 @@ class FakeWorker:
         self.store.set_stage(job_id, Stage.storing)
         images = []
         for index in range(request.num_images):
-            data, content_type = encode_image(Image.new("RGB", (request.width, request.height), (index * 60, 20, 200)), request.output_format)
+            data, content_type = encode_image(
+                Image.new("RGB", (request.width, request.height), (index * 60, 20, 200)),
+                request.output_format,
+            )
             if index not in blocked:
                 self.storage.put(job_id, index, data, content_type)
             images.append(
-                ImageInfo(index=index, url=None if index in blocked else image_url(job_id, index), width=request.width, height=request.height,
-                          seed=request.seed + index, nsfw=NsfwVerdict(flagged=index in blocked, score=0.9 if index in blocked else 0.01),
-                          blocked=index in blocked, content_type=content_type)  # fmt: skip
+                ImageInfo(
+                    index=index,
+                    url=None if index in blocked else image_url(job_id, index),
+                    width=request.width,
+                    height=request.height,
+                    seed=request.seed + index,
+                    nsfw=NsfwVerdict(
+                        flagged=index in blocked, score=0.9 if index in blocked else 0.01
+                    ),
+                    blocked=index in blocked,
+                    content_type=content_type,
+                )  # fmt: skip
             )
         self.store.mark_succeeded(job_id, images=images, timings=Timings(inference_ms=1.0))
 

@@ -49,11 +49,18 @@ def test_probes_and_docs_need_no_key(client):
 def test_a_key_sees_only_its_own_jobs(client):
     alice_job = client.post("/v1/jobs", json=OK, headers=ALICE).json()["id"]
     bob_job = client.post("/v1/jobs", json=OK, headers=BOB).json()["id"]
-    assert [job["id"] for job in client.get("/v1/jobs", headers=ALICE).json()["data"]] == [alice_job]
+    assert [job["id"] for job in client.get("/v1/jobs", headers=ALICE).json()["data"]] == [
+        alice_job
+    ]
     assert [job["id"] for job in client.get("/v1/jobs", headers=BOB).json()["data"]] == [bob_job]
     assert client.get(f"/v1/jobs/{alice_job}", headers=ALICE).status_code == 200
     # Another key's job is indistinguishable from a job that does not exist.
-    for path in (f"/v1/jobs/{alice_job}", f"/v1/jobs/{alice_job}/events", f"/v1/jobs/{alice_job}/images/0", f"/v1/jobs/{alice_job}/webhooks"):
+    for path in (
+        f"/v1/jobs/{alice_job}",
+        f"/v1/jobs/{alice_job}/events",
+        f"/v1/jobs/{alice_job}/images/0",
+        f"/v1/jobs/{alice_job}/webhooks",
+    ):
         check_error(client.get(path, headers=BOB), 404, "not_found")
     check_error(client.post(f"/v1/jobs/{alice_job}/cancel", headers=BOB), 404)
     assert client.get(f"/v1/jobs/{alice_job}", headers=ALICE).json()["status"] == "queued"

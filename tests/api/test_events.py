@@ -58,9 +58,28 @@ def test_stream_of_an_ended_job_replays_everything_and_closes(api_client, fake_w
     assert response.headers["content-type"].startswith("text/event-stream")
     frames = event_frames(response.text)
     types = [frame["event"] for frame in frames]
-    assert types == ["queued", "started", "progress", "progress", "progress", "progress", "stage", "succeeded"]
-    assert all(frame["data"]["type"] == frame["event"] and frame["data"]["job_id"] == job_id and "at" in frame["data"] for frame in frames)
-    assert [frame["data"]["step"] for frame in frames if frame["event"] == "progress"] == [1, 2, 3, 4]
+    assert types == [
+        "queued",
+        "started",
+        "progress",
+        "progress",
+        "progress",
+        "progress",
+        "stage",
+        "succeeded",
+    ]
+    assert all(
+        frame["data"]["type"] == frame["event"]
+        and frame["data"]["job_id"] == job_id
+        and "at" in frame["data"]
+        for frame in frames
+    )
+    assert [frame["data"]["step"] for frame in frames if frame["event"] == "progress"] == [
+        1,
+        2,
+        3,
+        4,
+    ]
     assert frames[-1]["data"]["job"]["status"] == "succeeded"
     assert len({frame["id"] for frame in frames}) == len(frames)
 
@@ -72,7 +91,9 @@ def test_live_stream_follows_until_the_terminal_event(api_client, fake_worker):
     response = api_client.get(f"/v1/jobs/{job_id}/events")  # returns once the stream closed
     thread.join()
     assert [frame["event"] for frame in event_frames(response.text)][-1] == "succeeded"
-    assert len([frame for frame in event_frames(response.text) if frame["event"] == "progress"]) == 4
+    assert (
+        len([frame for frame in event_frames(response.text) if frame["event"] == "progress"]) == 4
+    )
 
 
 def test_resume_after_last_event_id_loses_and_repeats_nothing(api_client, fake_worker):
@@ -83,11 +104,22 @@ def test_resume_after_last_event_id_loses_and_repeats_nothing(api_client, fake_w
     assert [event.type for _, event in so_far] == ["queued", "started", "progress"]
     last_seen = so_far[1][0]  # the client saw `queued` and `started`, then lost its connection
     thread = finish_later(fake_worker, job_id, delay_s=0.3)
-    resumed = event_frames(api_client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": last_seen}).text)
+    resumed = event_frames(
+        api_client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": last_seen}).text
+    )
     thread.join()
     everything = event_frames(api_client.get(f"/v1/jobs/{job_id}/events").text)
-    assert [frame["id"] for frame in everything[:2] + resumed] == [frame["id"] for frame in everything]
-    assert resumed[0]["data"] == {"type": "progress", "job_id": job_id, "at": resumed[0]["data"]["at"], "step": 1, "total_steps": 4, "percent": 25.0}
+    assert [frame["id"] for frame in everything[:2] + resumed] == [
+        frame["id"] for frame in everything
+    ]
+    assert resumed[0]["data"] == {
+        "type": "progress",
+        "job_id": job_id,
+        "at": resumed[0]["data"]["at"],
+        "step": 1,
+        "total_steps": 4,
+        "percent": 25.0,
+    }
     assert resumed[-1]["event"] == "succeeded"
 
 
@@ -100,7 +132,10 @@ def test_resume_with_query_parameter(api_client, fake_worker):
     assert [frame["id"] for frame in resumed] == [frame["id"] for frame in everything[4:]]
     # The header wins over the query (a browser's EventSource updates only the header).
     last = everything[-1]["id"]
-    via_header = api_client.get(f"/v1/jobs/{job_id}/events?last_event_id={middle}", headers={"Last-Event-ID": everything[-2]["id"]})
+    via_header = api_client.get(
+        f"/v1/jobs/{job_id}/events?last_event_id={middle}",
+        headers={"Last-Event-ID": everything[-2]["id"]},
+    )
     assert [frame["id"] for frame in event_frames(via_header.text)] == [last]
 
 
@@ -114,7 +149,12 @@ def test_resume_after_the_terminal_event_closes_at_once(api_client, fake_worker)
 
 def test_keep_alive_comments_while_the_job_waits(api_client, fake_worker, settings):
     job_id = api_client.post("/v1/jobs", json=OK).json()["id"]
-    thread = finish_later(fake_worker, job_id, delay_s=settings.sse_keepalive_s * 4, before_end=lambda: fake_worker.start(job_id))
+    thread = finish_later(
+        fake_worker,
+        job_id,
+        delay_s=settings.sse_keepalive_s * 4,
+        before_end=lambda: fake_worker.start(job_id),
+    )
     response = api_client.get(f"/v1/jobs/{job_id}/events")
     thread.join()
     frames = parse_sse(response.text)
@@ -127,7 +167,10 @@ def test_canceled_job_stream_ends_with_canceled(api_client):
     api_client.post(f"/v1/jobs/{job_id}/cancel")
     frames = event_frames(api_client.get(f"/v1/jobs/{job_id}/events").text)
     assert [frame["event"] for frame in frames] == ["queued", "canceled"]
-    assert frames[-1]["data"]["error"]["code"] == "canceled" and frames[-1]["data"]["job"]["status"] == "canceled"
+    assert (
+        frames[-1]["data"]["error"]["code"] == "canceled"
+        and frames[-1]["data"]["job"]["status"] == "canceled"
+    )
 
 
 def test_stream_of_unknown_job_is_404(api_client):

@@ -12,16 +12,27 @@ def test_healthz(api_client):
 def test_readyz_needs_a_live_worker_for_the_default_queue(api_client, settings, redis):
     response = api_client.get("/readyz")
     assert response.status_code == 503
-    assert response.json()["checks"]["workers"] == {"ok": False, "live": 0, "reason": "no live GPU worker serves the default queue"}
+    assert response.json()["checks"]["workers"] == {
+        "ok": False,
+        "live": 0,
+        "reason": "no live GPU worker serves the default queue",
+    }
     assert "no live GPU worker" in response.json()["error"]["message"]
 
     redis.set(f"{settings.key_prefix}:worker:w-large", json.dumps({"queues": ["large"]}), ex=30)
     assert api_client.get("/readyz").status_code == 503
 
-    redis.set(f"{settings.key_prefix}:worker:w1", json.dumps({"worker_id": "w1", "queues": ["default"]}), ex=30)
+    redis.set(
+        f"{settings.key_prefix}:worker:w1",
+        json.dumps({"worker_id": "w1", "queues": ["default"]}),
+        ex=30,
+    )
     ready = api_client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"redis": {"ok": True}, "workers": {"ok": True, "live": 1}}}
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"redis": {"ok": True}, "workers": {"ok": True, "live": 1}},
+    }
 
 
 def test_models_fall_back_to_settings_until_a_worker_publishes(api_client, settings, redis):
@@ -30,7 +41,12 @@ def test_models_fall_back_to_settings_until_a_worker_publishes(api_client, setti
     assert "dpmpp_2m_karras" in info["samplers"] and info["default_size"] == 64
     assert info["limits"]["max_side"] == settings.max_side and info["loras"] == []
 
-    published = {"base_model": "tiny", "controlnets": ["canny", "depth"], "samplers": ["euler"], "attention": "sdpa"}
+    published = {
+        "base_model": "tiny",
+        "controlnets": ["canny", "depth"],
+        "samplers": ["euler"],
+        "attention": "sdpa",
+    }
     redis.set(f"{settings.key_prefix}:models", json.dumps(published))
     settings.lora_dir.mkdir(parents=True, exist_ok=True)
     (settings.lora_dir / "ink.safetensors").write_bytes(b"x")
@@ -47,7 +63,9 @@ def test_openapi_documents_routes_with_the_error_shape(api_client):
         assert path in spec["paths"], path
     submit = spec["paths"]["/v1/jobs"]["post"]
     assert {"202", "200", "409", "422", "429"} <= set(submit["responses"])
-    assert submit["responses"]["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert submit["responses"]["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"
+    }
     assert "HTTPValidationError" not in json.dumps(spec)
     assert spec["components"]["schemas"]["GenerationRequest"]["examples"]
     assert api_client.get("/redoc").status_code == 200

@@ -28,16 +28,27 @@ def test_submit_answers_202_with_location_and_resolved_request(api_client):
 
 def test_queue_position_counts_waiting_jobs(api_client):
     ids = [api_client.post("/v1/jobs", json=OK).json()["id"] for _ in range(3)]
-    assert [api_client.get(f"/v1/jobs/{job_id}").json()["queue_position"] for job_id in ids] == [1, 2, 3]
+    assert [api_client.get(f"/v1/jobs/{job_id}").json()["queue_position"] for job_id in ids] == [
+        1,
+        2,
+        3,
+    ]
 
 
 def test_get_unknown_job_is_404(api_client):
-    check_error(api_client.get("/v1/jobs/job_0123456789abcdef01234567"), 404, "not_found", "job 'job_0123456789abcdef01234567' not found")
+    check_error(
+        api_client.get("/v1/jobs/job_0123456789abcdef01234567"),
+        404,
+        "not_found",
+        "job 'job_0123456789abcdef01234567' not found",
+    )
     check_error(api_client.get("/v1/jobs/../../etc"), 404, "not_found")
 
 
 def test_list_newest_first_with_cursor_and_status_filter(api_client, fake_worker):
-    ids = [api_client.post("/v1/jobs", json={**OK, "seed": index}).json()["id"] for index in range(5)]
+    ids = [
+        api_client.post("/v1/jobs", json={**OK, "seed": index}).json()["id"] for index in range(5)
+    ]
     fake_worker.run(ids[1])
     first = api_client.get("/v1/jobs?limit=2").json()
     assert [job["id"] for job in first["data"]] == [ids[4], ids[3]]
@@ -53,7 +64,9 @@ def test_cancel_queued_job_removes_it_from_the_queue(api_client, settings, redis
     first, second = (api_client.post("/v1/jobs", json=OK).json()["id"] for _ in range(2))
     response = api_client.post(f"/v1/jobs/{first}/cancel")
     assert response.status_code == 200
-    assert response.json()["status"] == "canceled" and response.json()["error"]["code"] == "canceled"
+    assert (
+        response.json()["status"] == "canceled" and response.json()["error"]["code"] == "canceled"
+    )
     store = JobStore(redis, settings)
     assert first not in store.rq_queue("default").job_ids
     assert api_client.get(f"/v1/jobs/{second}").json()["queue_position"] == 1
@@ -70,7 +83,12 @@ def test_cancel_running_job_is_accepted_and_flags_the_worker(api_client, fake_wo
 def test_cancel_ended_job_is_409(api_client, fake_worker):
     job_id = api_client.post("/v1/jobs", json=OK).json()["id"]
     fake_worker.run(job_id)
-    check_error(api_client.post(f"/v1/jobs/{job_id}/cancel"), 409, "conflict", f"job {job_id} already succeeded")
+    check_error(
+        api_client.post(f"/v1/jobs/{job_id}/cancel"),
+        409,
+        "conflict",
+        f"job {job_id} already succeeded",
+    )
     api_client.post("/v1/jobs", json=OK)
     check_error(api_client.post("/v1/jobs/job_0123456789abcdef01234567/cancel"), 404)
 
@@ -90,9 +108,13 @@ def test_idempotency_key_replays_the_same_job(api_client, fake_worker):
 
 def test_idempotency_key_with_another_body_is_409(api_client):
     api_client.post("/v1/jobs", json=OK, headers={"Idempotency-Key": "k1"})
-    response = api_client.post("/v1/jobs", json={**OK, "steps": 4}, headers={"Idempotency-Key": "k1"})
+    response = api_client.post(
+        "/v1/jobs", json={**OK, "steps": 4}, headers={"Idempotency-Key": "k1"}
+    )
     check_error(response, 409, "conflict", "Idempotency-Key")
-    other_key = api_client.post("/v1/jobs", json={**OK, "steps": 4}, headers={"Idempotency-Key": "k2"})
+    other_key = api_client.post(
+        "/v1/jobs", json={**OK, "steps": 4}, headers={"Idempotency-Key": "k2"}
+    )
     assert other_key.status_code == 202
 
 
@@ -129,27 +151,41 @@ def test_queue_full_is_429_with_retry_after_and_keeps_accepted_jobs(make_setting
     client = make_api_client(make_settings(max_queued=2))
     accepted = [client.post("/v1/jobs", json=OK) for _ in range(2)]
     assert [response.status_code for response in accepted] == [202, 202]
-    error = check_error(client.post("/v1/jobs", json=OK), 429, "queue_full", "queue is full (2 jobs waiting)")
+    error = check_error(
+        client.post("/v1/jobs", json=OK), 429, "queue_full", "queue is full (2 jobs waiting)"
+    )
     rejected = client.post("/v1/jobs", json=OK)
     assert int(rejected.headers["retry-after"]) >= 1
     assert error["details"]["retry_after_s"] >= 1
-    assert {job["id"] for job in client.get("/v1/jobs").json()["data"]} == {r.json()["id"] for r in accepted}
+    assert {job["id"] for job in client.get("/v1/jobs").json()["data"]} == {
+        r.json()["id"] for r in accepted
+    }
     client.post(f"/v1/jobs/{accepted[0].json()['id']}/cancel")
     assert client.post("/v1/jobs", json=OK).status_code == 202
 
 
 def test_images_download_with_content_type(api_client, fake_worker):
-    job_id = api_client.post("/v1/jobs", json={**OK, "num_images": 2, "output_format": "webp"}).json()["id"]
+    job_id = api_client.post(
+        "/v1/jobs", json={**OK, "num_images": 2, "output_format": "webp"}
+    ).json()["id"]
     check_error(api_client.get(f"/v1/jobs/{job_id}/images/0"), 404, message="(the job is queued)")
     fake_worker.run(job_id)
     job = api_client.get(f"/v1/jobs/{job_id}").json()
-    assert [image["seed"] for image in job["images"]] == [job["request"]["seed"], job["request"]["seed"] + 1]
+    assert [image["seed"] for image in job["images"]] == [
+        job["request"]["seed"],
+        job["request"]["seed"] + 1,
+    ]
     for image in job["images"]:
         response = api_client.get(image["url"])
         assert response.status_code == 200
         assert response.headers["content-type"] == "image/webp" == image["content_type"]
         assert png_size(response.content) == (64, 64)
-    check_error(api_client.get(f"/v1/jobs/{job_id}/images/2"), 404, "not_found", f"image 2 of job {job_id} not found")
+    check_error(
+        api_client.get(f"/v1/jobs/{job_id}/images/2"),
+        404,
+        "not_found",
+        f"image 2 of job {job_id} not found",
+    )
 
 
 def test_blocked_image_is_404(api_client, fake_worker):
@@ -158,7 +194,9 @@ def test_blocked_image_is_404(api_client, fake_worker):
     job = api_client.get(f"/v1/jobs/{job_id}").json()
     assert job["images"][1]["url"] is None and job["images"][1]["blocked"] is True
     assert api_client.get(f"/v1/jobs/{job_id}/images/0").headers["content-type"] == "image/png"
-    check_error(api_client.get(f"/v1/jobs/{job_id}/images/1"), 404, message="blocked by the safety filter")
+    check_error(
+        api_client.get(f"/v1/jobs/{job_id}/images/1"), 404, message="blocked by the safety filter"
+    )
 
 
 def test_webhook_attempts_route(api_client):

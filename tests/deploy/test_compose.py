@@ -198,3 +198,33 @@ def test_xformers_only_in_the_gpu_extra_and_torch_pinned():
     assert re.search(r"^FROM \S+ AS cpu$", dockerfile, re.M), "no `--target cpu` stage"
     assert re.search(r'^ENTRYPOINT \["python", "-m", "workers.gpu_worker"\]', dockerfile, re.M)
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.M)
+
+
+def test_every_command_names_a_real_entry_point(compose):
+    """`python -m X` modules exist, `gensvc ...` parses: a renamed module breaks this, not production."""
+    import importlib.util
+
+    from generative_service.cli import build_parser
+
+    dockerfile = (ROOT / "Dockerfile.gpu").read_text()
+    commands = [
+        json.loads(m) for m in re.findall(r"^(?:CMD|ENTRYPOINT|\s+CMD) (\[.*\])$", dockerfile, re.M)
+    ]
+    for service in compose["services"].values():
+        for key in ("command", "entrypoint"):
+            if isinstance(service.get(key), list):
+                commands.append(service[key])
+        test = service.get("healthcheck", {}).get("test")
+        if isinstance(test, list) and test[0] == "CMD":
+            commands.append(test[1:])
+    modules = [argv[argv.index("-m") + 1] for argv in commands if argv[0] == "python"]
+    assert {
+        "workers.gpu_worker",
+        "workers.webhook_worker",
+        "generative_service.healthcheck",
+    } <= set(modules)
+    for module in modules:
+        assert importlib.util.find_spec(module) is not None, module
+    for argv in commands:
+        if argv[0] == "gensvc":
+            build_parser().parse_args(argv[1:])

@@ -21,7 +21,12 @@ def worker_settings(make_settings: Callable[..., Settings]) -> Callable[..., Set
     """Settings with fast liveness (beat 1 s, dead after 6 s, maintenance every 1 s)."""
 
     def factory(**overrides: object) -> Settings:
-        values: dict = {"worker_heartbeat_s": 1, "worker_dead_after_s": 6, "worker_maintenance_s": 1, "batch_window_ms": 50}
+        values: dict = {
+            "worker_heartbeat_s": 1,
+            "worker_dead_after_s": 6,
+            "worker_maintenance_s": 1,
+            "batch_window_ms": 50,
+        }
         values.update(overrides)
         return make_settings(**values)
 

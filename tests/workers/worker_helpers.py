@@ -4,6 +4,7 @@ events, stored images, RQ registries)."""
 from __future__ import annotations
 
 import io
+import socket
 import time
 from collections.abc import Callable
 
@@ -22,7 +23,9 @@ from generative_service.storage import get_storage
 TERMINAL_TIMEOUT_S = 180.0
 
 
-def wait_for(predicate: Callable[[], object], *, timeout: float = 60.0, what: str = "condition") -> object:
+def wait_for(
+    predicate: Callable[[], object], *, timeout: float = 60.0, what: str = "condition"
+) -> object:
     """Poll `predicate` until it is truthy; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -52,8 +55,14 @@ class Jobs:
     def get(self, job_id: str) -> JobRecord:
         return self.store.get(job_id)
 
-    def wait_terminal(self, job_ids: list[str], timeout: float = TERMINAL_TIMEOUT_S) -> list[JobRecord]:
-        wait_for(lambda: all(self.get(job_id).status.is_terminal for job_id in job_ids), timeout=timeout, what=f"jobs {job_ids} to end")
+    def wait_terminal(
+        self, job_ids: list[str], timeout: float = TERMINAL_TIMEOUT_S
+    ) -> list[JobRecord]:
+        wait_for(
+            lambda: all(self.get(job_id).status.is_terminal for job_id in job_ids),
+            timeout=timeout,
+            what=f"jobs {job_ids} to end",
+        )
         return [self.get(job_id) for job_id in job_ids]
 
     def events(self, job_id: str) -> list[Event]:
@@ -77,3 +86,8 @@ class Jobs:
             "canceled": set(queue.canceled_job_registry.get_job_ids(cleanup=False)),
         }
 
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

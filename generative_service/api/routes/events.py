@@ -34,7 +34,9 @@ _SSE_EXAMPLE = (
             "description": "`text/event-stream`: `queued`, `started`, `progress`, `stage`, then one of `succeeded`, "
             "`failed`, `canceled` (which carries the full job), after which the stream closes. "
             "Resume with `Last-Event-ID`: nothing is lost or repeated.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}, "example": _SSE_EXAMPLE}},
+            "content": {
+                "text/event-stream": {"schema": {"type": "string"}, "example": _SSE_EXAMPLE}
+            },
         },
         **error_responses(401, 404, 422, 503),
     },
@@ -45,11 +47,21 @@ async def job_events(
     aredis: AsyncRedisDep,
     settings: SettingsDep,
     owner: OwnerDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", description="Resume after this event id.")] = None,
-    last_event_id_query: Annotated[str | None, Query(alias="last_event_id", description="Same as the `Last-Event-ID` header, for clients that cannot set headers.")] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", description="Resume after this event id.")
+    ] = None,
+    last_event_id_query: Annotated[
+        str | None,
+        Query(
+            alias="last_event_id",
+            description="Same as the `Last-Event-ID` header, for clients that cannot set headers.",
+        ),
+    ] = None,
 ) -> StreamingResponse:
     after = sse.resume_point(last_event_id, last_event_id_query)
-    await run_in_threadpool(store.get, job_id, owner=owner)  # 404 / 401 / 503 before the stream starts
+    await run_in_threadpool(
+        store.get, job_id, owner=owner
+    )  # 404 / 401 / 503 before the stream starts
     return StreamingResponse(
         sse.stream_job_events(aredis, settings, job_id, after=after),
         media_type="text/event-stream",

@@ -36,12 +36,21 @@ def live_workers(redis: Redis, settings: Settings, queue: str = "default") -> in
             queues = json.loads(raw).get("queues")
         except (ValueError, AttributeError):
             queues = None
-        if not isinstance(queues, list) or queue in queues or f"{settings.key_prefix}:{queue}" in queues:
+        if (
+            not isinstance(queues, list)
+            or queue in queues
+            or f"{settings.key_prefix}:{queue}" in queues
+        ):
             count += 1
     return count
 
 
-@router.get("/readyz", response_model=Ready, summary="Readiness", responses={503: {"model": Ready, "description": "Not ready; `checks` say why."}})
+@router.get(
+    "/readyz",
+    response_model=Ready,
+    summary="Readiness",
+    responses={503: {"model": Ready, "description": "Not ready; `checks` say why."}},
+)
 def readyz(redis: RedisDep, settings: SettingsDep) -> JSONResponse:
     checks: dict[str, ReadyCheck] = {}
     try:
@@ -56,6 +65,10 @@ def readyz(redis: RedisDep, settings: SettingsDep) -> JSONResponse:
     ready = all(check.ok for check in checks.values())
     body = Ready(status="ready" if ready else "not_ready", checks=checks)
     if not ready:
-        reasons = "; ".join(f"{name}: {check.reason}" for name, check in checks.items() if not check.ok)
+        reasons = "; ".join(
+            f"{name}: {check.reason}" for name, check in checks.items() if not check.ok
+        )
         body.error = ErrorDetail(code="unavailable", message=f"not ready: {reasons}")
-    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=200 if ready else 503)
+    return JSONResponse(
+        body.model_dump(mode="json", exclude_none=True), status_code=200 if ready else 503
+    )

@@ -5,19 +5,28 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from generative_service import webhooks
 from generative_service.api import submit
-from generative_service.api.deps import AsyncRedisDep, OwnerDep, RedisDep, SettingsDep, StorageDep, StoreDep
+from generative_service.api.deps import (
+    AsyncRedisDep,
+    OwnerDep,
+    RedisDep,
+    SettingsDep,
+    StorageDep,
+    StoreDep,
+)
 from generative_service.api.responses import WebhookAttempts, error_responses
 from generative_service.errors import NotFound
 from generative_service.schemas import GenerationRequest, JobList, JobResource, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-JobId = Annotated[str, Path(description="Job id, e.g. `job_0123456789abcdef01234567`.", max_length=64)]
+JobId = Annotated[
+    str, Path(description="Job id, e.g. `job_0123456789abcdef01234567`.", max_length=64)
+]
 _RESOURCE_EXAMPLE = {
     "id": "job_5f0c3a8e2b1d4c6a9e7f1b2c",
     "status": "queued",
@@ -26,7 +35,25 @@ _RESOURCE_EXAMPLE = {
     "queue_position": 1,
     "attempts": 0,
     "progress": {"stage": "queued", "step": 0, "total_steps": 20, "percent": 0.0, "eta_s": 0.4},
-    "request": {"prompt": "a handwritten seven", "negative_prompt": "", "width": 64, "height": 64, "steps": 20, "guidance_scale": 5.0, "sampler": "dpmpp_2m_karras", "seed": 42, "num_images": 1, "loras": [], "control": None, "upscale": None, "output_format": "png", "preview": None, "webhook": None, "webhook_events_filter": ["completed"], "metadata": {}},
+    "request": {
+        "prompt": "a handwritten seven",
+        "negative_prompt": "",
+        "width": 64,
+        "height": 64,
+        "steps": 20,
+        "guidance_scale": 5.0,
+        "sampler": "dpmpp_2m_karras",
+        "seed": 42,
+        "num_images": 1,
+        "loras": [],
+        "control": None,
+        "upscale": None,
+        "output_format": "png",
+        "preview": None,
+        "webhook": None,
+        "webhook_events_filter": ["completed"],
+        "metadata": {},
+    },
     "images": [],
     "timings": {},
     "links": {
@@ -54,7 +81,10 @@ def _models_info(redis, prefix: str) -> dict:
     summary="Submit a generation job",
     responses={
         202: {"description": "Accepted; `Location` points at the job.", "content": _JOB_JSON},
-        200: {"model": JobResource, "description": "Idempotent replay (same `Idempotency-Key` and body), or the job finished within `Prefer: wait=N`."},
+        200: {
+            "model": JobResource,
+            "description": "Idempotent replay (same `Idempotency-Key` and body), or the job finished within `Prefer: wait=N`.",
+        },
         **error_responses(400, 401, 409, 413, 422, 429, 503),
     },
 )
@@ -66,14 +96,31 @@ async def submit_job(
     aredis: AsyncRedisDep,
     settings: SettingsDep,
     owner: OwnerDep,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$", description="Same key and body: the same job (200). Same key, other body: 409.")] = None,
-    prefer: Annotated[str | None, Header(description="`wait=N`: wait up to N seconds (at most GENSVC_WAIT_MAX_S) and answer 200 if the job finished.")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Same key and body: the same job (200). Same key, other body: 409.",
+        ),
+    ] = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            description="`wait=N`: wait up to N seconds (at most GENSVC_WAIT_MAX_S) and answer 200 if the job finished."
+        ),
+    ] = None,
 ) -> JobResource:
     """Validate, enqueue and answer at once (202), unless `Prefer: wait=N` asks to wait for the result."""
     wait_s = submit.parse_prefer_wait(prefer, settings)
-    models_info = await run_in_threadpool(_models_info, redis, settings.key_prefix) if body.control else {}
+    models_info = (
+        await run_in_threadpool(_models_info, redis, settings.key_prefix) if body.control else {}
+    )
     await run_in_threadpool(submit.check_request, body, settings, models_info)
-    record, created = await run_in_threadpool(store.create, body, owner=owner, idempotency_key=idempotency_key)
+    record, created = await run_in_threadpool(
+        store.create, body, owner=owner, idempotency_key=idempotency_key
+    )
     if wait_s and not record.status.is_terminal:
         response.headers["Preference-Applied"] = f"wait={wait_s}"
         if await submit.wait_for_end(aredis, settings.key_prefix, record.id, wait_s):
@@ -84,20 +131,35 @@ async def submit_job(
     return resource
 
 
-@router.get("", response_model=JobList, summary="List your jobs, newest first", responses=error_responses(401, 422, 503))
+@router.get(
+    "",
+    response_model=JobList,
+    summary="List your jobs, newest first",
+    responses=error_responses(401, 422, 503),
+)
 def list_jobs(
     store: StoreDep,
     settings: SettingsDep,
     owner: OwnerDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
-    cursor: Annotated[str | None, Query(max_length=64, description="`next_cursor` of the previous page.")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobList:
     records, next_cursor = store.list(owner=owner, status=status, cursor=cursor, limit=limit)
-    return JobList(data=[store.to_resource(r, base_url=settings.public_url) for r in records], next_cursor=next_cursor)
+    return JobList(
+        data=[store.to_resource(r, base_url=settings.public_url) for r in records],
+        next_cursor=next_cursor,
+    )
 
 
-@router.get("/{job_id}", response_model=JobResource, summary="Get a job", responses={200: {"content": _JOB_JSON}, **error_responses(401, 404, 503)})
+@router.get(
+    "/{job_id}",
+    response_model=JobResource,
+    summary="Get a job",
+    responses={200: {"content": _JOB_JSON}, **error_responses(401, 404, 503)},
+)
 def get_job(job_id: JobId, store: StoreDep, settings: SettingsDep, owner: OwnerDep) -> JobResource:
     return store.to_resource(store.get(job_id, owner=owner), base_url=settings.public_url)
 
@@ -108,11 +170,16 @@ def get_job(job_id: JobId, store: StoreDep, settings: SettingsDep, owner: OwnerD
     summary="Cancel a job",
     responses={
         200: {"description": "The job is canceled (it was still queued)."},
-        202: {"model": JobResource, "description": "The job is running; it stops at its next denoising step."},
+        202: {
+            "model": JobResource,
+            "description": "The job is running; it stops at its next denoising step.",
+        },
         **error_responses(401, 404, 409, 503),
     },
 )
-def cancel_job(job_id: JobId, response: Response, store: StoreDep, settings: SettingsDep, owner: OwnerDep) -> JobResource:
+def cancel_job(
+    job_id: JobId, response: Response, store: StoreDep, settings: SettingsDep, owner: OwnerDep
+) -> JobResource:
     record = store.cancel(job_id, owner=owner)
     response.status_code = 200 if record.status.is_terminal else 202
     return store.to_resource(record, base_url=settings.public_url)
@@ -123,12 +190,19 @@ def cancel_job(job_id: JobId, response: Response, store: StoreDep, settings: Set
     summary="Download an image",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}, "description": "The image bytes."},
+        200: {
+            "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
+            "description": "The image bytes.",
+        },
         **error_responses(401, 404, 422, 503),
     },
 )
 def get_image(
-    job_id: JobId, index: Annotated[int, Path(ge=0, le=64)], store: StoreDep, storage: StorageDep, owner: OwnerDep
+    job_id: JobId,
+    index: Annotated[int, Path(ge=0, le=64)],
+    store: StoreDep,
+    storage: StorageDep,
+    owner: OwnerDep,
 ) -> Response:
     """Image `index` of a finished job. Blocked (NSFW policy `block`) and missing images are 404."""
     record = store.get(job_id, owner=owner)
@@ -139,10 +213,21 @@ def get_image(
         raise NotFound(f"image {index} of job {job_id} not found{reason}")
     data, content_type = storage.get(job_id, index)
     # Images never change once stored, so clients and proxies may keep them.
-    return Response(content=data, media_type=content_type, headers={"Cache-Control": "private, max-age=86400, immutable"})
+    return Response(
+        content=data,
+        media_type=content_type,
+        headers={"Cache-Control": "private, max-age=86400, immutable"},
+    )
 
 
-@router.get("/{job_id}/webhooks", response_model=WebhookAttempts, summary="Webhook delivery attempts", responses=error_responses(401, 404, 503))
-def list_webhook_attempts(job_id: JobId, store: StoreDep, redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> WebhookAttempts:
+@router.get(
+    "/{job_id}/webhooks",
+    response_model=WebhookAttempts,
+    summary="Webhook delivery attempts",
+    responses=error_responses(401, 404, 503),
+)
+def list_webhook_attempts(
+    job_id: JobId, store: StoreDep, redis: RedisDep, settings: SettingsDep, owner: OwnerDep
+) -> WebhookAttempts:
     store.get(job_id, owner=owner)
     return WebhookAttempts(data=webhooks.list_attempts(redis, settings, job_id))

@@ -17,7 +17,9 @@ from generative_service.schemas import MAX_IMAGES, SAMPLERS
 from generative_service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["models"])
-LoraName = Annotated[str, PathParam(description="Adapter name (the file is NAME.safetensors).", max_length=140)]
+LoraName = Annotated[
+    str, PathParam(description="Adapter name (the file is NAME.safetensors).", max_length=140)
+]
 
 
 def settings_info(settings: Settings) -> dict:
@@ -25,7 +27,10 @@ def settings_info(settings: Settings) -> dict:
     root = paths.model_root(settings)
     controlnets = [
         kind
-        for kind, override in (("canny", settings.controlnet_canny), ("depth", settings.controlnet_depth))
+        for kind, override in (
+            ("canny", settings.controlnet_canny),
+            ("depth", settings.controlnet_depth),
+        )
         if override or (root is not None and (root / f"controlnet-{kind}").is_dir())
     ]
     return {
@@ -46,7 +51,12 @@ def settings_info(settings: Settings) -> dict:
     }
 
 
-@router.get("/models", response_model=ModelsInfo, summary="Models served now", responses=error_responses(401, 503))
+@router.get(
+    "/models",
+    response_model=ModelsInfo,
+    summary="Models served now",
+    responses=error_responses(401, 503),
+)
 def get_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> ModelsInfo:
     """What a GPU worker published at start (base model, ControlNets, samplers, limits); LoRAs are live."""
     raw = redis.get(f"{settings.key_prefix}:models")
@@ -61,12 +71,19 @@ def get_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> Model
     return ModelsInfo.model_validate(info)
 
 
-@router.get("/loras", response_model=LoraList, summary="List LoRA adapters", responses=error_responses(401))
+@router.get(
+    "/loras", response_model=LoraList, summary="List LoRA adapters", responses=error_responses(401)
+)
 def list_loras(settings: SettingsDep, owner: OwnerDep) -> LoraList:
     return LoraList(data=loras.list_all(settings))
 
 
-@router.get("/loras/{name}", response_model=LoraInfo, summary="Get a LoRA adapter", responses=error_responses(401, 404, 422))
+@router.get(
+    "/loras/{name}",
+    response_model=LoraInfo,
+    summary="Get a LoRA adapter",
+    responses=error_responses(401, 404, 422),
+)
 def get_lora(name: LoraName, settings: SettingsDep, owner: OwnerDep) -> LoraInfo:
     return loras.info(settings, name)
 
@@ -82,8 +99,12 @@ async def upload_lora_form(
     response: Response,
     settings: SettingsDep,
     owner: OwnerDep,
-    file: Annotated[UploadFile, File(description="A `NAME.safetensors` LoRA file (diffusers/peft format).")],
-    name: Annotated[str | None, Form(description="Adapter name; default: the file name without `.safetensors`.")] = None,
+    file: Annotated[
+        UploadFile, File(description="A `NAME.safetensors` LoRA file (diffusers/peft format).")
+    ],
+    name: Annotated[
+        str | None, Form(description="Adapter name; default: the file name without `.safetensors`.")
+    ] = None,
 ) -> LoraInfo:
     adapter = loras.check_name(name) if name else loras.name_from_filename(file.filename)
     saved = await loras.save(settings, adapter, _upload_chunks(file))
@@ -96,10 +117,19 @@ async def upload_lora_form(
     status_code=201,
     response_model=LoraInfo,
     summary="Upload a LoRA adapter (raw body)",
-    openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
     responses=error_responses(401, 409, 413, 422),
 )
-async def upload_lora_raw(name: LoraName, request: Request, response: Response, settings: SettingsDep, owner: OwnerDep) -> LoraInfo:
+async def upload_lora_raw(
+    name: LoraName, request: Request, response: Response, settings: SettingsDep, owner: OwnerDep
+) -> LoraInfo:
     """`curl --data-binary @ink.safetensors -H 'Content-Type: application/octet-stream' .../v1/loras/ink`."""
     loras.check_name(name)
     saved = await loras.save(settings, name, request.stream())
@@ -107,7 +137,13 @@ async def upload_lora_raw(name: LoraName, request: Request, response: Response, 
     return saved
 
 
-@router.delete("/loras/{name}", status_code=204, response_class=Response, summary="Remove a LoRA adapter", responses=error_responses(401, 404, 422))
+@router.delete(
+    "/loras/{name}",
+    status_code=204,
+    response_class=Response,
+    summary="Remove a LoRA adapter",
+    responses=error_responses(401, 404, 422),
+)
 def delete_lora(name: LoraName, settings: SettingsDep, owner: OwnerDep) -> Response:
     loras.delete(settings, name)
     return Response(status_code=204)
