@@ -241,3 +241,16 @@ def test_up_starts_the_gateway_and_stops_everything_on_sigterm(settings, process
         if up.poll() is None:
             up.kill()
         log.close()
+
+
+@pytest.mark.slow
+def test_demo_runs_everything_and_writes_the_image(settings, process_env, tmp_path):
+    """`gensvc demo` on the tiny model: gateway + worker + webhook worker, one image, all stopped."""
+    out = tmp_path / "demo.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "generative_service.cli", "demo", "--out", str(out), "--steps", "3"],
+        env=process_env(settings), cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert Image.open(out).size == (64, 64)
+    assert "stopped gateway, gpu-worker-0, webhook-worker" in result.stderr

@@ -132,6 +132,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     message = str(exc.detail)
     if status == 404 and message == "Not Found":
         message = f"no route {request.method} {request.url.path}"
+    if status == 400 and message == "There was an error parsing the body":
+        # FastAPI's words for a body json.loads() raised on (not JSONDecodeError): say which ways.
+        message = "body: cannot be parsed as JSON (not UTF-8, an integer of thousands of digits, or nested too deep)"
     headers = dict(exc.headers or {})
     if status == 405:
         allowed = _allowed_methods(request) or headers.get("Allow", "")

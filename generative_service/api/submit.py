@@ -59,7 +59,12 @@ def check_request(
 
 
 def _check_metadata(request: GenerationRequest, settings: Settings) -> None:
-    size = len(json.dumps(request.metadata, separators=(",", ":")).encode())
+    try:
+        size = len(json.dumps(request.metadata, separators=(",", ":"), allow_nan=False).encode())
+    except ValueError:  # NaN/Infinity parse in Python but could not be echoed back as JSON
+        raise InvalidRequest(
+            "metadata", "must be plain JSON: NaN and Infinity are not JSON numbers"
+        ) from None
     if size > settings.max_metadata_bytes:
         raise InvalidRequest(
             "metadata", f"must be at most {settings.max_metadata_bytes} bytes as JSON, got {size}"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from generative_service.client import DEFAULT_URL
 
+DEMO_PROMPT = "a handwritten seven"
+
 
 def _exec_module(module: str, args: list[str]) -> int:
     """Replace this process with `python -m module args` (offline model hub unless set)."""
@@ -147,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="start everything on the embedded model, generate one image, stop"
     )
     p.add_argument("--out", "-o", default="demo.png")
-    p.add_argument("--prompt", default="a handwritten seven")
+    p.add_argument("--prompt", default=DEMO_PROMPT)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--steps", type=int)
     p.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")

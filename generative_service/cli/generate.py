@@ -22,7 +22,7 @@ from generative_service.cli.supervisor import (
 from generative_service.client import APIError, Client
 from generative_service.settings import get_settings
 
-DEMO_PROMPT = "a handwritten seven"
+GIVE_UP_AFTER_DEATHS = 3  # the demo stops waiting for a child that keeps crashing at start
 
 
 def parse_size(value: str) -> tuple[int, int]:
@@ -144,6 +144,15 @@ def wait_ready(client: Client, supervisor: Supervisor, timeout_s: float) -> None
         if client.ready():
             return
         supervisor.check()
+        broken = [
+            child.name
+            for child in supervisor.children
+            if child.quick_deaths >= GIVE_UP_AFTER_DEATHS
+        ]
+        if broken:
+            raise SystemExit(
+                f"{', '.join(broken)} keeps exiting right after it starts; see its log above"
+            )
         time.sleep(0.5)
     raise SystemExit(
         f"the service was not ready within {timeout_s:.0f} s (see the worker log above)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +220,10 @@ def _quiet_diffusers():
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            # Several adapters in one model is exactly what the LRU does.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            yield
     finally:
         logger.setLevel(level)
 

@@ -265,3 +265,23 @@ def test_streamed_body_over_the_limit_is_413(make_settings, make_api_client):
         "payload_too_large",
         "body: request body is larger than the limit of 1024 bytes",
     )
+
+
+def test_nan_in_metadata_is_422(api_client):
+    body = b'{"prompt": "a seven", "metadata": {"score": NaN}}'
+    response = api_client.post(
+        "/v1/jobs", content=body, headers={"Content-Type": "application/json"}
+    )
+    check_error(
+        response,
+        422,
+        "invalid_request",
+        "metadata: must be plain JSON: NaN and Infinity are not JSON numbers",
+    )
+
+
+def test_body_that_is_not_utf8_is_400(api_client):
+    response = api_client.post(
+        "/v1/jobs", content=b'{"prompt": "\xff\xfe"}', headers={"Content-Type": "application/json"}
+    )
+    check_error(response, 400, message="body: ")

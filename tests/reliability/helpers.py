@@ -1,0 +1,139 @@
+"""Shared helpers of the reliability suite: the common error shape, hostile payload builders,
+SSE parsing and job polling against a running service."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import time
+import zlib
+from collections.abc import Callable
+
+import httpx
+
+
+def check_error(response, status: int, code: str | None = None, message: str | None = None) -> dict:
+    """Assert `response` is an error in the common shape with a message; return its `error`."""
+    assert response.status_code == status, f"{response.status_code} {response.text[:500]}"
+    error = response.json()["error"]
+    assert set(error) == {"code", "message", "details"}, error
+    assert isinstance(error["message"], str) and error["message"], error
+    assert "Traceback" not in response.text
+    if code is not None:
+        assert error["code"] == code, error
+    if message is not None:
+        assert message in error["message"], error["message"]
+    return error
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A structurally valid PNG whose header declares `width`x`height` but holds almost no data:
+    what a decompression bomb looks like to a decoder that trusts the header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def parse_sse(text: str) -> list[dict]:
+    """SSE text -> frames `{id, event, data}` (comments and `retry:` dropped)."""
+    frames = []
+    for block in text.split("\n\n"):
+        frame: dict = {}
+        for line in block.splitlines():
+            if line.startswith(":") or not line:
+                continue
+            name, _, value = line.partition(":")
+            frame[name] = value[1:] if value.startswith(" ") else value
+        if "event" in frame:
+            frame["data"] = json.loads(frame["data"])
+            frames.append(frame)
+    return frames
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float = 60.0, what: str = "condition", every: float = 0.2) -> object:
+    """Poll `predicate` until truthy; raise AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def get_job(base_url: str, job_id: str, **kwargs) -> dict:
+    response = httpx.get(f"{base_url}/v1/jobs/{job_id}", timeout=10, **kwargs)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_terminal(base_url: str, job_ids: list[str], *, timeout: float = 240.0) -> list[dict]:
+    """Poll the gateway until every job is terminal; return the job resources."""
+    def all_done():
+        jobs = [get_job(base_url, job_id) for job_id in job_ids]
+        return jobs if all(job["status"] in ("succeeded", "failed", "canceled") for job in jobs) else None
+
+    return wait_for(all_done, timeout=timeout, what=f"jobs {job_ids} to end", every=0.5)  # type: ignore[return-value]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def read_stream(base_url: str, job_id: str, *, after: str | None = None, stop: Callable[[dict], bool] | None = None,
+                timeout: float = 240.0) -> tuple[list[dict], bool]:  # fmt: skip
+    """Read the job's SSE stream once. Returns (frames, ended): `ended` is True when the server
+    closed the stream after a terminal event. `stop(frame)` true: drop the connection there.
+    A broken connection (gateway gone) just ends the read."""
+    headers = {"Last-Event-ID": after} if after else {}
+    frames: list[dict] = []
+    buffer = ""
+    try:
+        with httpx.stream("GET", f"{base_url}/v1/jobs/{job_id}/events", headers=headers, timeout=httpx.Timeout(timeout, connect=5)) as response:
+            assert response.status_code == 200, response.read()
+            for chunk in response.iter_text():
+                buffer += chunk
+                while "\n\n" in buffer:
+                    block, buffer = buffer.split("\n\n", 1)
+                    frames.extend(parse_sse(block + "\n\n"))
+                    if frames and stop is not None and stop(frames[-1]):
+                        return frames, False
+    except (httpx.TransportError, httpx.StreamError):
+        pass
+    return frames, bool(frames) and frames[-1]["event"] in TERMINAL
+
+
+def follow_to_end(base_url: str, job_id: str, *, timeout: float = 240.0) -> tuple[list[dict], int]:
+    """Follow the job's SSE stream to its terminal event, reconnecting with Last-Event-ID whenever
+    the stream breaks (gateway restart, Redis outage). Returns (frames, reconnects)."""
+    import time as _time
+
+    frames: list[dict] = []
+    reconnects = -1
+    deadline = _time.monotonic() + timeout
+    while _time.monotonic() < deadline:
+        reconnects += 1
+        try:
+            got, ended = read_stream(base_url, job_id, after=frames[-1]["id"] if frames else None, timeout=timeout)
+        except (AssertionError, httpx.TransportError):
+            got, ended = [], False  # gateway not back yet, or answering 503 while Redis is away
+        frames.extend(got)
+        if ended:
+            return frames, reconnects
+        _time.sleep(0.5)
+    raise AssertionError(f"no terminal event for {job_id} within {timeout:.0f} s ({len(frames)} frames)")
