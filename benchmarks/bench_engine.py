@@ -39,7 +39,11 @@ def write_section(key: str, body: str, *, report: Path = REPORT) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         text = report.read_text() if report.exists() else _HEADER
         pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-        text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+        text = (
+            pattern.sub(lambda _: block, text)
+            if pattern.search(text)
+            else text.rstrip() + "\n\n" + block + "\n"
+        )
         report.write_text(text)
 
 
@@ -60,13 +64,30 @@ def bench_batches(engine, *, steps: int, repeats: int) -> list[dict]:
     rows = []
     for batch in (1, 2, 4):
         jobs = [
-            EngineJob(f"j{i}", GenerationRequest(prompt=f"a photo of a cat {i}", width=64, height=64, steps=steps, seed=i, guidance_scale=5.0))
+            EngineJob(
+                f"j{i}",
+                GenerationRequest(
+                    prompt=f"a photo of a cat {i}",
+                    width=64,
+                    height=64,
+                    steps=steps,
+                    seed=i,
+                    guidance_scale=5.0,
+                ),
+            )
             for i in range(batch)
         ]
         engine.run(jobs)  # warm-up: first call of a shape builds oneDNN kernels
         times = timed(lambda jobs=jobs: engine.run(jobs), repeats)
         median = statistics.median(times)
-        rows.append({"batch": batch, "s_per_call": median, "s_per_image": median / batch, "images_per_s": batch / median})
+        rows.append(
+            {
+                "batch": batch,
+                "s_per_call": median,
+                "s_per_image": median / batch,
+                "images_per_s": batch / median,
+            }
+        )
     return rows
 
 
@@ -97,14 +118,22 @@ def bench_lora(engine, settings, *, repeats: int) -> dict:
 def bench_embeddings(engine, redis, prefix: str, *, repeats: int) -> dict:
     from generative_service.engine.prompts import PromptEncoder
 
-    encoder = PromptEncoder(engine.pipe, fingerprint=engine.prompts.fingerprint, redis=redis, key_prefix=prefix)
+    encoder = PromptEncoder(
+        engine.pipe, fingerprint=engine.prompts.fingerprint, redis=redis, key_prefix=prefix
+    )
     texts = [f"a drawing of a house number {secrets.token_hex(4)}" for _ in range(repeats * 5)]
     miss = timed(lambda it=iter(texts): encoder.encode(next(it)), len(texts))
     local = timed(lambda it=iter(texts): encoder.encode(next(it)), len(texts))
-    result = {"miss_ms": statistics.median(miss) * 1000, "local_hit_ms": statistics.median(local) * 1000, "redis_hit_ms": None}
+    result = {
+        "miss_ms": statistics.median(miss) * 1000,
+        "local_hit_ms": statistics.median(local) * 1000,
+        "redis_hit_ms": None,
+    }
     if redis is not None:
         encoder.clear_local()
-        remote = timed(lambda it=iter(texts): (encoder.encode(next(it)), encoder.clear_local()), len(texts))
+        remote = timed(
+            lambda it=iter(texts): (encoder.encode(next(it)), encoder.clear_local()), len(texts)
+        )
         result["redis_hit_ms"] = statistics.median(remote) * 1000
         keys = list(redis.scan_iter(match=f"{prefix}:*"))
         if keys:
@@ -135,7 +164,9 @@ def render(batches: list[dict], lora: dict, emb: dict, *, steps: int, threads: i
         "|---:|---:|---:|---:|---:|",
     ]
     for row in batches:
-        lines.append(f"| {row['batch']} | {row['s_per_call']:.3f} | {row['s_per_image']:.3f} | {row['images_per_s']:.2f} | {row['images_per_s'] / base:.2f}x |")
+        lines.append(
+            f"| {row['batch']} | {row['s_per_call']:.3f} | {row['s_per_image']:.3f} | {row['images_per_s']:.2f} | {row['images_per_s'] / base:.2f}x |"
+        )
     lines += [
         "",
         "| LoRA | ms |",
@@ -159,9 +190,13 @@ def render(batches: list[dict], lora: dict, emb: dict, *, steps: int, threads: i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-report", action="store_true", help="print only; leave REPORT.md alone")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a busy shared CPU)"
+    )
+    parser.add_argument(
+        "--no-report", action="store_true", help="print only; leave REPORT.md alone"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -180,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         batches = bench_batches(engine, steps=args.steps, repeats=args.repeats)
         lora = bench_lora(engine, settings, repeats=args.repeats)
         redis = connect_redis(settings.redis_url)
-        emb = bench_embeddings(engine, redis, f"bench_engine_{secrets.token_hex(4)}", repeats=args.repeats)
+        emb = bench_embeddings(
+            engine, redis, f"bench_engine_{secrets.token_hex(4)}", repeats=args.repeats
+        )
     text = render(batches, lora, emb, steps=args.steps, threads=args.threads)
     print(text)
     if not args.no_report:

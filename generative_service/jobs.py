@@ -7,6 +7,7 @@ Redis layout (prefix P = settings.key_prefix):
   P:owner:{owner}           sorted set of the owner's job ids by creation time (listing)
   P:idem:{owner}:{key}      Idempotency-Key -> {job_id, body_hash}
   P:stats:step_ms           hash: pixel class -> EWMA milliseconds per denoising step (ETAs)
+  P:epoch                   when this Redis's data begins (a restart without persistence starts anew)
   rq:queue:P:{queue}        the RQ queue the job waits in (RQ job id == our job id)
 
 Gateway and worker both change records; every change is a WATCH/MULTI read-modify-write so
@@ -21,13 +22,14 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pydantic import BaseModel
 from redis import Redis, WatchError
 from rq import Queue, Retry
 
 from generative_service import events, logs, metrics, webhooks
+from generative_service.engine import paths
 from generative_service.errors import Conflict, InvalidRequest, NotFound, QueueFull
 from generative_service.schemas import (
     BatchInfo,
@@ -51,7 +53,6 @@ from generative_service.settings import Settings
 GENERATE_FUNC = "workers.gpu_worker.generate"
 log = logs.get_logger(__name__)
 ANONYMOUS = "anonymous"
-SMALL_MODELS = ("demo", "tiny")
 
 
 class JobRecord(BaseModel):
@@ -76,7 +77,9 @@ class JobRecord(BaseModel):
 
 
 def new_job_id() -> str:
-    return "job_" + secrets.token_hex(12)
+    # 8 hex digits of creation time, then 64 random bits: a 404 can then tell a job Redis lost
+    # (created before Redis's data begins, see JobStore.epoch) from one that never existed.
+    return f"job_{int(time.time()):08x}{secrets.token_hex(8)}"
 
 
 def owner_for_key(api_key: str | None) -> str:
@@ -91,9 +94,8 @@ def body_hash(body: dict) -> str:
 
 
 def default_size(settings: Settings) -> int:
-    if settings.default_size:
-        return settings.default_size
-    return 64 if settings.model in SMALL_MODELS else 1024
+    """Width/height for requests that leave them null (GENSVC_DEFAULT_SIZE, else the model's own)."""
+    return paths.default_size(settings)
 
 
 def pixel_class(width: int, height: int) -> str:
@@ -179,6 +181,7 @@ class JobStore:
             if existing is not None:
                 return existing, False
         pipe = self.redis.pipeline(transaction=True)
+        pipe.set(f"{self.prefix}:epoch", repr(time.time()), nx=True)
         pipe.set(self.job_key(record.id), record.model_dump_json())
         pipe.zadd(self.owner_key(owner), {record.id: record.created_at.timestamp()})
         pipe.execute()
@@ -225,11 +228,33 @@ class JobStore:
         """The job, or NotFound. With `owner`, another owner's job is NotFound too (no leak)."""
         raw = self.redis.get(self.job_key(job_id)) if _plausible_id(job_id) else None
         if raw is None:
-            raise NotFound(f"job {job_id!r} not found")
+            raise NotFound(f"job {job_id!r} not found" + self._lost_note(job_id))
         record = JobRecord.model_validate_json(raw)
         if owner is not None and record.owner != owner:
-            raise NotFound(f"job {job_id!r} not found")
+            raise NotFound(f"job {job_id!r} not found")  # never the note: it exists, just not yours
         return record
+
+    def epoch(self) -> float:
+        """When this Redis's data begins (set once, on first use; never expires). A Redis that
+        restarted without persistence starts a new epoch: every job created before it is gone."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(f"{self.prefix}:epoch", repr(time.time()), nx=True)
+        pipe.get(f"{self.prefix}:epoch")
+        return float(pipe.execute()[1])
+
+    def _lost_note(self, job_id: str) -> str:
+        """For a missing job whose id says it was created within retention but before the epoch."""
+        try:
+            created = int(job_id[4:12], 16)
+        except ValueError:
+            return ""
+        epoch = self.epoch()
+        if not epoch - self.settings.retention_s <= created < int(epoch):
+            return ""
+        since = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+        made = datetime.fromtimestamp(created, UTC).isoformat(timespec="seconds")
+        return (f"; Redis holds no data from before {since} (it restarted without persistence), so this job, "
+                f"created at {made}, was lost with its queue entry: submit it again")  # fmt: skip
 
     def list(self, *, owner: str, status: JobStatus | None = None, cursor: str | None = None, limit: int = 20) -> tuple[list[JobRecord], str | None]:
         """The owner's jobs, newest first. `cursor` is the opaque value a previous page returned."""

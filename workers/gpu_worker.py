@@ -190,6 +190,7 @@ class WorkerContext:
         self.maintenance = Maintenance(
             redis=side, store=side_store, queue_names=rq_queues, get_worker=lambda: self.worker
         )
+        self.maintenance.before_cleanup = self.heartbeat.beat
         self.watchdog = Watchdog(
             state=self.state, timeout_s=settings.job_timeout_s, on_hung=self.on_hung
         )
@@ -240,10 +241,14 @@ def load_models(settings: Settings, redis: Redis) -> Models:
     from generative_service.postprocess import SafetyFilter, Upscaler
 
     started = time.perf_counter()
+    upscaler = Upscaler.from_settings(settings)
+    if settings.upscaler_weights is not None:
+        upscaler.load()  # configured weights: a broken file fails at start, naming the setting
+    # Otherwise the bundled weights are converted (once, cached) on the first upscale request.
     models = Models(
         engine=Engine.from_settings(settings, redis=redis),
         safety=SafetyFilter.from_settings(settings),
-        upscaler=Upscaler.from_settings(settings),
+        upscaler=upscaler,
     )
     log.info(
         "worker.models_loaded",

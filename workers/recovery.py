@@ -115,6 +115,7 @@ class Maintenance(threading.Thread):
         self.settings = store.settings
         self.queues = [Queue(name, connection=redis) for name in queue_names]
         self.get_worker = get_worker
+        self.before_cleanup: Callable[[], None] | None = None
         self.handler = abandoned_handler(store)
         self.dead_since: dict[str, float] = {}
         self.stopped = threading.Event()
@@ -135,6 +136,10 @@ class Maintenance(threading.Thread):
     def tick(self) -> None:
         """One maintenance round (public for tests and the worker's start)."""
         worker = self.get_worker()
+        if self.before_cleanup is not None:
+            # Renew our own running jobs first: a starved heartbeat thread must not make this
+            # worker's own cleanup take its live jobs for dead ones.
+            self.before_cleanup()
         for queue in self.queues:
             lock = f"{self.settings.key_prefix}:maintenance:{queue.name}"
             if not self.redis.set(

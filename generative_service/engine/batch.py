@@ -120,11 +120,15 @@ def plan_batch(
     for job in jobs:
         request = job.request
         positive = prompts.encode(request.prompt, signature=signature)
-        negative = prompts.encode(request.negative_prompt, signature=signature) if plan.cfg else None
+        negative = (
+            prompts.encode(request.negative_prompt, signature=signature) if plan.cfg else None
+        )
         seed = request.seed if request.seed is not None else pick_seed()
         conditioning = control(job, size) if request.control else None
         if request.control:
-            plan.control_hashes[job.job_id] = hashlib.sha256(request.control.image.encode()).hexdigest()
+            plan.control_hashes[job.job_id] = hashlib.sha256(
+                request.control.image.encode()
+            ).hexdigest()
         if request.preview is not None:
             plan.previews[job.job_id] = request.preview
         start = plan.total_images

@@ -13,7 +13,9 @@ from generative_service.schemas import GenerationRequest
 
 def batch_key(request: GenerationRequest) -> str:
     """The compatibility key of a (resolved) request: equal keys may run in one pipeline call."""
-    loras = ",".join(f"{spec.name}@{spec.scale:g}" for spec in sorted(request.loras, key=lambda s: s.name))
+    loras = ",".join(
+        f"{spec.name}@{spec.scale:g}" for spec in sorted(request.loras, key=lambda s: s.name)
+    )
     if request.control is None:
         control = "none"
     else:

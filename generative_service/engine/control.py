@@ -33,7 +33,9 @@ def decode_control_image(data: str, *, max_pixels: int) -> Image.Image:
     try:
         raw = base64.b64decode(re.sub(r"\s+", "", payload), validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidRequest(FIELD, "not valid base64 (expected base64 or a data:image/...;base64, URL)") from None
+        raise InvalidRequest(
+            FIELD, "not valid base64 (expected base64 or a data:image/...;base64, URL)"
+        ) from None
     if not raw:
         raise InvalidRequest(FIELD, "empty image")
     try:
@@ -42,12 +44,22 @@ def decode_control_image(data: str, *, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(raw))
             width, height = image.size
             if width * height > max_pixels:
-                raise InvalidRequest(FIELD, f"image is {width}x{height} pixels; at most {max_pixels} pixels are accepted")
+                raise InvalidRequest(
+                    FIELD,
+                    f"image is {width}x{height} pixels; at most {max_pixels} pixels are accepted",
+                )
             image.load()
             return image.convert("RGB")
     except InvalidRequest:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning, SyntaxError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        SyntaxError,
+    ) as exc:
         raise InvalidRequest(FIELD, f"could not decode the image ({type(exc).__name__})") from None
 
 
@@ -86,7 +98,9 @@ class DepthEstimator:
         depth = self.model(pixel_values=inputs["pixel_values"].to(dtype)).predicted_depth
         depth = depth.float().reshape(1, 1, *depth.shape[-2:])
         width, height = size
-        depth = torch.nn.functional.interpolate(depth, size=(height, width), mode="bicubic", align_corners=False)[0, 0]
+        depth = torch.nn.functional.interpolate(
+            depth, size=(height, width), mode="bicubic", align_corners=False
+        )[0, 0]
         low, high = depth.min(), depth.max()
         normalized = (depth - low) / (high - low) if high > low else torch.zeros_like(depth)
         pixels = (normalized * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()

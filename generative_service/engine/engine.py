@@ -74,7 +74,9 @@ class _AllCanceled(Exception):
 class Engine:
     """The diffusion engine of one worker process (thread-safe: one pipeline call at a time)."""
 
-    def __init__(self, settings: Settings, models: LoadedModels, *, redis=None, hasher: FileHasher) -> None:
+    def __init__(
+        self, settings: Settings, models: LoadedModels, *, redis=None, hasher: FileHasher
+    ) -> None:
         self.settings = settings
         self.models = models
         self.pipe = models.pipe
@@ -106,7 +108,14 @@ class Engine:
         models = load_models(settings, hasher=hasher)
         paths.seed_lora_dir(settings)
         engine = cls(settings, models, redis=redis, hasher=hasher)
-        log.info("engine.loaded", extra={"model": settings.model, "device": str(models.device), "seconds": round(time.perf_counter() - started, 2)})
+        log.info(
+            "engine.loaded",
+            extra={
+                "model": settings.model,
+                "device": str(models.device),
+                "seconds": round(time.perf_counter() - started, 2),
+            },
+        )
         return engine
 
     # --- public API --------------------------------------------------------------------------------
@@ -118,20 +127,30 @@ class Engine:
             if value % 8:
                 raise InvalidRequest(name, f"must be a multiple of 8, got {value}")
             if not 64 <= value <= self.settings.max_side:
-                raise InvalidRequest(name, f"must be between 64 and {self.settings.max_side}, got {value}")
+                raise InvalidRequest(
+                    name, f"must be between 64 and {self.settings.max_side}, got {value}"
+                )
         if request.sampler not in SAMPLERS:
-            raise InvalidRequest("sampler", f"unknown sampler {request.sampler!r}; known: {', '.join(SAMPLERS)}")
+            raise InvalidRequest(
+                "sampler", f"unknown sampler {request.sampler!r}; known: {', '.join(SAMPLERS)}"
+            )
         if not 1 <= request.steps <= 150:
             raise InvalidRequest("steps", f"must be between 1 and 150, got {request.steps}")
         if images_in(request) > self.settings.max_batch_images:
-            raise InvalidRequest("num_images", f"at most {self.settings.max_batch_images} images per job on this server")
+            raise InvalidRequest(
+                "num_images",
+                f"at most {self.settings.max_batch_images} images per job on this server",
+            )
         if request.seed is not None and not 0 <= request.seed < MAX_SEED:
             raise InvalidRequest("seed", f"must be in [0, 2**63), got {request.seed}")
         self.loras.check_known(request.loras)
         if request.control is not None:
             if request.control.type not in self.models.control_pipes:
                 available = ", ".join(self.models.control_pipes) or "none"
-                raise InvalidRequest("control.type", f"{request.control.type!r} ControlNet is not available with this model; available: {available}")
+                raise InvalidRequest(
+                    "control.type",
+                    f"{request.control.type!r} ControlNet is not available with this model; available: {available}",
+                )
             from generative_service.engine.control import decode_control_image
 
             decode_control_image(request.control.image, max_pixels=self.settings.max_control_pixels)
@@ -207,7 +226,11 @@ class Engine:
         for job in jobs:
             key = batch_key(job.request)
             group = open_groups.get(key)
-            if group is None or sum(images_in(j.request) for j in group) + images_in(job.request) > self.settings.max_batch_images:
+            if (
+                group is None
+                or sum(images_in(j.request) for j in group) + images_in(job.request)
+                > self.settings.max_batch_images
+            ):
                 group = []
                 groups.append(group)
                 open_groups[key] = group
@@ -215,7 +238,9 @@ class Engine:
         return groups
 
     def _run_group(self, jobs, *, on_step, is_canceled) -> list[JobOutput]:
-        canceled = {job.job_id for job in jobs if is_canceled is not None and is_canceled(job.job_id)}
+        canceled = {
+            job.job_id for job in jobs if is_canceled is not None and is_canceled(job.job_id)
+        }
         live = [job for job in jobs if job.job_id not in canceled]
         if not live:
             return [self._canceled(job, 0.0) for job in jobs]
@@ -234,7 +259,9 @@ class Engine:
         # 2. One pipeline call.
         pipe = self.models.control_pipes[plan.control_type] if plan.control_type else self.pipe
         pipe.scheduler = make_scheduler(plan.sampler, self.scheduler_config)  # fresh per call
-        callback = self._step_callback(plan, on_step=on_step, is_canceled=is_canceled, canceled=canceled)
+        callback = self._step_callback(
+            plan, on_step=on_step, is_canceled=is_canceled, canceled=canceled
+        )
         started = time.perf_counter()
         images = self._call(pipe, plan, callback)
         elapsed_ms = (time.perf_counter() - started) * 1000
@@ -246,7 +273,16 @@ class Engine:
                 continue
             start, stop = plan.slices[job.job_id]
             record = reproducibility_record(self, job=job, plan=plan, pipe=pipe, loras=lora_records)
-            outputs.append(JobOutput(job.job_id, images[start:stop], plan.seeds[start:stop], False, elapsed_ms, record))
+            outputs.append(
+                JobOutput(
+                    job.job_id,
+                    images[start:stop],
+                    plan.seeds[start:stop],
+                    False,
+                    elapsed_ms,
+                    record,
+                )
+            )
         return outputs
 
     def _call(self, pipe, plan: BatchPlan, callback) -> list[Image.Image] | None:
@@ -258,16 +294,24 @@ class Engine:
         except ServiceError:
             raise
         except torch.OutOfMemoryError as exc:
-            raise GenerationFailed(f"out of device memory for {plan.total_images} image(s) at {plan.width}x{plan.height}") from exc
+            raise GenerationFailed(
+                f"out of device memory for {plan.total_images} image(s) at {plan.width}x{plan.height}"
+            ) from exc
         except Exception as exc:
             log.exception("engine.pipeline_failed")
-            raise GenerationFailed(f"the diffusion pipeline failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+            raise GenerationFailed(
+                f"the diffusion pipeline failed: {type(exc).__name__}: {str(exc)[:300]}"
+            ) from exc
 
     def _step_callback(self, plan: BatchPlan, *, on_step, is_canceled, canceled: set[str]):
         def callback(pipe, index: int, timestep, tensors: dict) -> dict:
             step, total = index + 1, pipe.num_timesteps
             if is_canceled is not None:
-                canceled.update(job_id for job_id in plan.slices if job_id not in canceled and is_canceled(job_id))
+                canceled.update(
+                    job_id
+                    for job_id in plan.slices
+                    if job_id not in canceled and is_canceled(job_id)
+                )
                 if all(job_id in canceled for job_id in plan.slices):
                     raise _AllCanceled()
             if on_step is None:
@@ -281,7 +325,9 @@ class Engine:
                 if spec is not None and (step % spec.every_n_steps == 0 or step == total):
                     x0 = x0 if x0 is not None else x0_prediction(pipe.scheduler)
                     if x0 is not None:
-                        preview = latent_preview(x0[start], max_px=spec.max_px, image_size=(plan.width, plan.height))
+                        preview = latent_preview(
+                            x0[start], max_px=spec.max_px, image_size=(plan.width, plan.height)
+                        )
                 on_step(StepInfo(job_id=job_id, step=step, total_steps=total, preview=preview))
             return {}
 

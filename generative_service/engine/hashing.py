@@ -46,8 +46,11 @@ class FileHasher:
         """{relative path: sha256} of the weight and config files under `root`, sorted."""
         root = Path(root)
         files = sorted(
-            path for path in root.rglob("*")
-            if path.is_file() and path.suffix in _HASHED_SUFFIXES and not any(part.startswith(".") for part in path.relative_to(root).parts)
+            path
+            for path in root.rglob("*")
+            if path.is_file()
+            and path.suffix in _HASHED_SUFFIXES
+            and not any(part.startswith(".") for part in path.relative_to(root).parts)
         )
         return {str(path.relative_to(root)): self.sha256(path) for path in files}
 

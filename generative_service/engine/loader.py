@@ -53,7 +53,9 @@ def resolve_device(settings: Settings) -> torch.device:
     try:
         device = torch.device(settings.device)
     except (RuntimeError, ValueError):
-        raise ModelLoadError("device", f"{settings.device!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+        raise ModelLoadError(
+            "device", f"{settings.device!r} is not a device (use auto, cpu, cuda or cuda:N)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("device", f"{settings.device!r} requested but CUDA is not available")
     return device
@@ -79,13 +81,17 @@ def load_models(settings: Settings, *, hasher: FileHasher) -> LoadedModels:
     dtype = resolve_dtype(settings, device)
     root, source = _base_source(settings)
     pipe = _load_pipeline(source, dtype=dtype, device=device)
-    models = LoadedModels(pipe=pipe, control_pipes={}, depth=None, device=device, dtype=dtype, attention="sdpa")
+    models = LoadedModels(
+        pipe=pipe, control_pipes={}, depth=None, device=device, dtype=dtype, attention="sdpa"
+    )
     models.sources["model"] = source
     models.info = paths.bundle_info(settings) if root is not None else {}
     for kind in CONTROL_TYPES:
         ref = _component_ref(getattr(settings, f"controlnet_{kind}"), root, f"controlnet-{kind}")
         if ref is not None:
-            controlnet = _load_controlnet(ref, setting=f"controlnet_{kind}", pipe=pipe, dtype=dtype, device=device)
+            controlnet = _load_controlnet(
+                ref, setting=f"controlnet_{kind}", pipe=pipe, dtype=dtype, device=device
+            )
             models.control_pipes[kind] = StableDiffusionXLControlNetPipeline(
                 **pipe.components,
                 controlnet=controlnet,
@@ -110,7 +116,11 @@ def configure_attention(models: LoadedModels, settings: Settings) -> str:
     """SDPA (diffusers' default processor) or xFormers; returns the mode in use."""
     mode = settings.attention
     if mode == "auto":
-        mode = "xformers" if models.device.type == "cuda" and importlib.util.find_spec("xformers") else "sdpa"
+        mode = (
+            "xformers"
+            if models.device.type == "cuda" and importlib.util.find_spec("xformers")
+            else "sdpa"
+        )
     if mode == "xformers":
         if models.device.type != "cuda":
             raise ModelLoadError("attention", "xFormers needs a CUDA device")
@@ -134,13 +144,19 @@ def _base_source(settings: Settings) -> tuple[Path | None, str]:
         return root, str(paths.pipeline_dir(root))
     root = paths.model_root(settings)
     if settings.model == "demo" and not paths.is_bundle(paths.DEMO_ROOT):
-        raise ModelLoadError("model", f"the demo model is not built ({paths.DEMO_ROOT} has no pipeline/); train it with `gensvc models train-demo` or set GENSVC_MODEL=tiny")
+        raise ModelLoadError(
+            "model",
+            f"the demo model is not built ({paths.DEMO_ROOT} has no pipeline/); train it with `gensvc models train-demo` or set GENSVC_MODEL=tiny",
+        )
     if root is None:
         return None, settings.model  # a hub id
     if not root.is_dir():
         raise ModelLoadError("model", f"{root} does not exist")
     if not (paths.pipeline_dir(root) / "model_index.json").is_file():
-        raise ModelLoadError("model", f"{root} is neither a model bundle (pipeline/ inside) nor a diffusers pipeline (model_index.json)")
+        raise ModelLoadError(
+            "model",
+            f"{root} is neither a model bundle (pipeline/ inside) nor a diffusers pipeline (model_index.json)",
+        )
     return (root if paths.is_bundle(root) else None), str(paths.pipeline_dir(root))
 
 
@@ -161,29 +177,43 @@ def _check_local(ref: str, setting: str) -> None:
         raise ModelLoadError(setting, f"{ref} does not exist")
 
 
-def _load_pipeline(source: str, *, dtype: torch.dtype, device: torch.device) -> StableDiffusionXLPipeline:
+def _load_pipeline(
+    source: str, *, dtype: torch.dtype, device: torch.device
+) -> StableDiffusionXLPipeline:
     _check_local(source, "model")
     try:
         pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, add_watermarker=False)
     except Exception as exc:  # noqa: BLE001 - any failure to load is a configuration error
-        raise ModelLoadError("model", f"cannot load an SDXL pipeline from {source}: {_short(exc)}") from None
-    if getattr(pipe, "text_encoder_2", None) is None or pipe.unet.config.addition_embed_type != "text_time":
+        raise ModelLoadError(
+            "model", f"cannot load an SDXL pipeline from {source}: {_short(exc)}"
+        ) from None
+    if (
+        getattr(pipe, "text_encoder_2", None) is None
+        or pipe.unet.config.addition_embed_type != "text_time"
+    ):
         raise ModelLoadError("model", f"{source} is not a Stable Diffusion XL base pipeline")
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def _load_controlnet(ref: str, *, setting: str, pipe, dtype: torch.dtype, device: torch.device) -> ControlNetModel:
+def _load_controlnet(
+    ref: str, *, setting: str, pipe, dtype: torch.dtype, device: torch.device
+) -> ControlNetModel:
     _check_local(ref, setting)
     try:
         controlnet = ControlNetModel.from_pretrained(ref, dtype=dtype)
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(setting, f"cannot load a ControlNet from {ref}: {_short(exc)}") from None
+        raise ModelLoadError(
+            setting, f"cannot load a ControlNet from {ref}: {_short(exc)}"
+        ) from None
     unet = pipe.unet.config
     for key in ("cross_attention_dim", "block_out_channels", "addition_embed_type"):
         if _norm(controlnet.config.get(key)) != _norm(unet.get(key)):
-            raise ModelLoadError(setting, f"ControlNet {ref} does not fit the base model ({key}: {controlnet.config.get(key)} vs {unet.get(key)})")
+            raise ModelLoadError(
+                setting,
+                f"ControlNet {ref} does not fit the base model ({key}: {controlnet.config.get(key)} vs {unet.get(key)})",
+            )
     return controlnet.to(device)
 
 
@@ -192,7 +222,9 @@ def _load_depth(ref: str, *, dtype: torch.dtype, device: torch.device) -> DepthE
     try:
         return DepthEstimator.load(ref, device=device, dtype=dtype)
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError("depth_estimator", f"cannot load a depth-estimation model from {ref}: {_short(exc)}") from None
+        raise ModelLoadError(
+            "depth_estimator", f"cannot load a depth-estimation model from {ref}: {_short(exc)}"
+        ) from None
 
 
 def _hash_source(ref: str, hasher: FileHasher) -> dict[str, str]:

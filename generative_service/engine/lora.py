@@ -73,13 +73,20 @@ class LoraManager:
             self._disable()
             return []
         if len(specs) > self.capacity:
-            raise LoraError("loras", f"at most {self.capacity} adapters can be active at once (GENSVC_LORA_CACHE_SIZE)")
+            raise LoraError(
+                "loras",
+                f"at most {self.capacity} adapters can be active at once (GENSVC_LORA_CACHE_SIZE)",
+            )
         pinned = {spec.name for spec in specs}
-        adapters = [self._ensure(index, spec.name, pinned=pinned) for index, spec in enumerate(specs)]
+        adapters = [
+            self._ensure(index, spec.name, pinned=pinned) for index, spec in enumerate(specs)
+        ]
         if not self._enabled:
             self.pipe.enable_lora()
             self._enabled = True
-        self.pipe.set_adapters([adapter.slot for adapter in adapters], adapter_weights=[spec.scale for spec in specs])
+        self.pipe.set_adapters(
+            [adapter.slot for adapter in adapters], adapter_weights=[spec.scale for spec in specs]
+        )
         self._active = list(zip(adapters, [spec.scale for spec in specs], strict=True))
         return [{"name": a.name, "scale": s, "sha256": a.sha256} for a, s in self._active]
 
@@ -93,7 +100,10 @@ class LoraManager:
         for index, spec in enumerate(specs):
             if not lora_path(self.settings, spec.name).is_file():
                 known = list_lora_names(self.settings)
-                raise LoraError(f"loras[{index}].name", f"unknown LoRA {spec.name!r}; known: {', '.join(known) or 'none'}")
+                raise LoraError(
+                    f"loras[{index}].name",
+                    f"unknown LoRA {spec.name!r}; known: {', '.join(known) or 'none'}",
+                )
 
     # --- loading ---------------------------------------------------------------------------------
 
@@ -139,15 +149,23 @@ class LoraManager:
             return next(f"slot{k}" for k in range(self.capacity + 1) if f"slot{k}" not in used)
         return _slot_name(name)
 
-    def _load(self, path: Path, *, name: str, slot: str, stamp: tuple[int, int], field: str) -> _Adapter:
+    def _load(
+        self, path: Path, *, name: str, slot: str, stamp: tuple[int, int], field: str
+    ) -> _Adapter:
         present = {a for names in self.pipe.get_list_adapters().values() for a in names}
         hotswap = bool(self.hotswap_rank) and slot in present
         if self.hotswap_rank and not hotswap and present:
             # A new slot in hot-swap mode: pad it to the target rank too.
-            self.pipe.unet.enable_lora_hotswap(target_rank=self.hotswap_rank, check_compiled="ignore")
+            self.pipe.unet.enable_lora_hotswap(
+                target_rank=self.hotswap_rank, check_compiled="ignore"
+            )
         try:
-            with _quiet_diffusers():  # "no LoRA keys for CLIPTextModel" is expected for UNet-only files
-                self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=slot, hotswap=hotswap)
+            with (
+                _quiet_diffusers()
+            ):  # "no LoRA keys for CLIPTextModel" is expected for UNet-only files
+                self.pipe.load_lora_weights(
+                    str(path.parent), weight_name=path.name, adapter_name=slot, hotswap=hotswap
+                )
         except Exception as exc:  # noqa: BLE001 - any failure means this file is unusable here
             self._recover(slot, hotswap=hotswap)
             raise LoraError(field, f"LoRA {name!r} could not be loaded: {_short(exc)}") from None
@@ -155,8 +173,16 @@ class LoraManager:
         if slot not in listing.get("unet", []) and not any(slot in v for v in listing.values()):
             self._recover(slot, hotswap=hotswap)
             raise LoraError(field, f"LoRA {name!r} holds no layers this model has")
-        touches_text = any(slot in listing.get(part, []) for part in ("text_encoder", "text_encoder_2"))
-        adapter = _Adapter(name=name, slot=slot, stamp=stamp, sha256=self.hasher.sha256(path), touches_text=touches_text)
+        touches_text = any(
+            slot in listing.get(part, []) for part in ("text_encoder", "text_encoder_2")
+        )
+        adapter = _Adapter(
+            name=name,
+            slot=slot,
+            stamp=stamp,
+            sha256=self.hasher.sha256(path),
+            touches_text=touches_text,
+        )
         self._adapters[name] = adapter
         self._enabled = False  # a fresh load activates it; activate() sets the real state
         log.info("lora.loaded", extra={"lora": name, "slot": slot, "hotswap": hotswap})
@@ -183,12 +209,17 @@ class LoraManager:
                 keys = list(handle.keys())
                 shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in keys}
         except Exception as exc:  # noqa: BLE001
-            raise LoraError(field, f"LoRA {name!r} is not a readable safetensors file: {_short(exc)}") from None
+            raise LoraError(
+                field, f"LoRA {name!r} is not a readable safetensors file: {_short(exc)}"
+            ) from None
         if not keys:
             raise LoraError(field, f"LoRA {name!r} is empty")
         problems = self._unet_mismatches(shapes)
         if problems:
-            raise LoraError(field, f"LoRA {name!r} does not fit this model: {problems[0]} ({len(problems)} problem(s))")
+            raise LoraError(
+                field,
+                f"LoRA {name!r} does not fit this model: {problems[0]} ({len(problems)} problem(s))",
+            )
 
     def _unet_mismatches(self, shapes: dict[str, tuple]) -> list[str]:
         """Diffusers-format UNet keys ('unet.<module>.lora_A.weight') checked against the UNet."""
@@ -207,10 +238,16 @@ class LoraManager:
                 problems.append(f"layer {module_name} not found")
                 continue
             base = getattr(module, "base_layer", module)
-            expected = getattr(base, "in_features", None) if suffix in _A_SUFFIXES else getattr(base, "out_features", None)
+            expected = (
+                getattr(base, "in_features", None)
+                if suffix in _A_SUFFIXES
+                else getattr(base, "out_features", None)
+            )
             actual = shape[1] if suffix in _A_SUFFIXES else shape[0]
             if expected is not None and len(shape) == 2 and expected != actual:
-                problems.append(f"layer {module_name} expects {expected} features, file has {actual}")
+                problems.append(
+                    f"layer {module_name} expects {expected} features, file has {actual}"
+                )
         return problems
 
 

@@ -19,7 +19,9 @@ SDXL_LATENT_RGB = (
 SDXL_LATENT_RGB_BIAS = (0.1084, -0.0175, -0.0011)
 
 
-def latent_preview(latent: torch.Tensor, *, max_px: int, image_size: tuple[int, int]) -> Image.Image:
+def latent_preview(
+    latent: torch.Tensor, *, max_px: int, image_size: tuple[int, int]
+) -> Image.Image:
     """An RGB preview of one (4, h, w) latent whose longer side is min(max_px, image's longer side).
 
     Args:

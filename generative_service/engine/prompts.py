@@ -49,7 +49,9 @@ class PromptEncoder:
         ttl_s: lifetime of Redis entries; 0 disables the Redis level.
     """
 
-    def __init__(self, pipe, *, fingerprint: str, redis=None, key_prefix: str = "gensvc", ttl_s: int = 86400) -> None:
+    def __init__(
+        self, pipe, *, fingerprint: str, redis=None, key_prefix: str = "gensvc", ttl_s: int = 86400
+    ) -> None:
         self.pipe = pipe
         self.fingerprint = fingerprint
         self.redis = _binary_client(redis) if redis is not None and ttl_s > 0 else None
@@ -93,7 +95,10 @@ class PromptEncoder:
         if text == "" and pipe.config.get("force_zeros_for_empty_prompt", False):
             return self._zeros()
         embeds, _, pooled, _ = pipe.encode_prompt(
-            prompt=text, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            prompt=text,
+            device=pipe.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
         )
         return Embedding(embeds=embeds.detach().clone(), pooled=pooled.detach().clone())
 
@@ -103,7 +108,9 @@ class PromptEncoder:
         length = pipe.tokenizer_2.model_max_length
         dtype, device = pipe.text_encoder_2.dtype, pipe.device
         embeds = torch.zeros((1, length, dim), dtype=dtype, device=device)
-        pooled = torch.zeros((1, pipe.text_encoder_2.config.projection_dim), dtype=dtype, device=device)
+        pooled = torch.zeros(
+            (1, pipe.text_encoder_2.config.projection_dim), dtype=dtype, device=device
+        )
         return Embedding(embeds=embeds, pooled=pooled)
 
     def _remember(self, key: str, embedding: Embedding) -> None:
@@ -124,7 +131,9 @@ class PromptEncoder:
         try:
             tensors = load_tensors(raw)
             device = self.pipe.device
-            return Embedding(embeds=tensors["embeds"].to(device), pooled=tensors["pooled"].to(device))
+            return Embedding(
+                embeds=tensors["embeds"].to(device), pooled=tensors["pooled"].to(device)
+            )
         except Exception:
             log.warning("embedding cache entry %s unreadable; recomputing", key)
             return None
@@ -132,14 +141,23 @@ class PromptEncoder:
     def _to_redis(self, key: str, embedding: Embedding) -> None:
         if self.redis is None or time.monotonic() < self._redis_down_until:
             return
-        payload = save_tensors({"embeds": embedding.embeds.cpu().contiguous(), "pooled": embedding.pooled.cpu().contiguous()})
+        payload = save_tensors(
+            {
+                "embeds": embedding.embeds.cpu().contiguous(),
+                "pooled": embedding.pooled.cpu().contiguous(),
+            }
+        )
         try:
             self.redis.set(key, payload, ex=self.ttl_s)
         except Exception as exc:
             self._disable(exc)
 
     def _disable(self, exc: Exception) -> None:
-        log.warning("prompt-embedding cache in Redis unavailable (%s); local cache only for %ss", exc, _REDIS_RETRY_S)
+        log.warning(
+            "prompt-embedding cache in Redis unavailable (%s); local cache only for %ss",
+            exc,
+            _REDIS_RETRY_S,
+        )
         self._redis_down_until = time.monotonic() + _REDIS_RETRY_S
 
 
@@ -151,5 +169,7 @@ def _binary_client(redis):
     import redis as redis_lib
 
     kwargs["decode_responses"] = False
-    pool = redis_lib.ConnectionPool(connection_class=redis.connection_pool.connection_class, **kwargs)
+    pool = redis_lib.ConnectionPool(
+        connection_class=redis.connection_pool.connection_class, **kwargs
+    )
     return redis_lib.Redis(connection_pool=pool)

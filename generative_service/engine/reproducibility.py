@@ -30,7 +30,11 @@ def static_record(engine) -> dict[str, Any]:
     record = {
         "model": engine.settings.model,
         "components": {
-            name: {"source": models.sources[name], "sha256": combined(files) if files else None, "files": files}
+            name: {
+                "source": models.sources[name],
+                "sha256": combined(files) if files else None,
+                "files": files,
+            }
             for name, files in models.files.items()
         },
         "dtype": str(models.dtype).removeprefix("torch."),
@@ -49,7 +53,9 @@ def reproducibility_record(engine, *, job, plan, pipe, loras: list[dict]) -> dic
     start, stop = plan.slices[job.job_id]
     negative_mode = "none (no CFG)"
     if plan.cfg:
-        zeros = request.negative_prompt == "" and pipe.config.get("force_zeros_for_empty_prompt", False)
+        zeros = request.negative_prompt == "" and pipe.config.get(
+            "force_zeros_for_empty_prompt", False
+        )
         negative_mode = "zeros (force_zeros_for_empty_prompt)" if zeros else "encoded"
     record = {
         **static_record(engine),

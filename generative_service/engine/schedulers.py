@@ -60,7 +60,9 @@ def make_scheduler(name: str, base_config: Any):
 
 def scheduler_record(scheduler) -> dict[str, Any]:
     """The scheduler's class and full config, for the reproducibility record."""
-    config = {key: value for key, value in dict(scheduler.config).items() if not key.startswith("_")}
+    config = {
+        key: value for key, value in dict(scheduler.config).items() if not key.startswith("_")
+    }
     return {"class": type(scheduler).__name__, "config": _jsonable(config)}
 
 

@@ -37,6 +37,7 @@ from generative_service.engine._quiet import quiet_progress_bars
 from generative_service.engine.tokenizer import build_clip_tokenizer, clip_special_ids
 
 SIZE = 64
+TINY_VERSION = 1  # bump when the bundle changes, so caches built by older code are rebuilt
 TEXT_DIM = 32
 TIME_EMBED_DIM = 8
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -49,12 +50,12 @@ def ensure_tiny(cache_dir: Path) -> Path:
     """Return CACHE_DIR/tiny, building it first if absent (file lock: one builder at a time)."""
     cache_dir = Path(cache_dir)
     root = cache_dir / "tiny"
-    if (root / "bundle.json").is_file():
+    if _is_current(root):
         return root
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / "tiny.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / "bundle.json").is_file():  # another process may have built it meanwhile
+        if not _is_current(root):  # another process may have built it meanwhile
             staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=cache_dir))
             try:
                 build_tiny(staging)
@@ -64,6 +65,14 @@ def ensure_tiny(cache_dir: Path) -> Path:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     return root
+
+
+def _is_current(root: Path) -> bool:
+    """A complete bundle from this builder version (bundle.json is written last)."""
+    try:
+        return json.loads((root / "bundle.json").read_text()).get("tiny_version") == TINY_VERSION
+    except (OSError, ValueError):
+        return False
 
 
 def build_tiny(root: Path) -> Path:
@@ -81,6 +90,7 @@ def build_tiny(root: Path) -> Path:
         _save_lora(pipe.unet, root / "loras", name=name, rank=rank, seed=seed)
     info = {
         "name": "tiny",
+        "tiny_version": TINY_VERSION,
         "default_size": SIZE,
         "default_steps": 20,
         "prompt_hint": "random weights: any prompt gives coloured noise",
@@ -170,7 +180,9 @@ def _pipeline() -> StableDiffusionXLPipeline:
 
 
 def _controlnet(unet: UNet2DConditionModel, *, seed: int) -> ControlNetModel:
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
+    controlnet = ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=(8, 16, 32, 32)
+    )
     # NOTE: from_unet zero-initialises the output convolutions, so an untrained ControlNet would have
     # no effect at all; random outputs make conditioning visibly change the image.
     generator = torch.Generator().manual_seed(seed)
@@ -210,8 +222,12 @@ def _save_depth_estimator(target: Path) -> None:
     processor.save_pretrained(target)
 
 
-def _save_lora(unet: UNet2DConditionModel, directory: Path, *, name: str, rank: int, seed: int) -> None:
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, init_lora_weights=False)
+def _save_lora(
+    unet: UNet2DConditionModel, directory: Path, *, name: str, rank: int, seed: int
+) -> None:
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, init_lora_weights=False
+    )
     torch.manual_seed(seed)
     unet.add_adapter(config, adapter_name=name)
     state = get_peft_model_state_dict(unet, adapter_name=name)

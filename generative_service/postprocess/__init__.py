@@ -29,7 +29,7 @@ _EXPORTS = {
     "Upscaler": "upscaler",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = ["SafetyFilter", "SafetyVerdict", "Upscaler", "decide", "obscure"]
 
 
 def __getattr__(name: str) -> Any:

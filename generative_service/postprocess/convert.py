@@ -95,7 +95,9 @@ def parse_param(text: str) -> list[ConvSpec]:
         params = dict(p.split("=", 1) for p in parts[4 + n_in + n_out :] if not p.startswith("-"))
         if params.get("5", "0") != "1":
             raise ValueError(f"convolution {parts[1]} has no bias; not an x4plus layout")
-        convs.append(ConvSpec(parts[1], int(params["0"]), int(params.get("1", "1")), int(params["6"])))
+        convs.append(
+            ConvSpec(parts[1], int(params["0"]), int(params.get("1", "1")), int(params["6"]))
+        )
     return convs
 
 
@@ -155,8 +157,14 @@ def ensure_converted(cache_dir: Path, *, force: bool = False) -> Path:
         raise ModelLoadError("upscaler_weights", f"cannot convert {binary}: {exc}") from exc
     # NOTE: safetensors keeps metadata in a hash map whose order changes between runs; one key
     # holding sorted JSON keeps the file byte-identical from one conversion to the next.
-    provenance = {"source": binary.name, "source_sha256": digest, "converter_version": CONVERTER_VERSION}
-    _atomic_save(state, target, metadata={"gensvc_conversion": json.dumps(provenance, sort_keys=True)})
+    provenance = {
+        "source": binary.name,
+        "source_sha256": digest,
+        "converter_version": CONVERTER_VERSION,
+    }
+    _atomic_save(
+        state, target, metadata={"gensvc_conversion": json.dumps(provenance, sort_keys=True)}
+    )
     return target
 
 

@@ -133,9 +133,14 @@ class NudeNet:
         if not images:
             return []
         # nudenet expects BGR uint8 arrays (as cv2.imread gives); RGB input changes its scores.
-        arrays = [np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1]) for image in images]
+        arrays = [
+            np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1]) for image in images
+        ]
         raw = self._detector.detect_batch(arrays, batch_size=len(arrays))
         return [
-            [Detection(d["class"], float(d["score"]), tuple(int(v) for v in d["box"])) for d in found]
+            [
+                Detection(d["class"], float(d["score"]), tuple(int(v) for v in d["box"]))
+                for d in found
+            ]
             for found in raw
         ]

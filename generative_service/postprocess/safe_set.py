@@ -58,7 +58,9 @@ def skimage_sources() -> Iterator[SafeImage]:
     import skimage.data
 
     for name in SKIMAGE_SAMPLES:
-        yield SafeImage(f"skimage:{name}", "scikit-image", "original", to_rgb(getattr(skimage.data, name)()))
+        yield SafeImage(
+            f"skimage:{name}", "scikit-image", "original", to_rgb(getattr(skimage.data, name)())
+        )
     left, right, _disparity = skimage.data.stereo_motorcycle()
     yield SafeImage("skimage:stereo_motorcycle_left", "scikit-image", "original", to_rgb(left))
     yield SafeImage("skimage:stereo_motorcycle_right", "scikit-image", "original", to_rgb(right))
@@ -88,7 +90,9 @@ def matplotlib_sources() -> Iterator[SafeImage]:
 def wallpaper_sources() -> Iterator[SafeImage]:
     """Debian wallpapers (one resolution per wallpaper), if the packages are installed."""
     for root, path in _wallpaper_files():
-        yield SafeImage(f"wallpaper:{path.relative_to(root)}", "debian-wallpapers", "original", _open(path))
+        yield SafeImage(
+            f"wallpaper:{path.relative_to(root)}", "debian-wallpapers", "original", _open(path)
+        )
 
 
 def _wallpaper_files() -> list[tuple[Path, Path]]:
@@ -132,9 +136,14 @@ def augment(item: SafeImage) -> list[SafeImage]:
         "top_left": (0, 0), "top_right": (w - cw, 0),
         "bottom_left": (0, h - ch), "bottom_right": (w - cw, h - ch),
     }  # fmt: skip
-    out = [item, SafeImage(item.source, item.group, "hflip", img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))]
+    out = [
+        item,
+        SafeImage(item.source, item.group, "hflip", img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+    ]
     for name, (x, y) in boxes.items():
-        out.append(SafeImage(item.source, item.group, f"crop_{name}", img.crop((x, y, x + cw, y + ch))))
+        out.append(
+            SafeImage(item.source, item.group, f"crop_{name}", img.crop((x, y, x + cw, y + ch)))
+        )
     return out
 
 

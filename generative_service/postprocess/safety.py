@@ -30,7 +30,9 @@ from PIL import Image, ImageFilter
 from generative_service.postprocess.nsfw_models import Detection, NudeNet, OpenNsfw, onnx_providers
 from generative_service.settings import Settings
 
-NUDENET_SOLO_LABELS = frozenset({"FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "ANUS_EXPOSED"})
+NUDENET_SOLO_LABELS = frozenset(
+    {"FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "ANUS_EXPOSED"}
+)
 NUDENET_CORROBORATED_LABELS = frozenset({"FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED"})
 NUDENET_SOLO_SCORE = 0.6
 NUDENET_CORROBORATED_SCORE = 0.5
@@ -50,7 +52,9 @@ class SafetyVerdict:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def decide(opennsfw_score: float, detections: Sequence[Detection] | None, *, threshold: float) -> SafetyVerdict:
+def decide(
+    opennsfw_score: float, detections: Sequence[Detection] | None, *, threshold: float
+) -> SafetyVerdict:
     """Apply the documented decision rule to one image's model outputs.
 
     Args:
@@ -58,13 +62,19 @@ def decide(opennsfw_score: float, detections: Sequence[Detection] | None, *, thr
         detections: nudenet detections, or None when nudenet is not enabled.
         threshold: `GENSVC_NSFW_THRESHOLD`.
     """
-    details: dict[str, Any] = {"opennsfw": round(opennsfw_score, 6), "threshold": threshold, "reason": None}
+    details: dict[str, Any] = {
+        "opennsfw": round(opennsfw_score, 6),
+        "threshold": threshold,
+        "reason": None,
+    }
     reasons = []
     if opennsfw_score >= threshold:
         reasons.append("opennsfw")
     if detections is not None:
         counted = [d for d in detections if _counts(d, opennsfw_score, threshold)]
-        details["nudenet"] = [{"label": d.label, "score": round(d.score, 4), "box": list(d.box)} for d in counted]
+        details["nudenet"] = [
+            {"label": d.label, "score": round(d.score, 4), "box": list(d.box)} for d in counted
+        ]
         reasons += sorted({f"nudenet:{d.label}" for d in counted})
     if reasons:
         details["reason"] = ",".join(reasons)
@@ -89,7 +99,9 @@ def obscure(image: Image.Image) -> Image.Image:
     rgb = image.convert("RGB")
     width, height = rgb.size
     scale = BLUR_CELLS / max(width, height)
-    small = rgb.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
+    small = rgb.resize(
+        (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX
+    )
     wash = small.resize((width, height), Image.Resampling.BICUBIC)
     return wash.filter(ImageFilter.GaussianBlur(radius=max(width, height) / (2 * BLUR_CELLS)))
 
@@ -97,7 +109,9 @@ def obscure(image: Image.Image) -> Image.Image:
 class SafetyFilter:
     """open_nsfw (+ optional nudenet) filter. Build once per worker; `check` a batch, `apply` each."""
 
-    def __init__(self, *, classifier: OpenNsfw, detector: NudeNet | None, threshold: float, policy: Policy) -> None:
+    def __init__(
+        self, *, classifier: OpenNsfw, detector: NudeNet | None, threshold: float, policy: Policy
+    ) -> None:
         self.classifier = classifier
         self.detector = detector
         self.threshold = threshold
@@ -113,8 +127,12 @@ class SafetyFilter:
         providers = onnx_providers(settings.device)
         classifier = OpenNsfw.load(providers)
         detector = NudeNet.load(providers) if settings.nsfw_detector == "opennsfw+nudenet" else None
-        return cls(classifier=classifier, detector=detector, threshold=settings.nsfw_threshold,
-                   policy=settings.safety_policy)
+        return cls(
+            classifier=classifier,
+            detector=detector,
+            threshold=settings.nsfw_threshold,
+            policy=settings.safety_policy,
+        )
 
     def check(self, images: Sequence[Image.Image]) -> list[SafetyVerdict]:
         """One verdict per image, in order; the models run once over the whole batch."""
@@ -123,7 +141,9 @@ class SafetyFilter:
         detections: list[list[Detection]] | list[None] = (
             self.detector.detect(images) if self.detector is not None else [None] * len(images)
         )
-        return [decide(s, d, threshold=self.threshold) for s, d in zip(scores, detections, strict=True)]
+        return [
+            decide(s, d, threshold=self.threshold) for s, d in zip(scores, detections, strict=True)
+        ]
 
     def apply(self, image: Image.Image, verdict: SafetyVerdict) -> tuple[Image.Image | None, bool]:
         """The image to store under the policy, and whether it was blurred.

@@ -48,6 +48,8 @@ def upscale_tiled(
 
     The output is assembled in float32 on the CPU so device memory holds only one tile at a time.
     """
+    if tile > 0 and max(x.shape[-2:]) <= tile:
+        tile = 0  # fits in one tile (the tile size counts image pixels, not the padding)
     padded = pad_image(x, prepad)
     _, channels, height, width = padded.shape
     out = torch.empty((1, channels, height * scale, width * scale), dtype=torch.float32)

@@ -39,8 +39,15 @@ def resolve_device(device: str) -> str:
 class Upscaler:
     """Loads the x4 model lazily (or at `load()`), then upscales PIL images by 2 or 4."""
 
-    def __init__(self, *, weights: Path | None, cache_dir: Path, tile: int, device: str = "auto",
-                 dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        *,
+        weights: Path | None,
+        cache_dir: Path,
+        tile: int,
+        device: str = "auto",
+        dtype: str = "auto",
+    ) -> None:
         self.weights = weights
         self.cache_dir = Path(cache_dir)
         self.tile = tile
@@ -59,11 +66,20 @@ class Upscaler:
         weights = settings.upscaler_weights
         if weights is not None:
             if not Path(weights).is_file():
-                raise ModelLoadError("upscaler_weights", f"{weights} does not exist or is not a file")
+                raise ModelLoadError(
+                    "upscaler_weights", f"{weights} does not exist or is not a file"
+                )
             if Path(weights).suffix.lower() not in WEIGHT_SUFFIXES:
-                raise ModelLoadError("upscaler_weights", f"{weights}: expected one of {', '.join(WEIGHT_SUFFIXES)}")
-        return cls(weights=weights, cache_dir=settings.cache_dir, tile=settings.upscale_tile,
-                   device=settings.device, dtype=settings.dtype)
+                raise ModelLoadError(
+                    "upscaler_weights", f"{weights}: expected one of {', '.join(WEIGHT_SUFFIXES)}"
+                )
+        return cls(
+            weights=weights,
+            cache_dir=settings.cache_dir,
+            tile=settings.upscale_tile,
+            device=settings.device,
+            dtype=settings.dtype,
+        )
 
     @property
     def loaded(self) -> bool:
@@ -140,7 +156,9 @@ def _load_file(path: Path) -> Any:
     try:
         model = ModelLoader().load_from_file(path)
     except Exception as exc:  # spandrel/torch/safetensors raise many types for a broken file
-        raise ModelLoadError("upscaler_weights", f"cannot load {path}: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(
+            "upscaler_weights", f"cannot load {path}: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(model, ImageModelDescriptor) or model.scale != MODEL_SCALE:
         scale = getattr(model, "scale", "?")
         raise ModelLoadError(

@@ -12,6 +12,7 @@ Checkpoints go to `--work` (default CACHE_DIR/train-demo/BUDGET); `--resume` con
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -33,10 +34,10 @@ def stage_configs(budget: str) -> dict:
             "lora": StageConfig("lora", steps=2, batch_size=4, seed=14),
         }
     return {
-        "vae": StageConfig("vae", steps=600, batch_size=32, warmup_steps=30, seed=11),
-        "unet": StageConfig("unet", steps=1500, batch_size=128, warmup_steps=75, ema_decay=0.999, seed=12),
-        "controlnet": StageConfig("controlnet", steps=400, batch_size=64, warmup_steps=20, seed=13),
-        "lora": StageConfig("lora", steps=300, batch_size=32, warmup_steps=15, seed=14),
+        "vae": StageConfig("vae", steps=1000, batch_size=32, lr=2e-3, warmup_steps=50, seed=11),
+        "unet": StageConfig("unet", steps=3000, batch_size=128, warmup_steps=100, ema_decay=0.999, seed=12),
+        "controlnet": StageConfig("controlnet", steps=800, batch_size=64, warmup_steps=40, seed=13),
+        "lora": StageConfig("lora", steps=400, batch_size=64, warmup_steps=20, seed=14),
     }
 
 
@@ -63,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the trainer; returns the process exit code."""
     args = _parser().parse_args(argv)
+    # NOTE: before torch loads its OpenMP runtime: on a CPU shared with other work, spinning OpenMP
+    # threads made each training step up to 10x slower.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from generative_service.settings import get_settings

@@ -30,20 +30,18 @@ def _png_base64(image: np.ndarray) -> str:
 
 
 class EngineDrawer:
-    """Draws through `generative_service.engine.Engine` loaded on the bundle at `root`."""
+    """Draws through `generative_service.engine.Engine` loaded on `model` ("demo" or a bundle path)."""
 
-    def __init__(self, root: Path, *, cache_dir: Path | None = None) -> None:
+    def __init__(self, model: str | Path, *, cache_dir: Path | None = None) -> None:
         from generative_service.engine import Engine
+        from generative_service.engine.paths import model_root
         from generative_service.settings import Settings
 
         self._tmp = tempfile.TemporaryDirectory(prefix="gensvc-eval-")
-        self.settings = Settings(
-            model=str(root),
-            cache_dir=cache_dir or Path(self._tmp.name),
-            lora_dir=Path(root) / "loras",
-            max_batch_images=CHUNK,
-            device="cpu",
-            dtype="float32",
+        settings = Settings(model=str(model), cache_dir=cache_dir or Path(self._tmp.name))
+        root = model_root(settings)
+        self.settings = settings.model_copy(
+            update={"lora_dir": root / "loras", "max_batch_images": CHUNK, "device": "cpu", "dtype": "float32"}
         )
         self.engine = Engine.from_settings(self.settings)
 

@@ -16,11 +16,15 @@ import torch
 
 from generative_service.settings import Settings
 
-torch.set_num_threads(2)  # NOTE: a shared 2-core machine
+# NOTE: a 2-core machine shared by many processes: one thread avoids OpenMP barrier stalls
+# that made every op ~15 ms slower (measured 6x faster overall than two threads).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
-def engine_cache_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+def engine_cache_dir(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Path:
     """The session's model cache (shared with the rest of the suite when its fixture exists)."""
     try:
         return request.getfixturevalue("model_cache_dir")

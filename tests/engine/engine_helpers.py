@@ -15,7 +15,14 @@ STEPS = 4
 
 def req(**overrides: object) -> GenerationRequest:
     """A resolved tiny request: 64x64, few steps, fixed seed."""
-    values: dict = {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": STEPS, "seed": 1, "guidance_scale": 5.0}
+    values: dict = {
+        "prompt": "a photo of a cat",
+        "width": 64,
+        "height": 64,
+        "steps": STEPS,
+        "seed": 1,
+        "guidance_scale": 5.0,
+    }
     values.update(overrides)
     return GenerationRequest(**values)
 

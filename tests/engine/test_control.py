@@ -25,7 +25,9 @@ def test_control_changes_the_image_and_follows_the_control_picture(engine, kind)
     other = run_one(engine, with_control(kind, control_picture(5))).images[0]
     assert max_diff(base, first) > 5
     assert max_diff(first, other) > 0
-    weaker = run_one(engine, with_control(kind, control_picture(0), conditioning_scale=0.0)).images[0]
+    weaker = run_one(engine, with_control(kind, control_picture(0), conditioning_scale=0.0)).images[
+        0
+    ]
     assert max_diff(weaker, base) <= 1  # scale 0: no conditioning at all
 
 
@@ -48,7 +50,9 @@ def test_control_batch_equals_solo(engine):
     from generative_service.engine import EngineJob
 
     one = with_control("canny", control_picture(1))
-    two = with_control("canny", control_picture(2)).model_copy(update={"seed": 8, "prompt": "a blue car"})
+    two = with_control("canny", control_picture(2)).model_copy(
+        update={"seed": 8, "prompt": "a blue car"}
+    )
     together = engine.run([EngineJob("one", one), EngineJob("two", two)])
     assert max_diff(together[0].images[0], run_one(engine, one).images[0]) <= 1
     assert max_diff(together[1].images[0], run_one(engine, two).images[0]) <= 1
@@ -57,7 +61,11 @@ def test_control_batch_equals_solo(engine):
 
 @pytest.mark.parametrize(
     "image",
-    ["!!!not base64!!!", base64.b64encode(b"hello, not an image").decode(), "data:image/png;base64,"],
+    [
+        "!!!not base64!!!",
+        base64.b64encode(b"hello, not an image").decode(),
+        "data:image/png;base64,",
+    ],
     ids=["not-base64", "not-an-image", "empty"],
 )
 def test_undecodable_control_image_is_an_input_error(engine, image):
@@ -73,7 +81,9 @@ def test_undecodable_control_image_is_an_input_error(engine, image):
 def test_decompression_bomb_is_refused_before_decoding(engine):
     buffer = io.BytesIO()
     Image.new("1", (300, 300)).save(buffer, format="PNG")  # tiny file, 90 000 pixels > 256*256
-    request = req(control=ControlSpec(type="depth", image=base64.b64encode(buffer.getvalue()).decode()))
+    request = req(
+        control=ControlSpec(type="depth", image=base64.b64encode(buffer.getvalue()).decode())
+    )
     with pytest.raises(InvalidRequest) as caught:
         engine.validate(request)
     assert caught.value.field == "control.image" and "65536" in caught.value.message

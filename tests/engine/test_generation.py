@@ -61,12 +61,17 @@ def test_prompt_and_guidance_change_the_image(engine):
 
 def test_batch_equals_solo_for_mixed_prompts_negatives_seeds_and_guidance(engine):
     requests = {
-        "a": req(prompt="a photo of a cat", negative_prompt="", seed=5, guidance_scale=5.0, num_images=2),
+        "a": req(
+            prompt="a photo of a cat", negative_prompt="", seed=5, guidance_scale=5.0, num_images=2
+        ),
         "b": req(prompt="a red dog", negative_prompt="blurry", seed=7, guidance_scale=9.0),
         "c": req(prompt="a photo of a cat", negative_prompt="ugly", seed=3, guidance_scale=2.5),
     }
     steps: list[tuple[str, int]] = []
-    batched = engine.run([EngineJob(job_id, r) for job_id, r in requests.items()], on_step=lambda s: steps.append((s.job_id, s.step)))
+    batched = engine.run(
+        [EngineJob(job_id, r) for job_id, r in requests.items()],
+        on_step=lambda s: steps.append((s.job_id, s.step)),
+    )
     # One pipeline call: every job reports step 1 before any job reports step 2.
     assert steps[:3] == [("a", 1), ("b", 1), ("c", 1)]
     assert [out.job_id for out in batched] == ["a", "b", "c"]
@@ -109,6 +114,9 @@ def test_reproducibility_record_names_parameters_and_file_hashes(engine, tiny_ro
     assert record["negative_conditioning"].startswith("zeros")
     unet_file = tiny_root / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
     expected = hashlib.sha256(unet_file.read_bytes()).hexdigest()
-    assert record["components"]["model"]["files"]["unet/diffusion_pytorch_model.safetensors"] == expected
+    assert (
+        record["components"]["model"]["files"]["unet/diffusion_pytorch_model.safetensors"]
+        == expected
+    )
     assert record["software"]["diffusers"]
     assert np.isfinite(run_one(engine, req()).inference_ms)

@@ -64,7 +64,10 @@ def test_broken_or_incompatible_lora_is_refused_and_engine_stays_usable(engine, 
     path = lora_dir / "broken.safetensors"
     if content is None:  # right layer names, wrong widths: made for another model
         key = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
-        save_file({f"{key}.lora_A.weight": torch.ones(4, 7), f"{key}.lora_B.weight": torch.ones(7, 4)}, str(path))
+        save_file(
+            {f"{key}.lora_A.weight": torch.ones(4, 7), f"{key}.lora_B.weight": torch.ones(7, 4)},
+            str(path),
+        )
     else:
         path.write_bytes(content)
     base = run_one(engine, req()).images[0]

@@ -18,9 +18,19 @@ from .engine_helpers import control_picture, png_b64, req, run_one
 
 
 def test_tiny_bundle_layout(tiny_root):
-    for part in ("pipeline/model_index.json", "controlnet-canny", "controlnet-depth", "depth-estimator", "bundle.json", "MODEL_CARD.md"):
+    for part in (
+        "pipeline/model_index.json",
+        "controlnet-canny",
+        "controlnet-depth",
+        "depth-estimator",
+        "bundle.json",
+        "MODEL_CARD.md",
+    ):
         assert (tiny_root / part).exists(), part
-    assert sorted(p.name for p in (tiny_root / "loras").iterdir()) == ["tiny-style-a.safetensors", "tiny-style-b.safetensors"]
+    assert sorted(p.name for p in (tiny_root / "loras").iterdir()) == [
+        "tiny-style-a.safetensors",
+        "tiny-style-b.safetensors",
+    ]
     assert json.loads((tiny_root / "bundle.json").read_text())["default_size"] == 64
     tokenizer = json.loads((tiny_root / "pipeline/tokenizer/tokenizer_config.json").read_text())
     assert tokenizer["model_max_length"] == 77
@@ -79,7 +89,9 @@ def test_demo_model_missing_is_explained(make_engine_settings):
         pytest.skip("the demo model is built")
     with pytest.raises(ModelLoadError) as caught:
         Engine.from_settings(make_engine_settings(model="demo"))
-    assert caught.value.message.startswith("GENSVC_MODEL: ") and "train-demo" in caught.value.message
+    assert (
+        caught.value.message.startswith("GENSVC_MODEL: ") and "train-demo" in caught.value.message
+    )
 
 
 def test_plain_pipeline_dir_loads_without_controlnets(make_engine_settings, tiny_root):

@@ -46,7 +46,11 @@ def test_cancel_one_job_of_a_batch(engine):
         polls["count"] += 1
         return job_id == "drop" and polls["count"] > 4  # from step 2 on
 
-    outputs = engine.run([EngineJob("keep", keep), EngineJob("drop", drop)], is_canceled=is_canceled, on_step=reported.append)
+    outputs = engine.run(
+        [EngineJob("keep", keep), EngineJob("drop", drop)],
+        is_canceled=is_canceled,
+        on_step=reported.append,
+    )
     assert outputs[1].canceled and outputs[1].images == []
     assert not outputs[0].canceled
     assert max_diff(outputs[0].images[0], run_one(engine, keep).images[0]) <= 1
@@ -57,7 +61,9 @@ def test_cancel_one_job_of_a_batch(engine):
 def test_cancel_all_stops_at_once_without_decoding(engine, monkeypatch):
     decodes = []
     original = engine.pipe.vae.decode
-    monkeypatch.setattr(engine.pipe.vae, "decode", lambda *a, **k: decodes.append(1) or original(*a, **k))
+    monkeypatch.setattr(
+        engine.pipe.vae, "decode", lambda *a, **k: decodes.append(1) or original(*a, **k)
+    )
     reported = []
     outputs = engine.run(
         [EngineJob("one", req()), EngineJob("two", req(seed=3))],

@@ -24,7 +24,11 @@ def unchecked(**overrides):
         ({"sampler": "heun_fancy"}, "sampler", "known: dpmpp_2m_karras"),
         ({"steps": 0}, "steps", "between 1 and 150"),
         ({"num_images": 9}, "num_images", "at most 4"),
-        ({"loras": [LoraSpec(name="missing-one")]}, "loras[0].name", "known: tiny-style-a, tiny-style-b"),
+        (
+            {"loras": [LoraSpec(name="missing-one")]},
+            "loras[0].name",
+            "known: tiny-style-a, tiny-style-b",
+        ),
     ],
 )
 def test_bad_input_names_the_field(engine, overrides, field, words):

@@ -40,7 +40,11 @@ def make_filter() -> Callable[..., SafetyFilter]:
 
     def build(**overrides: object) -> SafetyFilter:
         settings = Settings(device="cpu", **overrides)
-        return SafetyFilter(classifier=base.classifier, detector=None,
-                            threshold=settings.nsfw_threshold, policy=settings.safety_policy)
+        return SafetyFilter(
+            classifier=base.classifier,
+            detector=None,
+            threshold=settings.nsfw_threshold,
+            policy=settings.safety_policy,
+        )
 
     return build

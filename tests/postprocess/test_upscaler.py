@@ -27,7 +27,9 @@ def sharpness(image: np.ndarray) -> float:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(peak_signal_noise_ratio(a.astype(np.float64), b.astype(np.float64), data_range=255))
+    return float(
+        peak_signal_noise_ratio(a.astype(np.float64), b.astype(np.float64), data_range=255)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,9 @@ def test_upscales_a_real_photo_sharper_than_bicubic_and_close_to_the_original(
     assert psnr(sr, original) >= psnr(bicubic, original) - 2.0
     assert structural_similarity(sr, original, channel_axis=2) >= 0.7
     # Faithful: shrunk back, it is the image we gave it.
-    assert psnr(np.asarray(Image.fromarray(sr).resize((64, 64), BICUBIC)), np.asarray(small)) >= 30.0
+    assert (
+        psnr(np.asarray(Image.fromarray(sr).resize((64, 64), BICUBIC)), np.asarray(small)) >= 30.0
+    )
 
 
 def test_factor_two_is_x4_then_lanczos_down(upscaler: Upscaler, photo: Image.Image) -> None:
@@ -101,7 +105,9 @@ def test_tiled_matches_untiled_without_seams(upscaler: Upscaler, photo: Image.Im
     assert db(no_context, untiled) < db(tiled, untiled) - 3.0
 
 
-def test_upscale_tile_setting_is_used(pp_cache: Path, upscaler: Upscaler, photo: Image.Image) -> None:
+def test_upscale_tile_setting_is_used(
+    pp_cache: Path, upscaler: Upscaler, photo: Image.Image
+) -> None:
     tiled = Upscaler.from_settings(Settings(cache_dir=pp_cache, upscale_tile=24, device="cpu"))
     tiled._model = upscaler._model  # share the loaded weights; this test is about tiling
     small = photo.resize((36, 36), BICUBIC)
@@ -110,14 +116,20 @@ def test_upscale_tile_setting_is_used(pp_cache: Path, upscaler: Upscaler, photo:
     assert not np.array_equal(a, b)  # it really was tiled
 
 
-def test_configured_pth_weights_give_the_same_result(tmp_path: Path, x4_weights: Path, upscaler: Upscaler) -> None:
+def test_configured_pth_weights_give_the_same_result(
+    tmp_path: Path, x4_weights: Path, upscaler: Upscaler
+) -> None:
     from safetensors.torch import load_file
 
     pth = tmp_path / "RealESRGAN_x4plus.pth"
     torch.save({"params_ema": load_file(x4_weights)}, pth)  # the layout the upstream .pth uses
-    configured = Upscaler.from_settings(Settings(upscaler_weights=pth, cache_dir=tmp_path / "c", device="cpu"))
+    configured = Upscaler.from_settings(
+        Settings(upscaler_weights=pth, cache_dir=tmp_path / "c", device="cpu")
+    )
     image = Image.fromarray(skimage.data.chelsea()[100:124, 200:232])
-    assert np.array_equal(np.asarray(configured.upscale(image, 4)), np.asarray(upscaler.upscale(image, 4)))
+    assert np.array_equal(
+        np.asarray(configured.upscale(image, 4)), np.asarray(upscaler.upscale(image, 4))
+    )
     assert not (tmp_path / "c").exists()  # nothing converted when weights are configured
 
 

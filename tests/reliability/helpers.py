@@ -137,3 +137,47 @@ def follow_to_end(base_url: str, job_id: str, *, timeout: float = 240.0) -> tupl
             return frames, reconnects
         _time.sleep(0.5)
     raise AssertionError(f"no terminal event for {job_id} within {timeout:.0f} s ({len(frames)} frames)")
+
+
+class Follower:
+    """Follows one job's SSE stream in a background thread (see `follow_to_end` / `read_stream`)."""
+
+    def __init__(self, base_url: str, job_id: str, *, reconnect: bool = True, timeout: float = 240.0) -> None:
+        import threading
+
+        self.frames: list[dict] = []
+        self.reconnects = 0
+        self.ended = False
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                if reconnect:
+                    self.frames, self.reconnects = follow_to_end(base_url, job_id, timeout=timeout)
+                    self.ended = True
+                else:
+                    self.frames, self.ended = read_stream(base_url, job_id, timeout=timeout)
+            except BaseException as exc:  # noqa: BLE001 - reported by join()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True, name=f"sse-{job_id}")
+        self.thread.start()
+
+    def join(self, timeout: float) -> Follower:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"SSE follower still reading after {timeout:.0f} s"
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+def check_stream(frames: list[dict], job_id: str) -> str:
+    """Nothing repeated, ids increasing, exactly one terminal event and it is last. Returns its type."""
+    ids = [frame["id"] for frame in frames]
+    assert len(ids) == len(set(ids)), f"repeated events: {ids}"
+    keys = [tuple(int(part) for part in event_id.split("-")) for event_id in ids]
+    assert keys == sorted(keys), f"events out of order: {ids}"
+    assert all(frame["data"]["job_id"] == job_id for frame in frames)
+    terminal = [frame["event"] for frame in frames if frame["event"] in TERMINAL]
+    assert len(terminal) == 1 and frames[-1]["event"] == terminal[0], [frame["event"] for frame in frames]
+    return terminal[0]

@@ -18,14 +18,16 @@ from generative_service.settings import Settings
 
 @pytest.fixture
 def worker_settings(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
-    """Settings with fast liveness (beat 1 s, dead after 6 s, maintenance every 1 s)."""
+    """Settings with fast liveness (beat 1 s, maintenance every 1 s) and a 50 ms batch window."""
 
     def factory(**overrides: object) -> Settings:
         values: dict = {
             "worker_heartbeat_s": 1,
-            "worker_dead_after_s": 6,
+            # Generous on a loaded CI machine; the SIGKILL tests shorten it to find deaths fast.
+            "worker_dead_after_s": 20,
             "worker_maintenance_s": 1,
             "batch_window_ms": 50,
+            "job_timeout_s": 600,
         }
         values.update(overrides)
         return make_settings(**values)

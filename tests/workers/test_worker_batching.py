@@ -94,8 +94,8 @@ def test_cancel_running_job_stops_it_and_its_batch_mate_finishes(
 ) -> None:
     settings = worker_settings(batch_window_ms=1500)
     jobs = make_jobs(settings)
-    canceled = jobs.submit(seed=1, steps=150)
-    mate = jobs.submit(seed=2, steps=150)
+    canceled = jobs.submit(seed=1, steps=60)
+    mate = jobs.submit(seed=2, steps=60)
     start_service(settings, workers=1, gateway=False)
 
     wait_for(lambda: jobs.get(canceled).progress.step >= 2, what="the batch to run a few steps")
@@ -103,7 +103,7 @@ def test_cancel_running_job_stops_it_and_its_batch_mate_finishes(
     gone, finished = jobs.wait_terminal([canceled, mate])
 
     assert gone.status == "canceled" and gone.error.code == "canceled"
-    assert gone.progress.step < 150  # it stopped early
+    assert gone.progress.step < 60  # it stopped early
     assert jobs.event_types(canceled)[-1] == "canceled" and "succeeded" not in jobs.event_types(
         canceled
     )

@@ -57,3 +57,38 @@ def test_submit_follow_events_and_download_image(start_service, worker_settings,
     places = jobs.registries()
     assert job.id in places["finished"]
     assert not places["started"] and not places["queued"] and not places["failed"]
+
+
+def test_flagged_image_is_blurred_then_upscaled(start_service, worker_settings, make_jobs) -> None:
+    # Threshold 0 flags every image: what a user gets for an NSFW verdict under the blur policy.
+    settings = worker_settings(nsfw_threshold=0.0, safety_policy="blur")
+    start_service(settings, workers=1, gateway=False)
+    jobs = make_jobs(settings)
+    job_id = jobs.submit(seed=3, upscale=2, output_format="webp")
+    record = jobs.wait_terminal([job_id])[0]
+
+    assert record.status == "succeeded", record.error
+    stages = [event.stage for event in jobs.events(job_id) if event.type == "stage"]
+    assert stages == ["safety", "upscaling", "storing"]
+    image = record.images[0]
+    assert image.nsfw.flagged and image.blurred and not image.blocked
+    assert (image.width, image.height, image.content_type) == (128, 128, "image/webp")
+    assert jobs.pixels(job_id).shape == (128, 128, 3)
+    assert record.timings.upscale_ms is not None and record.timings.safety_ms is not None
+
+
+def test_blocked_image_is_not_stored_and_has_no_url(
+    start_service, worker_settings, make_jobs
+) -> None:
+    settings = worker_settings(nsfw_threshold=0.0, safety_policy="block")
+    start_service(settings, workers=1, gateway=False)
+    jobs = make_jobs(settings)
+    job_id = jobs.submit(seed=3, num_images=2)
+    record = jobs.wait_terminal([job_id])[0]
+
+    assert record.status == "succeeded", record.error
+    assert [(image.url, image.blocked, image.nsfw.flagged) for image in record.images] == [
+        (None, True, True)
+    ] * 2
+    assert [image.seed for image in record.images] == [3, 4]
+    assert not list(jobs.storage.root.glob(f"{job_id}/*"))

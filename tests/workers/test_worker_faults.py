@@ -25,7 +25,7 @@ def _running(jobs: Jobs, ids: list[str]) -> bool:
 def test_sigkill_mid_batch_jobs_are_retried_on_a_surviving_worker(
     start_service, worker_settings, make_jobs
 ) -> None:
-    settings = worker_settings(batch_window_ms=1500, job_retries=1)
+    settings = worker_settings(batch_window_ms=1500, job_retries=1, worker_dead_after_s=8)
     jobs = make_jobs(settings)
     ids = [jobs.submit(seed=i, steps=60) for i in range(3)]
     service = start_service(settings, workers=1, gateway=False)
@@ -59,7 +59,7 @@ def test_sigkill_mid_batch_jobs_are_retried_on_a_surviving_worker(
 def test_sigkill_without_retries_fails_jobs_with_a_reason(
     start_service, worker_settings, make_jobs
 ) -> None:
-    settings = worker_settings(batch_window_ms=1500, job_retries=0)
+    settings = worker_settings(batch_window_ms=1500, job_retries=0, worker_dead_after_s=8)
     jobs = make_jobs(settings)
     ids = [jobs.submit(seed=i, steps=60) for i in range(2)]
     service = start_service(settings, workers=1, gateway=False)
@@ -107,7 +107,7 @@ def test_second_sigterm_hands_the_batch_back_to_the_queue(
 ) -> None:
     settings = worker_settings(batch_window_ms=1500)
     jobs = make_jobs(settings)
-    ids = [jobs.submit(seed=i, steps=150) for i in range(2)]
+    ids = [jobs.submit(seed=i, steps=60) for i in range(2)]
     service = start_service(settings, workers=1, gateway=False)
     wait_for(lambda: _running(jobs, ids), what="the batch to start")
 
@@ -127,7 +127,9 @@ def test_second_sigterm_hands_the_batch_back_to_the_queue(
 
     service.start_worker("worker-1")
     records = jobs.wait_terminal(ids)
-    assert all(record.status == "succeeded" and record.attempts == 2 for record in records)
+    assert [(record.status, record.attempts) for record in records] == [("succeeded", 2)] * 2, (
+        records
+    )
 
 
 def test_watchdog_fails_a_hung_batch_and_exits_for_a_restart(
