@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.exceptions import StopRequested
 from rq.worker import SimpleWorker, WorkerStatus
 
 from generative_service import logs, metrics
@@ -36,6 +37,7 @@ from generative_service.storage import get_storage
 from workers import lifecycle
 from workers.batcher import Batcher
 from workers.liveness import Heartbeat, Watchdog
+from workers.progress import ProgressPublisher
 from workers.recovery import Maintenance, running_key, settle_lost
 from workers.runner import BatchRunner, BatchState, Models
 
@@ -68,6 +70,7 @@ class GpuWorker(SimpleWorker):
         super().__init__(list(queues), **kwargs)
         self.context = context
         self.stop_requested = False
+        self.dead = False
         self.batcher = Batcher(
             context.store,
             context.settings,
@@ -77,7 +80,12 @@ class GpuWorker(SimpleWorker):
         self.runner = BatchRunner(
             self, store=context.store, storage=context.storage, models=context.models, settings=context.settings,
             worker_id=context.worker_id, state=context.state, abort=context.abort,
+            publisher=context.publisher,
         )  # fmt: skip
+
+    def register_death(self) -> None:
+        self.dead = True  # the heartbeat thread stops renewing this RQ worker's hash
+        super().register_death()
 
     def _stopping(self) -> bool:
         return self.stop_requested or self.context.abort.is_set()
@@ -177,6 +185,7 @@ class WorkerContext:
         self.storage = get_storage(settings)
         self.state = BatchState()
         self.abort = threading.Event()
+        self.publisher = ProgressPublisher()
         self.worker: GpuWorker | None = None
         # Background threads get their own client with short timeouts: a stuck socket must not
         # silence heartbeats (the main client blocks in BLMOVE for minutes by design).
@@ -293,12 +302,18 @@ def serve(context: WorkerContext, *, burst: bool = False) -> int:
                 worker.work(burst=burst, logging_level=settings.log_level)
             except RedisError as exc:
                 log.warning("worker.redis_lost", extra={"error": repr(exc)})
+            except StopRequested:  # a signal while idle between RQ work loops
+                return 0
             if worker.stop_requested or context.abort.is_set():
                 return 0
             if burst and _redis_up(context.redis):
                 return 0
             log.warning("worker.restarting_loop", extra={"worker_id": context.worker_id})
-            time.sleep(0.5)
+            try:
+                time.sleep(0.5)
+                wait_for_redis(context.redis)
+            except StopRequested:
+                return 0
     finally:
         context.stop_threads()
 

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rq.callbacks import execute_failure_callback
 from rq.exceptions import InvalidJobOperation
+from rq.job import JobStatus
 from rq.utils import now
+
+from generative_service.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from rq.executions import Execution
@@ -51,7 +55,18 @@ def fail(
     job.retries_left = 0
     if job.started_at is None:
         job.started_at = now()
-    worker._finalize_failure(job, queue, execution, (type(error), error, error.__traceback__))
+    exc_info = (type(error), error, error.__traceback__)
+    if not isinstance(error, InvalidRequest):
+        worker._finalize_failure(job, queue, execution, exc_info)
+        return
+    # Bad input is the client's error, not the worker's: the same steps as `_finalize_failure`
+    # without its ERROR log line and traceback.
+    job._status = JobStatus.FAILED
+    worker.handle_execution_ended(job, queue, job.failure_callback_timeout)
+    execute_failure_callback(job, worker.death_penalty_class, *exc_info)
+    worker.handle_job_failure(
+        job, queue=queue, exc_string=f"{error.code}: {error.message}", execution=execution
+    )
 
 
 def cancel(worker: BaseWorker, job: Job, queue: Queue, execution: Execution | None) -> None:

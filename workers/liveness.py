@@ -22,9 +22,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
+from rq import worker_registration
 
 from generative_service.logs import get_logger
 from generative_service.schemas import utcnow
@@ -122,6 +123,8 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         """One heartbeat, in one round trip."""
         worker = self.get_worker()
+        if worker is not None and getattr(worker, "dead", False):
+            worker = None  # between RQ work loops: only the liveness key is renewed
         ttl = self.settings.worker_dead_after_s
         _, _, slots = self.state.snapshot()
         try:
@@ -131,7 +134,7 @@ class Heartbeat(threading.Thread):
             models = None
         with self.redis.pipeline(transaction=False) as pipeline:
             if worker is not None:
-                worker.heartbeat(pipeline=pipeline)
+                worker.heartbeat(pipeline=pipeline)  # first command: HSET, 1 if the hash was gone
                 for slot in _running(slots):
                     slot.execution.heartbeat(
                         slot.rq_job.started_job_registry, ttl, pipeline=pipeline
@@ -141,7 +144,19 @@ class Heartbeat(threading.Thread):
             )
             if models is not None:
                 pipeline.set(models_key(self.settings), models)
+            results = pipeline.execute()
+        if worker is not None and results and results[0] == 1:
+            self._register_again(worker)
+
+    def _register_again(self, worker: Any) -> None:
+        """RQ's worker hash was gone (Redis restarted without persistence): write it again, so
+        RQ's tools and registries see this worker."""
+        with self.redis.pipeline(transaction=False) as pipeline:
+            pipeline.hset(worker.key, mapping=worker.serialize())
+            pipeline.expire(worker.key, worker.worker_ttl + 60)
+            worker_registration.register(worker, pipeline)
             pipeline.execute()
+        log.info("heartbeat.reregistered", extra={"worker_id": self.worker_id})
 
 
 def _running(slots: list[Slot]) -> list[Slot]:

@@ -12,6 +12,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 SUCCEEDED, FAILED, CANCELED, HANDED_BACK = "succeeded", "failed", "canceled", "handed_back"
+CANCEL_POLL_S = 0.025
 
 
 @dataclass
@@ -118,6 +120,7 @@ class BatchRunner:
         worker_id: str,
         state: BatchState,
         abort: threading.Event,
+        publisher: ProgressPublisher,
     ) -> None:
         self.worker = worker
         self.store = store
@@ -127,7 +130,7 @@ class BatchRunner:
         self.worker_id = worker_id
         self.state = state
         self.abort = abort
-        self.publisher = ProgressPublisher()
+        self.publisher = publisher
         self.running_key = f"{settings.key_prefix}:running"
 
     # --- one batch ------------------------------------------------------------------------------
@@ -233,18 +236,27 @@ class BatchRunner:
                         lambda: self.store.record_step_time(request.width, request.height, step_ms)
                     )
 
+        cancel_keys = [self.store.cancel_key(slot.id) for slot in slots]
+        polled = {"at": 0.0}
+
         def is_canceled(job_id: str) -> bool:
-            if self.abort.is_set() or job_id in canceled:
+            if self.abort.is_set():
                 return True
-            try:
-                requested = self.store.is_cancel_requested(job_id)
-            except RedisError:
-                return False
-            if requested:
-                canceled.add(job_id)
-                # NOTE: ordered after the job's progress events; the record is terminal at once.
-                self.publisher.submit(lambda: self.store.mark_canceled(job_id))
-            return requested
+            # One MGET for the whole batch at most every CANCEL_POLL_S, not a round trip per
+            # job per step: a cancel is seen within one step (or CANCEL_POLL_S) either way.
+            now = time.monotonic()
+            if now - polled["at"] >= CANCEL_POLL_S:
+                polled["at"] = now
+                try:
+                    flags = self.store.redis.mget(cancel_keys)
+                except RedisError:
+                    flags = []
+                for slot, flag in zip(slots, flags, strict=False):
+                    if flag is not None and slot.id not in canceled:
+                        canceled.add(slot.id)
+                        # NOTE: ordered after the job's progress events; terminal at once.
+                        self.publisher.submit(partial(self.store.mark_canceled, slot.id))
+            return job_id in canceled
 
         jobs = [EngineJob(job_id=slot.id, request=slot.record.request) for slot in slots]
         outputs = self.models.engine.run(jobs, on_step=on_step, is_canceled=is_canceled)

@@ -19,7 +19,15 @@ DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 5.0
 
 
-def save_bundle(target: Path, *, pipe, controlnet, lora_state: dict[str, torch.Tensor], lora_config: dict, info: dict[str, Any]) -> Path:
+def save_bundle(
+    target: Path,
+    *,
+    pipe,
+    controlnet,
+    lora_state: dict[str, torch.Tensor],
+    lora_config: dict,
+    info: dict[str, Any],
+) -> Path:
     """Write pipeline/, controlnet-canny/, loras/bold.safetensors and bundle.json to `target`.
 
     `pipe` must not carry the LoRA (it is saved separately); its modules are cast to fp16.
@@ -31,7 +39,9 @@ def save_bundle(target: Path, *, pipe, controlnet, lora_state: dict[str, torch.T
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     pipe.to(torch.float16).save_pretrained(staging / "pipeline", safe_serialization=True)
-    controlnet.to(torch.float16).save_pretrained(staging / "controlnet-canny", safe_serialization=True)
+    controlnet.to(torch.float16).save_pretrained(
+        staging / "controlnet-canny", safe_serialization=True
+    )
     (staging / "loras").mkdir()
     StableDiffusionXLPipeline.save_lora_weights(
         staging / "loras",
@@ -80,7 +90,9 @@ def _stage_rows(report: dict[str, Any]) -> str:
     rows = []
     for stage in report["stages"]:
         cfg = report["config"][stage["name"]]
-        rows.append(f"| {stage['name']} | {stage['steps']} | {cfg['batch_size']} | {cfg['lr']:g} | {cfg['ema_decay'] or '-'} | {stage['seconds'] / 60:.1f} min | {stage['final_loss']:.4f} |")
+        rows.append(
+            f"| {stage['name']} | {stage['steps']} | {cfg['batch_size']} | {cfg['lr']:g} | {cfg['ema_decay'] or '-'} | {stage['seconds'] / 60:.1f} min | {stage['final_loss']:.4f} |"
+        )
     return "\n".join(rows)
 
 
@@ -96,16 +108,32 @@ def _eval_lines(ev: dict[str, Any]) -> str:
         "|---|---|",
     ]
     for guidance, acc in ev["accuracy_by_guidance"].items():
-        lines.append(f"| prompted-digit accuracy, trained phrasings, guidance {guidance} ({ev['n_train_prompts']} images) | {_pct(acc)} |")
-    lines.append(f"| prompted-digit accuracy, unseen phrasings, guidance {ev['guidance']} ({ev['n_heldout_prompts']} images) | {_pct(ev['heldout_accuracy'])} |")
-    lines.append(f"| Fréchet distance to real digits (judge features), guidance {ev['guidance']} | {ev['frechet']:.2f} |")
+        lines.append(
+            f"| prompted-digit accuracy, trained phrasings, guidance {guidance} ({ev['n_train_prompts']} images) | {_pct(acc)} |"
+        )
+    lines.append(
+        f"| prompted-digit accuracy, unseen phrasings, guidance {ev['guidance']} ({ev['n_heldout_prompts']} images) | {_pct(ev['heldout_accuracy'])} |"
+    )
+    lines.append(
+        f"| Fréchet distance to real digits (judge features), guidance {ev['guidance']} | {ev['frechet']:.2f} |"
+    )
     cn = ev["controlnet"]
-    lines.append(f"| ControlNet: edge F1 vs control (1 px), with / without control | {cn['edge_f1_on']:.3f} / {cn['edge_f1_off']:.3f} |")
-    lines.append(f"| ControlNet: generic prompt, judge reads the control's digit | {_pct(cn['steer_accuracy'])} |")
+    lines.append(
+        f"| ControlNet: edge F1 vs control (1 px), with / without control | {cn['edge_f1_on']:.3f} / {cn['edge_f1_off']:.3f} |"
+    )
+    lines.append(
+        f"| ControlNet: generic prompt, judge reads the control's digit | {_pct(cn['steer_accuracy'])} |"
+    )
     lo = ev["lora"]
-    lines.append(f"| LoRA `bold`: ink fraction on / off (real digits {lo['ink_real']:.3f}, bold targets {lo['ink_bold_real']:.3f}) | {lo['ink_on']:.3f} / {lo['ink_off']:.3f} |")
-    lines.append(f"| LoRA `bold`: prompted-digit accuracy with the adapter | {_pct(lo['accuracy_on'])} |")
-    lines.append(f"| LoRA `bold` removed: images equal the base model's exactly | {lo['off_exact']} |")
+    lines.append(
+        f"| LoRA `bold`: ink fraction on / off (real digits {lo['ink_real']:.3f}, bold targets {lo['ink_bold_real']:.3f}) | {lo['ink_on']:.3f} / {lo['ink_off']:.3f} |"
+    )
+    lines.append(
+        f"| LoRA `bold`: prompted-digit accuracy with the adapter | {_pct(lo['accuracy_on'])} |"
+    )
+    lines.append(
+        f"| LoRA `bold` removed: images equal the base model's exactly | {lo['off_exact']} |"
+    )
     return "\n".join(lines)
 
 
@@ -117,22 +145,22 @@ def render_card(report: dict[str, Any]) -> str:
 The embedded default model of the service (`GENSVC_MODEL=demo`). It draws the digit a prompt asks
 for ("7", "the digit seven", "a handwritten seven", "number 7", ...) at 64x64 in well under a
 second on a CPU. It is trained from scratch by the project itself:
-`gensvc models train-demo --budget {report['budget']}` (budget `{report['budget']}`, {report['total_minutes']:.0f} min on
-{report['machine']}).
+`gensvc models train-demo --budget {report["budget"]}` (budget `{report["budget"]}`, {report["total_minutes"]:.0f} min on
+{report["machine"]}).
 
 ## Architecture (real diffusers/transformers classes, loaded with `from_pretrained`)
-- UNet2DConditionModel, SDXL `text_time` addition embedding, channels (64, 128), 1 layer per block, cross-attention at 4x4: {report['params']['unet'] / 1e6:.2f} M parameters.
-- AutoencoderKL, channels (8, 16, 32, 64), scale factor 8, 4 latent channels: {report['params']['vae'] / 1e6:.2f} M; scaling_factor measured as {report['scaling_factor']:.4f}.
+- UNet2DConditionModel, SDXL `text_time` addition embedding, channels (64, 128), 1 layer per block, cross-attention at 4x4: {report["params"]["unet"] / 1e6:.2f} M parameters.
+- AutoencoderKL, channels (8, 16, 32, 64), scale factor 8, 4 latent channels: {report["params"]["vae"] / 1e6:.2f} M; scaling_factor measured as {report["scaling_factor"]:.4f}.
 - CLIPTextModel + CLIPTextModelWithProjection (width 64, 2 layers), random and frozen; byte-level BPE tokenizers whose merges are learned from the training prompts.
-- ControlNet (canny), from the trained UNet: {report['params']['controlnet'] / 1e6:.2f} M. LoRA `bold`: rank {report['lora_rank']}, {report['params']['lora'] / 1e3:.0f} k parameters.
-- Stored in fp16 safetensors, {report['bundle_mb']:.1f} MB in all.
+- ControlNet (canny), from the trained UNet: {report["params"]["controlnet"] / 1e6:.2f} M. LoRA `bold`: rank {report["lora_rank"]}, {report["params"]["lora"] / 1e3:.0f} k parameters.
+- Stored in fp16 safetensors, {report["bundle_mb"]:.1f} MB in all.
 
 ## Data
 scikit-learn's `load_digits` (UCI Optical Recognition of Handwritten Digits, 1797 8x8 images, CC BY 4.0), rendered at 64 px
-(bicubic + contrast curve), dark ink on white. A fixed stratified split (seed 0) keeps {report['judge_digits']} digits out
-of training for the evaluation judge; the generator trains on the other {report['train_digits']}.
-Prompts: {report['n_train_templates']} phrasings per digit (e.g. {report['example_prompts']}) plus
-{report['n_generic']} class-free prompts ("a handwritten digit"). {report['n_heldout_templates']} further phrasings (e.g. {report['example_heldout']}) are never trained on and measured separately.
+(bicubic + contrast curve), dark ink on white. A fixed stratified split (seed 0) keeps {report["judge_digits"]} digits out
+of training for the evaluation judge; the generator trains on the other {report["train_digits"]}.
+Prompts: {report["n_train_templates"]} phrasings per digit (e.g. {report["example_prompts"]}) plus
+{report["n_generic"]} class-free prompts ("a handwritten digit"). {report["n_heldout_templates"]} further phrasings (e.g. {report["example_heldout"]}) are never trained on and measured separately.
 ControlNet conditions on OpenCV Canny edges (100/200, the API default) of the training images; the LoRA trains on the same
 digits with strokes thickened by a 5x5 grey dilation.
 

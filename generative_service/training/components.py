@@ -25,8 +25,21 @@ TIME_EMBED_DIM = 32
 VOCAB_SIZE = 1024
 TOKEN_EMBED_STD = 0.1  # see _text_encoder
 # The scheduler SDXL trains with (and ships as EulerDiscrete): scaled_linear betas, 1000 steps.
-NOISE_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]
+NOISE_SCHEDULE = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+)
+LORA_TARGETS = [
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+]
 
 
 def build_tokenizers(corpus: list[str]) -> tuple[CLIPTokenizer, CLIPTokenizer]:
@@ -60,11 +73,16 @@ def _text_encoder(cls: type, tokenizer: CLIPTokenizer, *, seed: int) -> torch.nn
     model = cls(_text_config(tokenizer))
     with torch.no_grad():
         embedding = model.get_input_embeddings().weight
-        embedding.copy_(torch.randn(embedding.shape, generator=torch.Generator().manual_seed(seed)) * TOKEN_EMBED_STD)
+        embedding.copy_(
+            torch.randn(embedding.shape, generator=torch.Generator().manual_seed(seed))
+            * TOKEN_EMBED_STD
+        )
     return model.eval().requires_grad_(False)
 
 
-def build_text_encoders(tokenizer: CLIPTokenizer, tokenizer_2: CLIPTokenizer) -> tuple[CLIPTextModel, CLIPTextModelWithProjection]:
+def build_text_encoders(
+    tokenizer: CLIPTokenizer, tokenizer_2: CLIPTokenizer
+) -> tuple[CLIPTextModel, CLIPTextModelWithProjection]:
     """CLIPTextModel + CLIPTextModelWithProjection, random and frozen."""
     return (
         _text_encoder(CLIPTextModel, tokenizer, seed=2),
@@ -125,7 +143,9 @@ def noise_scheduler() -> DDPMScheduler:
 
 def assemble_pipeline(*, vae, unet, tokenizers, text_encoders) -> StableDiffusionXLPipeline:
     """A StableDiffusionXLPipeline from the parts (the scheduler SDXL base ships with)."""
-    scheduler = EulerDiscreteScheduler(**NOISE_SCHEDULE, steps_offset=1, timestep_spacing="leading", prediction_type="epsilon")
+    scheduler = EulerDiscreteScheduler(
+        **NOISE_SCHEDULE, steps_offset=1, timestep_spacing="leading", prediction_type="epsilon"
+    )
     return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoders[0],

@@ -112,7 +112,9 @@ def load_digits_split() -> tuple[DigitData, DigitData]:
 
     digits = load_digits()
     idx = np.arange(len(digits.target))
-    gen_idx, cls_idx = train_test_split(idx, test_size=CLASSIFIER_SHARE, random_state=SPLIT_SEED, stratify=digits.target)
+    gen_idx, cls_idx = train_test_split(
+        idx, test_size=CLASSIFIER_SHARE, random_state=SPLIT_SEED, stratify=digits.target
+    )
     images = render(digits.images)
     labels = digits.target.astype(np.int64)
     return (

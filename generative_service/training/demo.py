@@ -29,13 +29,17 @@ def stage_configs(budget: str) -> dict:
     if budget == "quick":
         return {
             "vae": StageConfig("vae", steps=4, batch_size=8, seed=11, checkpoint_every=2),
-            "unet": StageConfig("unet", steps=4, batch_size=8, ema_decay=0.999, seed=12, checkpoint_every=2),
+            "unet": StageConfig(
+                "unet", steps=4, batch_size=8, ema_decay=0.999, seed=12, checkpoint_every=2
+            ),
             "controlnet": StageConfig("controlnet", steps=2, batch_size=4, seed=13),
             "lora": StageConfig("lora", steps=2, batch_size=4, seed=14),
         }
     return {
         "vae": StageConfig("vae", steps=1000, batch_size=32, lr=2e-3, warmup_steps=50, seed=11),
-        "unet": StageConfig("unet", steps=3000, batch_size=128, warmup_steps=100, ema_decay=0.999, seed=12),
+        "unet": StageConfig(
+            "unet", steps=3000, batch_size=128, warmup_steps=100, ema_decay=0.999, seed=12
+        ),
         "controlnet": StageConfig("controlnet", steps=800, batch_size=64, warmup_steps=40, seed=13),
         "lora": StageConfig("lora", steps=400, batch_size=64, warmup_steps=20, seed=14),
     }
@@ -51,12 +55,33 @@ def eval_sizes(budget: str) -> dict:
 def _parser() -> argparse.ArgumentParser:
     from generative_service.engine.paths import DEMO_ROOT
 
-    parser = argparse.ArgumentParser(prog="gensvc models train-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEMO_ROOT, help=f"bundle directory to write (default: {DEMO_ROOT})")
-    parser.add_argument("--budget", choices=BUDGETS, default="full", help="step budget: quick (seconds, smoke test) or full (the committed model)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in the work directory")
-    parser.add_argument("--work", type=Path, default=None, help="checkpoint directory (default: CACHE_DIR/train-demo/BUDGET)")
-    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation (the model card says so)")
+    parser = argparse.ArgumentParser(
+        prog="gensvc models train-demo", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEMO_ROOT,
+        help=f"bundle directory to write (default: {DEMO_ROOT})",
+    )
+    parser.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        default="full",
+        help="step budget: quick (seconds, smoke test) or full (the committed model)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoints in the work directory"
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="checkpoint directory (default: CACHE_DIR/train-demo/BUDGET)",
+    )
+    parser.add_argument(
+        "--no-eval", action="store_true", help="skip the evaluation (the model card says so)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -72,21 +97,40 @@ def main(argv: list[str] | None = None) -> int:
     from generative_service.settings import get_settings
     from generative_service.training.loop import StageMismatch
 
-    torch.set_num_threads(2)  # NOTE: one training job at a time; more threads only fight on a shared CPU
+    torch.set_num_threads(
+        2
+    )  # NOTE: one training job at a time; more threads only fight on a shared CPU
     work = args.work or Path(get_settings().cache_dir) / "train-demo" / args.budget
     try:
-        report = train(args.out, budget=args.budget, work=work, resume=args.resume, evaluate=not args.no_eval, progress=not args.no_progress)
+        report = train(
+            args.out,
+            budget=args.budget,
+            work=work,
+            resume=args.resume,
+            evaluate=not args.no_eval,
+            progress=not args.no_progress,
+        )
     except StageMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     ev = report.get("evaluation", {})
     print(f"wrote {args.out} ({report['bundle_mb']:.1f} MB) in {report['total_minutes']:.1f} min")
     if ev:
-        print(f"prompted-digit accuracy {ev['accuracy_by_guidance']} (unseen phrasings: {ev['heldout_accuracy']:.3f})")
+        print(
+            f"prompted-digit accuracy {ev['accuracy_by_guidance']} (unseen phrasings: {ev['heldout_accuracy']:.3f})"
+        )
     return 0
 
 
-def train(out: Path, *, budget: str, work: Path, resume: bool, evaluate: bool = True, progress: bool = True) -> dict:
+def train(
+    out: Path,
+    *,
+    budget: str,
+    work: Path,
+    resume: bool,
+    evaluate: bool = True,
+    progress: bool = True,
+) -> dict:
     """Train every stage, write the bundle to `out`, evaluate it, write the card; returns the report."""
     import torch
 
@@ -104,13 +148,19 @@ def train(out: Path, *, budget: str, work: Path, resume: bool, evaluate: bool = 
     tokenizers = components.build_tokenizers(data.training_corpus())
     text_encoders = components.build_text_encoders(*tokenizers)
     vae, unet = components.build_vae(), components.build_unet()
-    pipe = components.assemble_pipeline(vae=vae, unet=unet, tokenizers=tokenizers, text_encoders=text_encoders)
+    pipe = components.assemble_pipeline(
+        vae=vae, unet=unet, tokenizers=tokenizers, text_encoders=text_encoders
+    )
     table = stages.prompt_table(pipe)
     results = []
 
     # 2. VAE on base and bold digits, then the latent scaling factor.
-    vae_loss = stages.vae_loss(vae, torch.cat([base_px, bold_px]), batch_size=configs["vae"].batch_size)
-    results.append(run_stage(configs["vae"], vae, vae_loss, work_dir=work, resume=resume, progress=progress))
+    vae_loss = stages.vae_loss(
+        vae, torch.cat([base_px, bold_px]), batch_size=configs["vae"].batch_size
+    )
+    results.append(
+        run_stage(configs["vae"], vae, vae_loss, work_dir=work, resume=resume, progress=progress)
+    )
     vae.requires_grad_(False)
     base_lat = stages.encode_latents(vae, base_px)
     bold_lat = stages.encode_latents(vae, bold_px)
@@ -120,23 +170,72 @@ def train(out: Path, *, budget: str, work: Path, resume: bool, evaluate: bool = 
 
     # 3. UNet (text-to-image).
     scheduler = components.noise_scheduler()
-    loss = stages.unet_loss(unet, scheduler, latents, labels, table, batch_size=configs["unet"].batch_size)
-    results.append(run_stage(configs["unet"], unet, loss, work_dir=work, resume=resume, progress=progress))
+    loss = stages.unet_loss(
+        unet, scheduler, latents, labels, table, batch_size=configs["unet"].batch_size
+    )
+    results.append(
+        run_stage(configs["unet"], unet, loss, work_dir=work, resume=resume, progress=progress)
+    )
     unet.requires_grad_(False)
 
     # 4. Canny ControlNet over the frozen UNet.
     controlnet = components.build_controlnet(unet)
     edges = stages.edge_tensor(train_set.images)
-    loss = stages.controlnet_loss(controlnet, unet, scheduler, latents, labels, edges, table, batch_size=configs["controlnet"].batch_size)
-    results.append(run_stage(configs["controlnet"], controlnet, loss, work_dir=work, resume=resume, progress=progress))
+    loss = stages.controlnet_loss(
+        controlnet,
+        unet,
+        scheduler,
+        latents,
+        labels,
+        edges,
+        table,
+        batch_size=configs["controlnet"].batch_size,
+    )
+    results.append(
+        run_stage(
+            configs["controlnet"], controlnet, loss, work_dir=work, resume=resume, progress=progress
+        )
+    )
 
     # 5. Style LoRA (bold strokes) on the frozen UNet.
-    lora_state, lora_config = _train_lora(unet, scheduler, bold_latents, labels, table, configs["lora"], work=work, resume=resume, progress=progress, results=results)
+    lora_state, lora_config = _train_lora(
+        unet,
+        scheduler,
+        bold_latents,
+        labels,
+        table,
+        configs["lora"],
+        work=work,
+        resume=resume,
+        progress=progress,
+        results=results,
+    )
 
     # 6. Bundle, evaluation through the engine, model card.
-    params = {"unet": components.count_params(unet), "vae": components.count_params(vae), "controlnet": components.count_params(controlnet), "lora": sum(t.numel() for t in lora_state.values())}
-    bundle.save_bundle(out, pipe=pipe, controlnet=controlnet, lora_state=lora_state, lora_config=lora_config, info=bundle.bundle_info(budget=budget))
-    report = _report(budget, configs, results, params=params, scale=scale, lora_rank=lora_config["r"], train_digits=len(labels), judge_digits=len(judge_set.labels))
+    params = {
+        "unet": components.count_params(unet),
+        "vae": components.count_params(vae),
+        "controlnet": components.count_params(controlnet),
+        "lora": sum(t.numel() for t in lora_state.values()),
+    }
+    bundle.save_bundle(
+        out,
+        pipe=pipe,
+        controlnet=controlnet,
+        lora_state=lora_state,
+        lora_config=lora_config,
+        info=bundle.bundle_info(budget=budget),
+    )
+    report = _report(
+        budget,
+        configs,
+        results,
+        params=params,
+        scale=scale,
+        lora_rank=lora_config["r"],
+        train_digits=len(labels),
+        judge_digits=len(judge_set.labels),
+    )
     if evaluate:
         report["evaluation"] = _evaluate(out, budget)
     report["total_minutes"] = (time.monotonic() - began) / 60
@@ -145,7 +244,9 @@ def train(out: Path, *, budget: str, work: Path, resume: bool, evaluate: bool = 
     return report
 
 
-def _train_lora(unet, scheduler, bold_latents, labels, table, config, *, work, resume, progress, results):
+def _train_lora(
+    unet, scheduler, bold_latents, labels, table, config, *, work, resume, progress, results
+):
     """Train the `bold` adapter on a copy of `unet`; returns its state dict (peft keys) and LoRA config."""
     import copy
 
@@ -160,9 +261,16 @@ def _train_lora(unet, scheduler, bold_latents, labels, table, config, *, work, r
     # NOTE: a copy, because peft wraps the layers it targets and the saved base UNet must stay plain.
     lora_unet = copy.deepcopy(unet)
     lora_unet.add_adapter(lora_config, adapter_name=bundle.LORA_NAME)
-    loss = stages.unet_loss(lora_unet, scheduler, bold_latents, labels, table, batch_size=config.batch_size)
-    results.append(run_stage(config, lora_unet, loss, work_dir=work, resume=resume, progress=progress))
-    state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(lora_unet, adapter_name=bundle.LORA_NAME).items()}
+    loss = stages.unet_loss(
+        lora_unet, scheduler, bold_latents, labels, table, batch_size=config.batch_size
+    )
+    results.append(
+        run_stage(config, lora_unet, loss, work_dir=work, resume=resume, progress=progress)
+    )
+    state = {
+        k: v.detach().clone()
+        for k, v in get_peft_model_state_dict(lora_unet, adapter_name=bundle.LORA_NAME).items()
+    }
     return state, lora_config.to_dict()
 
 
@@ -172,9 +280,14 @@ def _evaluate(out: Path, budget: str) -> dict:
     drawer = drawing.open_drawer(out)
     judge = evaluate.train_judge()
     report = evaluate.evaluate_bundle(drawer, judge, **eval_sizes(budget))
-    report["drawer"] = "service Engine" if isinstance(drawer, drawing.EngineDrawer) else "plain diffusers pipeline"
+    report["drawer"] = (
+        "service Engine" if isinstance(drawer, drawing.EngineDrawer) else "plain diffusers pipeline"
+    )
     train_set, judge_set = data.load_digits_split()
-    report["judge_train_digits"], report["judge_test_digits"] = len(judge_set.labels), len(train_set.labels)
+    report["judge_train_digits"], report["judge_test_digits"] = (
+        len(judge_set.labels),
+        len(train_set.labels),
+    )
     return report
 
 

@@ -25,7 +25,9 @@ CHUNK = 16  # images per pipeline call (the settings' max_batch_images cap)
 
 def _png_base64(image: np.ndarray) -> str:
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)).convert("RGB").save(buffer, "PNG")
+    Image.fromarray(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)).convert("RGB").save(
+        buffer, "PNG"
+    )
     return base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -41,11 +43,27 @@ class EngineDrawer:
         settings = Settings(model=str(model), cache_dir=cache_dir or Path(self._tmp.name))
         root = model_root(settings)
         self.settings = settings.model_copy(
-            update={"lora_dir": root / "loras", "max_batch_images": CHUNK, "device": "cpu", "dtype": "float32"}
+            update={
+                "lora_dir": root / "loras",
+                "max_batch_images": CHUNK,
+                "device": "cpu",
+                "dtype": "float32",
+            }
         )
         self.engine = Engine.from_settings(self.settings)
 
-    def draw(self, prompts: list[str], seeds: list[int], *, guidance: float, steps: int = 20, sampler: str = DEFAULT_SAMPLER, loras: dict[str, float] | None = None, controls: np.ndarray | None = None, conditioning_scale: float = 1.0) -> np.ndarray:
+    def draw(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        *,
+        guidance: float,
+        steps: int = 20,
+        sampler: str = DEFAULT_SAMPLER,
+        loras: dict[str, float] | None = None,
+        controls: np.ndarray | None = None,
+        conditioning_scale: float = 1.0,
+    ) -> np.ndarray:
         """Images for `prompts`/`seeds` (controls: source images the engine runs Canny on)."""
         from generative_service.engine import EngineJob
         from generative_service.schemas import ControlSpec, GenerationRequest, LoraSpec
@@ -54,7 +72,11 @@ class EngineDrawer:
         for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
             control = None
             if controls is not None:
-                control = ControlSpec(type="canny", image=_png_base64(controls[i]), conditioning_scale=conditioning_scale)
+                control = ControlSpec(
+                    type="canny",
+                    image=_png_base64(controls[i]),
+                    conditioning_scale=conditioning_scale,
+                )
             request = GenerationRequest(
                 prompt=prompt, width=D.IMAGE_SIZE, height=D.IMAGE_SIZE, seed=seed, steps=steps,
                 guidance_scale=guidance, sampler=sampler, control=control,
@@ -76,23 +98,38 @@ class PipelineDrawer:
         from diffusers import ControlNetModel, StableDiffusionXLPipeline
 
         self.root = Path(root)
-        self.pipe = StableDiffusionXLPipeline.from_pretrained(self.root / "pipeline", torch_dtype=torch.float32)
+        self.pipe = StableDiffusionXLPipeline.from_pretrained(
+            self.root / "pipeline", torch_dtype=torch.float32
+        )
         self.pipe.set_progress_bar_config(disable=True)
         cn_dir = self.root / "controlnet-canny"
-        self.controlnet = ControlNetModel.from_pretrained(cn_dir, torch_dtype=torch.float32) if cn_dir.is_dir() else None
+        self.controlnet = (
+            ControlNetModel.from_pretrained(cn_dir, torch_dtype=torch.float32)
+            if cn_dir.is_dir()
+            else None
+        )
         self._loaded: set[str] = set()
 
     def _scheduler(self, sampler: str):
         from diffusers import DPMSolverMultistepScheduler
 
         if sampler != DEFAULT_SAMPLER:
-            raise ValueError(f"PipelineDrawer only knows {DEFAULT_SAMPLER}; use the Engine for {sampler}")
-        return DPMSolverMultistepScheduler.from_config(self.pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True)
+            raise ValueError(
+                f"PipelineDrawer only knows {DEFAULT_SAMPLER}; use the Engine for {sampler}"
+            )
+        return DPMSolverMultistepScheduler.from_config(
+            self.pipe.scheduler.config,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            use_karras_sigmas=True,
+        )
 
     def _set_loras(self, loras: dict[str, float]) -> None:
         for name in loras:
             if name not in self._loaded:
-                self.pipe.load_lora_weights(self.root / "loras", weight_name=f"{name}.safetensors", adapter_name=name)
+                self.pipe.load_lora_weights(
+                    self.root / "loras", weight_name=f"{name}.safetensors", adapter_name=name
+                )
                 self._loaded.add(name)
         if loras:
             self.pipe.set_adapters(list(loras), adapter_weights=list(loras.values()))
@@ -100,7 +137,18 @@ class PipelineDrawer:
             self.pipe.unload_lora_weights()  # restores the base weights bit-exactly
             self._loaded.clear()
 
-    def draw(self, prompts: list[str], seeds: list[int], *, guidance: float, steps: int = 20, sampler: str = DEFAULT_SAMPLER, loras: dict[str, float] | None = None, controls: np.ndarray | None = None, conditioning_scale: float = 1.0) -> np.ndarray:
+    def draw(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        *,
+        guidance: float,
+        steps: int = 20,
+        sampler: str = DEFAULT_SAMPLER,
+        loras: dict[str, float] | None = None,
+        controls: np.ndarray | None = None,
+        conditioning_scale: float = 1.0,
+    ) -> np.ndarray:
         """Images for `prompts`/`seeds` (controls: source images, Canny is applied here)."""
         import torch
         from diffusers import StableDiffusionXLControlNetPipeline
@@ -112,12 +160,27 @@ class PipelineDrawer:
         for start in range(0, len(prompts), CHUNK):
             chunk = slice(start, start + CHUNK)
             if controls is not None:
-                pipe = StableDiffusionXLControlNetPipeline(**self.pipe.components, controlnet=self.controlnet)
+                pipe = StableDiffusionXLControlNetPipeline(
+                    **self.pipe.components, controlnet=self.controlnet
+                )
                 pipe.set_progress_bar_config(disable=True)
                 edges = D.canny_edges(np.asarray(controls[chunk]))
-                extra = {"image": [Image.fromarray((e * 255).astype(np.uint8)).convert("RGB") for e in edges], "controlnet_conditioning_scale": conditioning_scale}
+                extra = {
+                    "image": [
+                        Image.fromarray((e * 255).astype(np.uint8)).convert("RGB") for e in edges
+                    ],
+                    "controlnet_conditioning_scale": conditioning_scale,
+                }
             generators = [torch.Generator().manual_seed(seed) for seed in seeds[chunk]]
-            out = pipe(prompt=prompts[chunk], generator=generators, guidance_scale=guidance, num_inference_steps=steps, height=D.IMAGE_SIZE, width=D.IMAGE_SIZE, **extra)
+            out = pipe(
+                prompt=prompts[chunk],
+                generator=generators,
+                guidance_scale=guidance,
+                num_inference_steps=steps,
+                height=D.IMAGE_SIZE,
+                width=D.IMAGE_SIZE,
+                **extra,
+            )
             images.extend(out.images)
         return to_gray(images)
 

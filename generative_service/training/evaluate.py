@@ -57,11 +57,15 @@ def train_judge() -> Judge:
     generator_set, classifier_set = D.load_digits_split()
     classifier = SVC(C=10.0, decision_function_shape="ovr")
     classifier.fit(judge_input(classifier_set.images), classifier_set.labels)
-    accuracy = float((classifier.predict(judge_input(generator_set.images)) == generator_set.labels).mean())
+    accuracy = float(
+        (classifier.predict(judge_input(generator_set.images)) == generator_set.labels).mean()
+    )
     return Judge(classifier, accuracy)
 
 
-def eval_set(per_digit: int, *, heldout: bool = False, seed_base: int = EVAL_SEED_BASE) -> list[EvalItem]:
+def eval_set(
+    per_digit: int, *, heldout: bool = False, seed_base: int = EVAL_SEED_BASE
+) -> list[EvalItem]:
     """`per_digit` images per digit, cycling through the (training or held-out) phrasings, fixed seeds."""
     items = []
     for digit in range(D.NUM_CLASSES):
@@ -76,7 +80,9 @@ def accuracy(judge: Judge, images: np.ndarray, labels: list[int] | np.ndarray) -
     return float((judge.predict(images) == np.asarray(labels)).mean())
 
 
-def per_class_accuracy(judge: Judge, images: np.ndarray, labels: list[int] | np.ndarray) -> dict[int, float]:
+def per_class_accuracy(
+    judge: Judge, images: np.ndarray, labels: list[int] | np.ndarray
+) -> dict[int, float]:
     """Prompted-class accuracy for each digit."""
     labels = np.asarray(labels)
     predicted = judge.predict(images)
@@ -105,29 +111,55 @@ def edge_f1(images: np.ndarray, control_edges: np.ndarray, *, tolerance: int = 1
         near_edges = cv2.dilate(edges.astype(np.uint8), kernel) > 0
         precision = (edges.astype(bool) & near_control).sum() / max(1, edges.sum())
         recall = (control.astype(bool) & near_edges).sum() / max(1, control.sum())
-        scores.append(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
+        scores.append(
+            0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+        )
     return float(np.mean(scores))
 
 
 def real_digits(count_per_class: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `count_per_class` held-out real digits of each class (controls, Fréchet reference)."""
     _, classifier_set = D.load_digits_split()
-    picks = [np.flatnonzero(classifier_set.labels == c)[:count_per_class] for c in range(D.NUM_CLASSES)]
+    picks = [
+        np.flatnonzero(classifier_set.labels == c)[:count_per_class] for c in range(D.NUM_CLASSES)
+    ]
     idx = np.concatenate(picks)
     return classifier_set.images[idx], classifier_set.labels[idx]
 
 
 def to_gray(pil_images) -> np.ndarray:
     """PIL images -> (N, H, W) float array in [0, 1]."""
-    return np.stack([np.asarray(image.convert("L"), dtype=np.float32) / 255.0 for image in pil_images])
+    return np.stack(
+        [np.asarray(image.convert("L"), dtype=np.float32) / 255.0 for image in pil_images]
+    )
 
 
-def evaluate_bundle(drawer, judge: Judge, *, per_digit: int = 10, heldout_per_digit: int = 6, control_per_digit: int = 3, guidance: float = 5.0, guidances: tuple[float, ...] = (5.0, 7.5), steps: int = 20, sampler: str = "dpmpp_2m_karras") -> dict:
+def evaluate_bundle(
+    drawer,
+    judge: Judge,
+    *,
+    per_digit: int = 10,
+    heldout_per_digit: int = 6,
+    control_per_digit: int = 3,
+    guidance: float = 5.0,
+    guidances: tuple[float, ...] = (5.0, 7.5),
+    steps: int = 20,
+    sampler: str = "dpmpp_2m_karras",
+) -> dict:
     """Every number the model card reports, drawn with `drawer` (see `training.drawing`)."""
     common = {"steps": steps, "sampler": sampler}
-    report: dict = {"guidance": guidance, "seed_base": EVAL_SEED_BASE, "judge_real_accuracy": judge.real_accuracy, **common}
+    report: dict = {
+        "guidance": guidance,
+        "seed_base": EVAL_SEED_BASE,
+        "judge_real_accuracy": judge.real_accuracy,
+        **common,
+    }
     items = eval_set(per_digit)
-    prompts, seeds, labels = [i.prompt for i in items], [i.seed for i in items], [i.label for i in items]
+    prompts, seeds, labels = (
+        [i.prompt for i in items],
+        [i.seed for i in items],
+        [i.label for i in items],
+    )
     report["accuracy_by_guidance"] = {}
     for g in sorted(set(guidances) | {guidance}):
         images = drawer.draw(prompts, seeds, guidance=g, **common)
@@ -138,15 +170,29 @@ def evaluate_bundle(drawer, judge: Judge, *, per_digit: int = 10, heldout_per_di
             report["per_class_accuracy"] = per_class_accuracy(judge, images, labels)
     report["n_train_prompts"] = len(items)
     heldout = eval_set(heldout_per_digit, heldout=True)
-    images = drawer.draw([i.prompt for i in heldout], [i.seed for i in heldout], guidance=guidance, **common)
+    images = drawer.draw(
+        [i.prompt for i in heldout], [i.seed for i in heldout], guidance=guidance, **common
+    )
     report["heldout_accuracy"] = accuracy(judge, images, [i.label for i in heldout])
     report["n_heldout_prompts"] = len(heldout)
-    report["controlnet"] = evaluate_controlnet(drawer, judge, per_digit=control_per_digit, guidance=guidance, **common)
-    report["lora"] = evaluate_lora(drawer, judge, per_digit=control_per_digit, guidance=guidance, **common)
+    report["controlnet"] = evaluate_controlnet(
+        drawer, judge, per_digit=control_per_digit, guidance=guidance, **common
+    )
+    report["lora"] = evaluate_lora(
+        drawer, judge, per_digit=control_per_digit, guidance=guidance, **common
+    )
     return report
 
 
-def evaluate_controlnet(drawer, judge: Judge, *, per_digit: int, guidance: float, conditioning_scale: float = 0.8, **common) -> dict:
+def evaluate_controlnet(
+    drawer,
+    judge: Judge,
+    *,
+    per_digit: int,
+    guidance: float,
+    conditioning_scale: float = 0.8,
+    **common,
+) -> dict:
     """Edge agreement with and without the canny control, and whether a control alone picks the digit.
 
     Controls are held-out real digits (neither the UNet nor the ControlNet saw them).
@@ -155,10 +201,24 @@ def evaluate_controlnet(drawer, judge: Judge, *, per_digit: int, guidance: float
     edges = D.canny_edges(controls)
     seeds = [EVAL_SEED_BASE + 7 * i for i in range(len(labels))]
     prompts = [D.prompts_for(int(c))[i % len(D.TRAIN_TEMPLATES)] for i, c in enumerate(labels)]
-    on = drawer.draw(prompts, seeds, guidance=guidance, controls=controls, conditioning_scale=conditioning_scale, **common)
+    on = drawer.draw(
+        prompts,
+        seeds,
+        guidance=guidance,
+        controls=controls,
+        conditioning_scale=conditioning_scale,
+        **common,
+    )
     off = drawer.draw(prompts, seeds, guidance=guidance, **common)
     generic = [D.GENERIC_PROMPTS[0]] * len(labels)
-    steered = drawer.draw(generic, seeds, guidance=guidance, controls=controls, conditioning_scale=conditioning_scale, **common)
+    steered = drawer.draw(
+        generic,
+        seeds,
+        guidance=guidance,
+        controls=controls,
+        conditioning_scale=conditioning_scale,
+        **common,
+    )
     return {
         "conditioning_scale": conditioning_scale,
         "edge_f1_on": edge_f1(on, edges),
@@ -169,10 +229,16 @@ def evaluate_controlnet(drawer, judge: Judge, *, per_digit: int, guidance: float
     }
 
 
-def evaluate_lora(drawer, judge: Judge, *, per_digit: int, guidance: float, name: str = "bold", **common) -> dict:
+def evaluate_lora(
+    drawer, judge: Judge, *, per_digit: int, guidance: float, name: str = "bold", **common
+) -> dict:
     """Stroke weight with the style LoRA on and off, and exact base output once it is off again."""
     items = eval_set(per_digit, seed_base=EVAL_SEED_BASE + 5000)
-    prompts, seeds, labels = [i.prompt for i in items], [i.seed for i in items], [i.label for i in items]
+    prompts, seeds, labels = (
+        [i.prompt for i in items],
+        [i.seed for i in items],
+        [i.label for i in items],
+    )
     base = drawer.draw(prompts, seeds, guidance=guidance, **common)
     on = drawer.draw(prompts, seeds, guidance=guidance, loras={name: 1.0}, **common)
     off = drawer.draw(prompts, seeds, guidance=guidance, **common)

@@ -127,7 +127,13 @@ def run_stage(
         start, spent, last_loss = _load(path, config, names, params, optimizer, schedule, ema)
     module.train()
     began = time.monotonic()
-    bar = tqdm(total=config.steps, initial=start, desc=config.name, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=config.steps,
+        initial=start,
+        desc=config.name,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     for step in range(start, config.steps):
         loss = loss_fn(step, step_generator(config.seed, step))
         optimizer.zero_grad(set_to_none=True)
@@ -152,7 +158,18 @@ def run_stage(
     return StageResult(config.name, config.steps, round(spent, 1), last_loss)
 
 
-def _save(path: Path, config: StageConfig, step: int, seconds: float, loss: float, names, params, optimizer, schedule, ema) -> None:
+def _save(
+    path: Path,
+    config: StageConfig,
+    step: int,
+    seconds: float,
+    loss: float,
+    names,
+    params,
+    optimizer,
+    schedule,
+    ema,
+) -> None:
     state = {
         "fingerprint": config.fingerprint(),
         "step": step,
@@ -169,7 +186,9 @@ def _save(path: Path, config: StageConfig, step: int, seconds: float, loss: floa
     os.replace(partial, path)  # NOTE: atomic, so a kill mid-save never leaves a torn checkpoint
 
 
-def _load(path: Path, config: StageConfig, names, params, optimizer, schedule, ema) -> tuple[int, float, float]:
+def _load(
+    path: Path, config: StageConfig, names, params, optimizer, schedule, ema
+) -> tuple[int, float, float]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["fingerprint"] != config.fingerprint():
         raise StageMismatch(

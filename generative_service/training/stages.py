@@ -20,7 +20,14 @@ from generative_service.training import data as D
 
 SNR_GAMMA = 5.0
 KL_WEIGHT = 1e-6
-ADD_TIME_IDS = (D.IMAGE_SIZE, D.IMAGE_SIZE, 0, 0, D.IMAGE_SIZE, D.IMAGE_SIZE)  # original, crop, target
+ADD_TIME_IDS = (
+    D.IMAGE_SIZE,
+    D.IMAGE_SIZE,
+    0,
+    0,
+    D.IMAGE_SIZE,
+    D.IMAGE_SIZE,
+)  # original, crop, target
 
 LossFn = Callable[[int, torch.Generator], torch.Tensor]
 
@@ -51,7 +58,9 @@ class Latents:
 @torch.no_grad()
 def encode_prompts(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(embeds, pooled) exactly as the pipeline computes them at inference."""
-    embeds, _, pooled, _ = pipe.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)
+    embeds, _, pooled, _ = pipe.encode_prompt(
+        prompts, device="cpu", do_classifier_free_guidance=False
+    )
     return embeds, pooled
 
 
@@ -80,7 +89,9 @@ def vae_loss(vae, pixels: torch.Tensor, *, batch_size: int) -> LossFn:
 
 
 @torch.no_grad()
-def encode_latents(vae, pixels: torch.Tensor, *, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_latents(
+    vae, pixels: torch.Tensor, *, chunk: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of every image (unscaled)."""
     means, stds = [], []
     for start in range(0, len(pixels), chunk):
@@ -96,7 +107,14 @@ def measure_scaling_factor(mean: torch.Tensor, std: torch.Tensor) -> float:
     return float(1.0 / total_var.sqrt())
 
 
-def _conditioning(table: PromptTable, labels: torch.Tensor, gen: torch.Generator, *, p_generic: float, p_drop: float):
+def _conditioning(
+    table: PromptTable,
+    labels: torch.Tensor,
+    gen: torch.Generator,
+    *,
+    p_generic: float,
+    p_drop: float,
+):
     """Per sample: a random phrasing of its class (or a generic prompt), zeroed with `p_drop`."""
     batch = len(labels)
     template = torch.randint(table.by_class.shape[1], (batch,), generator=gen)
@@ -116,7 +134,9 @@ def _noised(scheduler, z0: torch.Tensor, gen: torch.Generator):
     return scheduler.add_noise(z0, noise, t), noise, t
 
 
-def _min_snr_mse(scheduler, pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def _min_snr_mse(
+    scheduler, pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
     """Epsilon MSE weighted by min(SNR, 5) / SNR (Hang et al., min-SNR weighting)."""
     alphas = scheduler.alphas_cumprod[t]
     snr = alphas / (1.0 - alphas)
@@ -125,7 +145,17 @@ def _min_snr_mse(scheduler, pred: torch.Tensor, noise: torch.Tensor, t: torch.Te
     return (weight * per_sample).mean()
 
 
-def unet_loss(unet, scheduler, latents: Latents, labels: torch.Tensor, table: PromptTable, *, batch_size: int, p_generic: float = 0.05, p_drop: float = 0.1) -> LossFn:
+def unet_loss(
+    unet,
+    scheduler,
+    latents: Latents,
+    labels: torch.Tensor,
+    table: PromptTable,
+    *,
+    batch_size: int,
+    p_generic: float = 0.05,
+    p_drop: float = 0.1,
+) -> LossFn:
     """Text-to-image denoising loss of the UNet."""
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
@@ -139,7 +169,17 @@ def unet_loss(unet, scheduler, latents: Latents, labels: torch.Tensor, table: Pr
     return loss_fn
 
 
-def controlnet_loss(controlnet, unet, scheduler, latents: Latents, labels: torch.Tensor, edges: torch.Tensor, table: PromptTable, *, batch_size: int) -> LossFn:
+def controlnet_loss(
+    controlnet,
+    unet,
+    scheduler,
+    latents: Latents,
+    labels: torch.Tensor,
+    edges: torch.Tensor,
+    table: PromptTable,
+    *,
+    batch_size: int,
+) -> LossFn:
     """The same denoising loss through a frozen UNet steered by the ControlNet's residuals.
 
     Prompts are often generic or dropped, so the edges (not the text) must carry the shape.
@@ -150,8 +190,17 @@ def controlnet_loss(controlnet, unet, scheduler, latents: Latents, labels: torch
         z0 = latents.sample(idx, gen)
         embeds, added = _conditioning(table, labels[idx], gen, p_generic=0.3, p_drop=0.3)
         noisy, noise, t = _noised(scheduler, z0, gen)
-        down, mid = controlnet(noisy, t, embeds, controlnet_cond=edges[idx], added_cond_kwargs=added, return_dict=False)
-        pred = unet(noisy, t, embeds, added_cond_kwargs=added, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        down, mid = controlnet(
+            noisy, t, embeds, controlnet_cond=edges[idx], added_cond_kwargs=added, return_dict=False
+        )
+        pred = unet(
+            noisy,
+            t,
+            embeds,
+            added_cond_kwargs=added,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample
         return _min_snr_mse(scheduler, pred, noise, t)
 
     return loss_fn

@@ -181,3 +181,43 @@ def check_stream(frames: list[dict], job_id: str) -> str:
     terminal = [frame["event"] for frame in frames if frame["event"] in TERMINAL]
     assert len(terminal) == 1 and frames[-1]["event"] == terminal[0], [frame["event"] for frame in frames]
     return terminal[0]
+
+
+class WebhookReceiver:
+    """A local HTTP receiver whose reply depends on its mode: `ok` (204), `error` (500 for the
+    first `failures` requests, then 204) or `slow` (sleeps `delay_s`, then 204). Keeps every request."""
+
+    def __init__(self, mode: str = "ok", *, failures: int = 2, delay_s: float = 3.0) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.mode, self.failures, self.delay_s = mode, failures, delay_s
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                status = 204
+                if receiver.mode == "error" and len(receiver.requests) <= receiver.failures:
+                    status = 500
+                if receiver.mode == "slow":
+                    time.sleep(receiver.delay_s)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass  # the sender timed out and hung up first
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -67,6 +67,7 @@ def test_redis_restart_with_appendonly_loses_nothing(start_service, fault_settin
     assert wait_terminal(url, [_submit(url, QUICK)], timeout=120)[0]["status"] == "succeeded"
     wait_for(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, what="readyz", timeout=30)
     assert service.processes["worker-0"].poll() is None and service.processes["gateway"].poll() is None
+    assert "Traceback" not in service.logs("gateway")  # the SSE stream rode out the outage cleanly
 
 
 def test_redis_restart_without_persistence_says_what_was_lost(start_service, fault_settings, private_redis):
@@ -98,3 +99,4 @@ def test_redis_restart_without_persistence_says_what_was_lost(start_service, fau
     assert wait_terminal(url, [resubmitted], timeout=120)[0]["status"] == "succeeded"
     wait_for(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, what="readyz", timeout=30)
     assert service.processes["worker-0"].poll() is None
+    assert "Traceback" not in service.logs("gateway")

@@ -1,0 +1,375 @@
+"""Service benchmark (numbers, not a test): what the queue, worker and gateway add around the engine.
+
+Measures, on the tiny model with a real Redis, a real gateway (`gensvc api`) and one real GPU
+worker process (`python -m workers.gpu_worker`):
+
+1. Service overhead: submit -> terminal SSE event, against a direct `Engine.run` of the same job
+   in this process (p50, goal <= 1.05x and <= 15 ms), with the default batch window and with
+   GENSVC_BATCH_WINDOW_MS=0, and where the extra time goes (job timings).
+2. Batching gain: 4 compatible jobs submitted at once vs the same 4 one after another (images/s).
+3. Gateway submit throughput and latency (p50/p99) with 10 and 100 concurrent clients (no worker
+   running, so only the gateway and Redis are measured).
+
+    .venv/bin/python benchmarks/bench_service.py [--runs 10] [--steps 10] [--threads 1] [--no-report]
+
+Writes the "service" section of benchmarks/REPORT.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+SECTION = "service"
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `values`, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 1)
+
+
+# --- processes ------------------------------------------------------------------------------------
+class Service:
+    """A gateway and GPU workers as child processes on one Settings."""
+
+    def __init__(self, settings, *, threads: int, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.env = {
+            key: value for key, value in os.environ.items() if not key.startswith("GENSVC_")
+        }
+        for name in type(settings).model_fields:
+            value = getattr(settings, name)
+            if value is None:
+                continue
+            if isinstance(value, list):
+                value = ",".join(str(item) for item in value)
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            self.env[f"GENSVC_{name.upper()}"] = str(value)
+        self.env.update(
+            PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), GENSVC_LOG_LEVEL="WARNING"
+        )
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, argv: list[str], **env: str) -> None:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        self.processes[name] = subprocess.Popen(
+            argv, env={**self.env, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+
+    def start_gateway(self) -> None:
+        self.start(
+            "gateway",
+            [sys.executable, "-m", "generative_service.cli", "api", "--port", str(self.port)],
+        )
+        _wait(lambda: _get_ok(f"{self.base_url}/healthz"), 60, "gateway")
+
+    def start_worker(self, name: str = "worker", **env: str) -> None:
+        self.start(name, [sys.executable, "-m", "workers.gpu_worker", "--worker-id", name], **env)
+        _wait(lambda: _get_ok(f"{self.base_url}/readyz"), 600, "worker")
+
+    def stop(self, name: str) -> None:
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get_ok(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _wait(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not come up within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+# --- 1. overhead ---------------------------------------------------------------------------------
+def job_body(steps: int, seed: int, prompt: str = "a red house") -> dict:
+    return {"prompt": prompt, "steps": steps, "seed": seed, "width": 64, "height": 64}
+
+
+def direct_engine(settings, *, steps: int, runs: int) -> list[float]:
+    """Seconds per `Engine.run` of one job, in this process (the baseline)."""
+    from generative_service.engine import Engine, EngineJob
+    from generative_service.schemas import GenerationRequest
+
+    engine = Engine.from_settings(settings)
+    request = GenerationRequest(**job_body(steps, 1))
+    engine.run([EngineJob("warmup", request)])
+    times = []
+    for i in range(runs):
+        job = EngineJob(f"direct{i}", request.model_copy(update={"seed": 1000 + i}))
+        started = time.perf_counter()
+        engine.run([job])
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def through_service(client, *, steps: int, runs: int) -> tuple[list[float], list]:
+    """Seconds from submit to the terminal SSE event, one job at a time; and the final jobs."""
+    times, finished = [], []
+    for i in range(runs + 2):
+        started = time.perf_counter()
+        job = client.submit(job_body(steps, 2000 + i))
+        for _, event in client.events(job.id):
+            if event.is_terminal:
+                break
+        elapsed = time.perf_counter() - started
+        if i >= 2:  # the first two warm the worker (prompt cache, allocator)
+            times.append(elapsed)
+            finished.append(client.get(job.id))
+    return times, finished
+
+
+def breakdown(jobs: list) -> dict[str, float]:
+    """Median job timings (ms) of the measured jobs."""
+    fields = ("queued_ms", "inference_ms", "safety_ms", "storing_ms", "total_ms")
+    return {
+        name: statistics.median(getattr(job.timings, name) or 0.0 for job in jobs)
+        for name in fields
+    }
+
+
+# --- 2. batching ---------------------------------------------------------------------------------
+def batching_gain(client, *, steps: int, rounds: int) -> dict[str, float]:
+    """Images/s of 4 jobs one after another vs 4 submitted at once (medians over rounds)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sequential, together, sizes = [], [], []
+    for r in range(rounds):
+        started = time.perf_counter()
+        for i in range(4):
+            client.wait(client.submit(job_body(steps, 10 * r + i, f"job {i}")).id)
+        sequential.append(4 / (time.perf_counter() - started))
+        started = time.perf_counter()
+        bodies = [job_body(steps, 10 * r + i, f"job {i}") for i in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            ids = list(pool.map(lambda body: client.submit(body).id, bodies))
+        done = [client.wait(job_id) for job_id in ids]
+        together.append(4 / (time.perf_counter() - started))
+        sizes.append(max(job.batch.size for job in done))
+    return {
+        "sequential": statistics.median(sequential),
+        "together": statistics.median(together),
+        "batch_size": statistics.median(sizes),
+    }
+
+
+# --- 3. gateway submit throughput -------------------------------------------------------------------
+async def submit_load(base_url: str, *, clients: int, total: int, steps: int) -> dict[str, float]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    remaining = total
+
+    async def one_client(http: httpx.AsyncClient) -> None:
+        nonlocal remaining, errors
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            response = await http.post("/v1/jobs", json=job_body(steps, remaining))
+            latencies.append(time.perf_counter() - started)
+            errors += response.status_code != 202
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(http) for _ in range(clients)))
+        wall = time.perf_counter() - started
+    return {"clients": clients, "requests": total, "per_s": total / wall, "p50": pct(latencies, 0.5),
+            "p99": pct(latencies, 0.99), "errors": errors}  # fmt: skip
+
+
+# --- report ------------------------------------------------------------------------------------------
+def render(args, engine_s, runs_by_window, gain, load) -> str:
+    base = statistics.median(engine_s)
+    lines = [
+        "## Service (gateway + Redis + one GPU worker, tiny model on CPU) — `benchmarks/bench_service.py`",
+        "",
+        f"64x64, {args.steps} steps, DPM++ 2M Karras; torch threads {args.threads}; {platform.machine()}, "
+        f"{os.cpu_count()} logical CPUs shared with other work (expect noise). {args.runs} jobs per row.",
+        "",
+        "**Overhead**: submit -> terminal SSE event, one job at a time, vs `Engine.run` of the same job in-process.",
+        "",
+        "| path | p50 ms | p90 ms | vs engine p50 | overhead p50 ms |",
+        "|---|---:|---:|---:|---:|",
+        f"| direct `Engine.run` | {ms(base)} | {ms(pct(engine_s, 0.9))} | 1.00x | 0 |",
+    ]
+    for window, (times, _) in runs_by_window.items():
+        p50 = statistics.median(times)
+        lines.append(
+            f"| service, BATCH_WINDOW_MS={window} | {ms(p50)} | {ms(pct(times, 0.9))} | {p50 / base:.2f}x | {ms(p50 - base)} |"
+        )
+    lines += ["", "Where the time goes (median job timings, ms): queued = submit -> worker start (includes the batch window), "
+              "inference = the engine inside the worker, safety = NSFW filter, storing = encode + write.", "",
+              "| window | queued | inference | safety | storing | total (record) |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for window, (_, jobs) in runs_by_window.items():
+        b = breakdown(jobs)
+        lines.append(
+            f"| {window} ms | {b['queued_ms']:.1f} | {b['inference_ms']:.1f} | {b['safety_ms']:.1f} | {b['storing_ms']:.1f} | {b['total_ms']:.1f} |"
+        )
+    lines += [
+        "",
+        f"**Batching gain**: 4 compatible jobs (one client each) vs the same 4 one after another, median of {args.rounds} rounds.",
+        "",
+        "| mode | images / s | batch size seen |",
+        "|---|---:|---:|",
+        f"| one after another | {gain['sequential']:.2f} | 1 |",
+        f"| submitted at once | {gain['together']:.2f} | {gain['batch_size']:.0f} |",
+        f"| gain | {gain['together'] / gain['sequential']:.2f}x | |",
+        "",
+        "**Gateway submit** (POST /v1/jobs -> 202; no worker running, jobs only queue).",
+        "",
+        "| concurrent clients | requests | submits / s | p50 ms | p99 ms | non-202 |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in load:
+        lines.append(
+            f"| {row['clients']} | {row['requests']} | {row['per_s']:.0f} | {ms(row['p50'])} | {ms(row['p99'])} | {row['errors']} |"
+        )
+    return "\n".join(lines) + "\n" + NOTES
+
+
+NOTES = """
+Reading it: on this CPU the tiny model's whole job takes tens of ms, so fixed per-job costs the
+engine call does not have dominate the ratio: the NSFW filter (open_nsfw on CPU), PNG encoding
+and the file write, the record/event writes (`started`, one `progress` per step, `stage` x2,
+terminal), SSE delivery, and with the default window up to BATCH_WINDOW_MS of waiting for
+batch-mates when the queue is idle (the window counts from the job's submission, so a job that
+already waited in a busy queue does not wait again). The ≤ 1.05x / ≤ 15 ms goal is for real
+SDXL steps (tens of ms each on a GPU, seconds per job): there the same fixed costs are a few
+percent. With BATCH_WINDOW_MS=0 the service adds no waiting at all, and batches still form
+from whatever is queued when the worker takes a job.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads in this process and the worker"
+    )
+    parser.add_argument(
+        "--no-report", action="store_true", help="print only; leave REPORT.md alone"
+    )
+    args = parser.parse_args(argv)
+
+    import torch
+    from redis import Redis
+
+    from generative_service.client import Client
+    from generative_service.settings import Settings
+
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    settings = Settings(model="tiny", device="cpu", key_prefix=f"bench_svc_{secrets.token_hex(4)}",
+                        storage_dir=tmp / "images", max_queued=1_000_000, worker_heartbeat_s=2, worker_dead_after_s=30)  # fmt: skip
+    redis = Redis.from_url(settings.redis_url)
+    service = Service(settings, threads=args.threads, log_dir=tmp)
+    try:
+        engine_s = direct_engine(settings, steps=args.steps, runs=args.runs)
+        print(f"direct engine p50 {ms(statistics.median(engine_s))} ms")
+        service.start_gateway()
+        runs_by_window = {}
+        for window in (settings.batch_window_ms, 0):
+            service.start_worker(GENSVC_BATCH_WINDOW_MS=str(window))
+            with Client(service.base_url, timeout=60) as client:
+                runs_by_window[window] = through_service(client, steps=args.steps, runs=args.runs)
+                print(
+                    f"service window={window} p50 {ms(statistics.median(runs_by_window[window][0]))} ms"
+                )
+                if window == settings.batch_window_ms:
+                    gain = batching_gain(client, steps=args.steps, rounds=args.rounds)
+                    print(f"batching {gain}")
+            service.stop("worker")
+        load = [
+            asyncio.run(
+                submit_load(service.base_url, clients=c, total=max(300, 5 * c), steps=args.steps)
+            )
+            for c in (10, 100)
+        ]
+        print(f"submit load {load}")
+    finally:
+        service.stop_all()
+        _purge(redis, settings.key_prefix)
+    text = render(args, engine_s, runs_by_window, gain, load)
+    print(text)
+    if not args.no_report:
+        from bench_engine import write_section
+
+        write_section(SECTION, text)
+        print(f"wrote the {SECTION} section of benchmarks/REPORT.md")
+    return 0
+
+
+def _purge(redis, prefix: str) -> None:
+    """Delete the benchmark's keys (its own prefix, its RQ queues and RQ jobs)."""
+    job_ids = [
+        key.decode().rsplit(":", 1)[-1]
+        for key in redis.scan_iter(match=f"{prefix}:job:*", count=1000)
+    ]
+    keys = list(redis.scan_iter(match=f"{prefix}:*", count=1000)) + list(
+        redis.scan_iter(match=f"rq:*{prefix}:*", count=1000)
+    )
+    keys += [f"rq:job:{job_id}" for job_id in job_ids] + [
+        f"rq:results:{job_id}" for job_id in job_ids
+    ]
+    for start in range(0, len(keys), 1000):
+        redis.delete(*keys[start : start + 1000])
+    for member in redis.smembers("rq:queues"):
+        if f":{prefix}:" in member.decode():
+            redis.srem("rq:queues", member)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
