@@ -358,6 +358,7 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
     except ModelLoadError as exc:
         log.error("worker.model_load_failed", extra={"error": exc.message, "setting": exc.setting})
         return EXIT_CONFIG
+    metrics.serve_process_metrics(settings)  # only when GENSVC_WORKER_METRICS_PORT > 0
     context = WorkerContext(
         settings, worker_id=worker_id, queues=queues, models=models, redis=redis
     )

@@ -9,6 +9,7 @@ lines keep proxies from closing the connection. A client that goes away cancels 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -18,12 +19,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from generative_service import events
+from generative_service.api.stream_hub import StreamHub
 from generative_service.errors import InvalidRequest
 from generative_service.jobs import JobRecord
 from generative_service.schemas import Event
 from generative_service.settings import Settings
 
-BLOCK_MAX_S = 1.0  # NOTE: short XREAD BLOCKs return the pooled connection often (bounded pool)
+ENDED_RECHECK_S = 0.2  # the record ended but its terminal event is not in the stream yet
 REDIS_RETRIES = 5
 RECONNECT_MS = 2000
 
@@ -56,38 +58,46 @@ async def _job_ended(redis: AsyncRedis, settings: Settings, job_id: str) -> bool
 async def stream_job_events(
     redis: AsyncRedis, settings: Settings, job_id: str, *, after: str
 ) -> AsyncIterator[str]:
-    """Yield SSE frames for `job_id` after stream id `after` until its terminal event."""
-    block_ms = max(10, int(min(settings.sse_keepalive_s, BLOCK_MAX_S) * 1000))
+    """Yield SSE frames for `job_id` after stream id `after` until its terminal event.
+
+    NOTE: an idle stream holds no Redis connection: it waits on the process's StreamHub and
+    borrows a pooled connection only for a quick XRANGE when woken or at each keep-alive.
+    """
     yield f"retry: {RECONNECT_MS}\n\n"
-    last_sent = time.monotonic()
-    failures = 0
-    ended_seen = False
-    while True:
-        try:
-            batch = await events.read_async(
-                redis, settings.key_prefix, job_id, after=after, block_ms=block_ms
-            )
-            idle_and_ended = not batch and await _job_ended(redis, settings, job_id)
-            failures = 0
-        # NOTE: not `redis.exceptions...`: the `redis` parameter (the client) shadows the module.
-        except (RedisConnectionError, RedisTimeoutError):
-            failures += 1
-            if failures > REDIS_RETRIES:
-                yield ": redis unavailable; reconnect with Last-Event-ID to resume\n\n"
-                return
-            await asyncio.sleep(0.2 * failures)
-            continue
-        for event_id, event in batch:
-            yield format_event(event_id, event)
-            after = event_id
-            last_sent = time.monotonic()
-            if event.is_terminal:
-                return
-        if idle_and_ended:
-            # The record turns terminal a moment before its event is appended: read once more first.
-            if ended_seen:
-                return
-            ended_seen = True
-        if time.monotonic() - last_sent >= settings.sse_keepalive_s:
-            yield ": keep-alive\n\n"
-            last_sent = time.monotonic()
+    key = events.stream_key(settings.key_prefix, job_id)
+    async with StreamHub.for_client(redis).watch(key, after) as wake:
+        last_sent = time.monotonic()
+        failures = 0
+        ended_seen = False
+        while True:
+            wake.clear()  # before reading: an event appended after the read sets it again
+            try:
+                batch = await events.read_async(redis, settings.key_prefix, job_id, after=after)
+                idle_and_ended = not batch and await _job_ended(redis, settings, job_id)
+                failures = 0
+            # NOTE: not `redis.exceptions...`: the `redis` parameter (the client) shadows the module.
+            except (RedisConnectionError, RedisTimeoutError):
+                failures += 1
+                if failures > REDIS_RETRIES:
+                    yield ": redis unavailable; reconnect with Last-Event-ID to resume\n\n"
+                    return
+                await asyncio.sleep(0.2 * failures)
+                continue
+            for event_id, event in batch:
+                yield format_event(event_id, event)
+                after = event_id
+                last_sent = time.monotonic()
+                if event.is_terminal:
+                    return
+            if idle_and_ended:
+                # The record turns terminal a moment before its event is appended: read once more first.
+                if ended_seen:
+                    return
+                ended_seen = True
+            if time.monotonic() - last_sent >= settings.sse_keepalive_s:
+                yield ": keep-alive\n\n"
+                last_sent = time.monotonic()
+            if not batch:
+                wait_s = ENDED_RECHECK_S if ended_seen else settings.sse_keepalive_s - (time.monotonic() - last_sent)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=max(0.01, wait_s))

@@ -6,8 +6,10 @@ configuration: metadata size, webhook destination, known LoRA names, the control
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import io
 import json
 import re
@@ -23,7 +25,7 @@ from generative_service.settings import Settings
 
 _WAIT = re.compile(r"^\s*wait\s*=\s*(\S*)\s*$", re.IGNORECASE)
 _DATA_URL = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
-WAIT_SLICE_S = 1.0  # longest single XREAD BLOCK, so a pooled connection is never held for long
+WAIT_SLICE_S = 1.0  # re-read at least this often, should a wake-up be missed (Redis trouble)
 
 
 def parse_prefer_wait(header: str | None, settings: Settings) -> int | None:
@@ -165,15 +167,21 @@ def _available_controlnets(models_info: dict) -> set[str] | None:
 
 
 async def wait_for_end(redis: AsyncRedis, prefix: str, job_id: str, timeout_s: float) -> bool:
-    """Wait up to `timeout_s` for the job's terminal event. True when it arrived."""
+    """Wait up to `timeout_s` for the job's terminal event. True when it arrived.
+
+    Holds no Redis connection while waiting: the process's StreamHub wakes it (see sse.py).
+    """
+    from generative_service.api.stream_hub import StreamHub
+
     deadline = time.monotonic() + timeout_s
     after = "0-0"
-    while (remaining := deadline - time.monotonic()) > 0:
-        block_ms = max(1, int(min(remaining, WAIT_SLICE_S) * 1000))
-        for event_id, event in await events.read_async(
-            redis, prefix, job_id, after=after, block_ms=block_ms
-        ):
-            after = event_id
-            if event.is_terminal:
-                return True
+    async with StreamHub.for_client(redis).watch(events.stream_key(prefix, job_id), after) as wake:
+        while (remaining := deadline - time.monotonic()) > 0:
+            wake.clear()
+            for event_id, event in await events.read_async(redis, prefix, job_id, after=after):
+                after = event_id
+                if event.is_terminal:
+                    return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=min(remaining, WAIT_SLICE_S))
     return False

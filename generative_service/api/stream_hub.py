@@ -1,0 +1,98 @@
+"""One Redis reader per gateway process for every client waiting on job events (SSE, Prefer: wait).
+
+Idle clients must not each hold a Redis connection: the bounded async pool would run dry, and
+redis-py's BlockingConnectionPool is not fair (a task that releases a connection can take it
+straight back), so with more waiting SSE streams than pooled connections some streams got
+nothing, not even keep-alives, for minutes. Instead one hub task per event loop runs
+`XREAD BLOCK` over the stream keys of every waiting client and wakes the clients whose stream
+grew; each client then reads its own new events with a quick, non-blocking XRANGE.
+
+Nothing can be missed: a client clears its wake-up flag before it reads, and the hub wakes it
+for any entry after the position the client registered with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("generative_service.api.stream_hub")
+
+HUB_BLOCK_MS = 1000  # also the longest wait before a stream registered mid-block is read
+HUB_COUNT = 200
+RETRY_S = 0.5
+_hubs: weakref.WeakKeyDictionary[AsyncRedis, StreamHub] = weakref.WeakKeyDictionary()
+
+
+def _order(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class StreamHub:
+    """Wakes waiting clients when their event streams grow, through one blocking reader."""
+
+    def __init__(self, redis: AsyncRedis) -> None:
+        self.redis = redis
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._positions: dict[str, str] = {}
+        self._task: asyncio.Task | None = None
+
+    @classmethod
+    def for_client(cls, redis: AsyncRedis) -> StreamHub:
+        """The hub of this async Redis client (one per client, hence one per event loop)."""
+        hub = _hubs.get(redis)
+        if hub is None:
+            hub = _hubs[redis] = cls(redis)
+        return hub
+
+    @contextlib.asynccontextmanager
+    async def watch(self, key: str, after: str) -> AsyncIterator[asyncio.Event]:
+        """Register interest in stream `key` past id `after`; yields the flag the hub sets."""
+        wake = asyncio.Event()
+        self._waiters.setdefault(key, set()).add(wake)
+        position = self._positions.get(key)
+        if position is None or _order(after) < _order(position):
+            self._positions[key] = after
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="stream-hub")
+        try:
+            yield wake
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.discard(wake)
+                if not waiters:
+                    del self._waiters[key]
+                    self._positions.pop(key, None)
+
+    @property
+    def watching(self) -> int:
+        """Clients waiting now (for tests and metrics)."""
+        return sum(len(waiters) for waiters in self._waiters.values())
+
+    async def _run(self) -> None:
+        while True:
+            if not self._waiters:
+                self._task = None  # NOTE: no await between this check and here: no registration lost
+                return
+            try:
+                result = await self.redis.xread(dict(self._positions), count=HUB_COUNT, block=HUB_BLOCK_MS)
+            except RedisError as exc:
+                # Clients keep polling on their own keep-alive timer meanwhile; nothing is lost.
+                log.warning("stream_hub.redis_error", extra={"error": repr(exc)})
+                await asyncio.sleep(RETRY_S)
+                continue
+            for key, entries in result or []:
+                key = key.decode() if isinstance(key, bytes) else key
+                if key in self._positions and entries:
+                    last = entries[-1][0]
+                    self._positions[key] = last.decode() if isinstance(last, bytes) else last
+                for wake in self._waiters.get(key, ()):
+                    wake.set()
