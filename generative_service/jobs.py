@@ -53,6 +53,17 @@ from generative_service.settings import Settings
 GENERATE_FUNC = "workers.gpu_worker.generate"
 log = logs.get_logger(__name__)
 ANONYMOUS = "anonymous"
+ADMIT_TTL_S = 30
+# KEYS[1]: the admitting sorted set (token -> time); KEYS[2..]: the RQ queue lists.
+# ARGV: now, MAX_QUEUED, token, ADMIT_TTL_S. Returns 1 and records the token if there is room.
+_ADMIT_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[4]))
+local waiting = redis.call('ZCARD', KEYS[1])
+for i = 2, #KEYS do waiting = waiting + redis.call('LLEN', KEYS[i]) end
+if waiting >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
 
 
 class JobRecord(BaseModel):
@@ -165,8 +176,7 @@ class JobStore:
             existing = self._idempotent_replay(idem_key, digest)
             if existing is not None:
                 return existing, False
-        if self.waiting_count() >= self.settings.max_queued:
-            raise QueueFull(f"queue is full ({self.settings.max_queued} jobs waiting); retry later", retry_after_s=self._retry_after_s())
+        token = self._admit()
         resolved = self.resolve(request)
         record = JobRecord(
             id=new_job_id(),
@@ -179,6 +189,7 @@ class JobStore:
         if idem_key and not self.redis.set(idem_key, json.dumps({"job_id": record.id, "hash": digest}), nx=True, ex=self.settings.retention_s):
             existing = self._idempotent_replay(idem_key, digest)  # lost a race with the same key
             if existing is not None:
+                self.redis.zrem(self._admitting_key, token)
                 return existing, False
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(f"{self.prefix}:epoch", repr(time.time()), nx=True)
@@ -186,6 +197,7 @@ class JobStore:
         pipe.zadd(self.owner_key(owner), {record.id: record.created_at.timestamp()})
         pipe.execute()
         self._enqueue(record)
+        self.redis.zrem(self._admitting_key, token)  # now counted by its queue's length
         metrics.job_submitted(self.redis, self.settings, record.queue)
         log.info(
             "job.submitted",
@@ -194,6 +206,28 @@ class JobStore:
         )  # fmt: skip
         self._emit(record, Event(type="queued", job_id=record.id, position=self.queue_position(record)))
         return record, True
+
+    @property
+    def _admitting_key(self) -> str:
+        return f"{self.prefix}:admitting"
+
+    def _admit(self) -> str:
+        """Reserve a place among the MAX_QUEUED waiting jobs, atomically. Returns the reservation.
+
+        NOTE: checking the queue length and enqueueing later let concurrent submits overshoot the
+        bound (2x with 60 at once); a reservation counts until its job is in the queue. One that a
+        crashed gateway leaves behind lapses after ADMIT_TTL_S.
+
+        Raises:
+            QueueFull: MAX_QUEUED jobs wait (or are being admitted).
+        """
+        token = secrets.token_hex(8)
+        queue_keys = [self.rq_queue(name).key for name in self.known_queues()]
+        admitted = self.redis.eval(_ADMIT_SCRIPT, 1 + len(queue_keys), self._admitting_key, *queue_keys,
+                                   repr(time.time()), self.settings.max_queued, token, ADMIT_TTL_S)  # fmt: skip
+        if not admitted:
+            raise QueueFull(f"queue is full ({self.settings.max_queued} jobs waiting); retry later", retry_after_s=self._retry_after_s())
+        return token
 
     def _idempotent_replay(self, idem_key: str, digest: str) -> JobRecord | None:
         raw = self.redis.get(idem_key)

@@ -60,7 +60,7 @@ class StreamHub:
         position = self._positions.get(key)
         if position is None or _order(after) < _order(position):
             self._positions[key] = after
-        if self._task is None:
+        if self._task is None or self._task.done():  # done: it died; clients still poll meanwhile
             self._task = asyncio.get_running_loop().create_task(self._run(), name="stream-hub")
         try:
             yield wake
@@ -80,10 +80,14 @@ class StreamHub:
     async def _run(self) -> None:
         while True:
             if not self._waiters:
-                self._task = None  # NOTE: no await between this check and here: no registration lost
+                self._task = (
+                    None  # NOTE: no await between this check and here: no registration lost
+                )
                 return
             try:
-                result = await self.redis.xread(dict(self._positions), count=HUB_COUNT, block=HUB_BLOCK_MS)
+                result = await self.redis.xread(
+                    dict(self._positions), count=HUB_COUNT, block=HUB_BLOCK_MS
+                )
             except RedisError as exc:
                 # Clients keep polling on their own keep-alive timer meanwhile; nothing is lost.
                 log.warning("stream_hub.redis_error", extra={"error": repr(exc)})

@@ -145,8 +145,10 @@ def render_card(report: dict[str, Any]) -> str:
 The embedded default model of the service (`GENSVC_MODEL=demo`). It draws the digit a prompt asks
 for ("7", "the digit seven", "a handwritten seven", "number 7", ...) at 64x64 in well under a
 second on a CPU. It is trained from scratch by the project itself:
-`gensvc models train-demo --budget {report["budget"]}` (budget `{report["budget"]}`, {report["total_minutes"]:.0f} min on
-{report["machine"]}).
+`gensvc models train-demo --budget {report["budget"]}`: {report["total_minutes"]:.1f} min wall-clock, training and
+evaluation, on {report["machine"]} (a 2-core machine shared with other work: times are upper bounds).
+Step budgets, not the clock, define the model: a retrain gives the same weights with the same machine and thread
+count (bit-exact in the tests, on the quick budget), and the same evaluation numbers within noise elsewhere.
 
 ## Architecture (real diffusers/transformers classes, loaded with `from_pretrained`)
 - UNet2DConditionModel, SDXL `text_time` addition embedding, channels (64, 128), 1 layer per block, cross-attention at 4x4: {report["params"]["unet"] / 1e6:.2f} M parameters.

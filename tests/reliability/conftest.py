@@ -81,7 +81,12 @@ def fault_settings(make_settings):
     """Settings for fault tests: fast liveness (beat 1 s, dead after 5 s, maintenance 1 s)."""
 
     def factory(**overrides: object):
-        values: dict = {"worker_heartbeat_s": 1, "worker_dead_after_s": 5, "worker_maintenance_s": 1, "batch_window_ms": 50}
+        values: dict = {
+            "worker_heartbeat_s": 1,
+            "worker_dead_after_s": 5,
+            "worker_maintenance_s": 1,
+            "batch_window_ms": 50,
+        }
         values.update(overrides)
         return make_settings(**values)
 

@@ -30,11 +30,19 @@ def check_error(response, status: int, code: str | None = None, message: str | N
 def png_declaring(width: int, height: int) -> bytes:
     """A structurally valid PNG whose header declares `width`x`height` but holds almost no data:
     what a decompression bomb looks like to a decoder that trusts the header."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def b64(data: bytes) -> str:
@@ -57,7 +65,13 @@ def parse_sse(text: str) -> list[dict]:
     return frames
 
 
-def wait_for(predicate: Callable[[], object], *, timeout: float = 60.0, what: str = "condition", every: float = 0.2) -> object:
+def wait_for(
+    predicate: Callable[[], object],
+    *,
+    timeout: float = 60.0,
+    what: str = "condition",
+    every: float = 0.2,
+) -> object:
     """Poll `predicate` until truthy; raise AssertionError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -77,9 +91,14 @@ def get_job(base_url: str, job_id: str, **kwargs) -> dict:
 
 def wait_terminal(base_url: str, job_ids: list[str], *, timeout: float = 240.0) -> list[dict]:
     """Poll the gateway until every job is terminal; return the job resources."""
+
     def all_done():
         jobs = [get_job(base_url, job_id) for job_id in job_ids]
-        return jobs if all(job["status"] in ("succeeded", "failed", "canceled") for job in jobs) else None
+        return (
+            jobs
+            if all(job["status"] in ("succeeded", "failed", "canceled") for job in jobs)
+            else None
+        )
 
     return wait_for(all_done, timeout=timeout, what=f"jobs {job_ids} to end", every=0.5)  # type: ignore[return-value]
 
@@ -104,7 +123,12 @@ def read_stream(base_url: str, job_id: str, *, after: str | None = None, stop: C
     frames: list[dict] = []
     buffer = ""
     try:
-        with httpx.stream("GET", f"{base_url}/v1/jobs/{job_id}/events", headers=headers, timeout=httpx.Timeout(timeout, connect=5)) as response:
+        with httpx.stream(
+            "GET",
+            f"{base_url}/v1/jobs/{job_id}/events",
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=5),
+        ) as response:
             assert response.status_code == 200, response.read()
             for chunk in response.iter_text():
                 buffer += chunk
@@ -129,20 +153,26 @@ def follow_to_end(base_url: str, job_id: str, *, timeout: float = 240.0) -> tupl
     while _time.monotonic() < deadline:
         reconnects += 1
         try:
-            got, ended = read_stream(base_url, job_id, after=frames[-1]["id"] if frames else None, timeout=timeout)
+            got, ended = read_stream(
+                base_url, job_id, after=frames[-1]["id"] if frames else None, timeout=timeout
+            )
         except (AssertionError, httpx.TransportError):
             got, ended = [], False  # gateway not back yet, or answering 503 while Redis is away
         frames.extend(got)
         if ended:
             return frames, reconnects
         _time.sleep(0.5)
-    raise AssertionError(f"no terminal event for {job_id} within {timeout:.0f} s ({len(frames)} frames)")
+    raise AssertionError(
+        f"no terminal event for {job_id} within {timeout:.0f} s ({len(frames)} frames)"
+    )
 
 
 class Follower:
     """Follows one job's SSE stream in a background thread (see `follow_to_end` / `read_stream`)."""
 
-    def __init__(self, base_url: str, job_id: str, *, reconnect: bool = True, timeout: float = 240.0) -> None:
+    def __init__(
+        self, base_url: str, job_id: str, *, reconnect: bool = True, timeout: float = 240.0
+    ) -> None:
         import threading
 
         self.frames: list[dict] = []
@@ -179,7 +209,9 @@ def check_stream(frames: list[dict], job_id: str) -> str:
     assert keys == sorted(keys), f"events out of order: {ids}"
     assert all(frame["data"]["job_id"] == job_id for frame in frames)
     terminal = [frame["event"] for frame in frames if frame["event"] in TERMINAL]
-    assert len(terminal) == 1 and frames[-1]["event"] == terminal[0], [frame["event"] for frame in frames]
+    assert len(terminal) == 1 and frames[-1]["event"] == terminal[0], [
+        frame["event"] for frame in frames
+    ]
     return terminal[0]
 
 

@@ -44,7 +44,10 @@ def _step(base_url: str, job_id: str) -> int:
 
 
 def _image_ok(base_url: str, job: dict) -> bool:
-    return all(httpx.get(f"{base_url}{image['url']}", timeout=10).status_code == 200 for image in job["images"]) and bool(job["images"])
+    return all(
+        httpx.get(f"{base_url}{image['url']}", timeout=10).status_code == 200
+        for image in job["images"]
+    ) and bool(job["images"])
 
 
 def test_client_drops_its_stream_and_the_gateway_crashes_mid_job(start_service, fault_settings):
@@ -55,11 +58,21 @@ def test_client_drops_its_stream_and_the_gateway_crashes_mid_job(start_service, 
     job_id = _submit(url, LONG)
     first, ended = read_stream(url, job_id, stop=lambda frame: frame["event"] == "progress")
     assert not ended
-    wait_for(lambda: get_job(url, job_id)["status"] != "running" or _step(url, job_id) > first[-1]["data"]["step"], what="the job to go on")
-    rest, ended = read_stream(url, job_id, after=first[-1]["id"])  # resume after the last event seen
+    wait_for(
+        lambda: (
+            get_job(url, job_id)["status"] != "running"
+            or _step(url, job_id) > first[-1]["data"]["step"]
+        ),
+        what="the job to go on",
+    )
+    rest, ended = read_stream(
+        url, job_id, after=first[-1]["id"]
+    )  # resume after the last event seen
     assert ended and check_stream(first + rest, job_id) == "succeeded"
     replay, _ = read_stream(url, job_id)
-    assert [frame["id"] for frame in first + rest] == [frame["id"] for frame in replay]  # nothing lost or repeated
+    assert [frame["id"] for frame in first + rest] == [
+        frame["id"] for frame in replay
+    ]  # nothing lost or repeated
 
     # The gateway crashes (SIGKILL) while a client follows a running job, and comes back.
     job_id = _submit(url, LONG)
@@ -79,7 +92,10 @@ def test_client_drops_its_stream_and_the_gateway_crashes_mid_job(start_service, 
     assert wait_terminal(url, [_submit(url, QUICK)], timeout=120)[0]["status"] == "succeeded"
 
 
-def test_sigterm_mid_batch_finishes_it_and_the_queue_flows_to_the_next_worker(start_service, fault_settings):
+@pytest.mark.slow  # the core of it (finish the batch, exit 0) runs by default in tests/workers
+def test_sigterm_mid_batch_finishes_it_and_the_queue_flows_to_the_next_worker(
+    start_service, fault_settings
+):
     service = start_service(fault_settings(batch_window_ms=1500), workers=1)
     url = service.base_url
     batch = [_submit(url, {**LONG, "seed": seed}) for seed in (1, 2)]
@@ -92,10 +108,17 @@ def test_sigterm_mid_batch_finishes_it_and_the_queue_flows_to_the_next_worker(st
     assert worker.wait(timeout=240) == 0  # finished its batch, then exited cleanly
 
     finished = [get_job(url, job_id) for job_id in batch]
-    assert all(job["status"] == "succeeded" and job["attempts"] == 1 and _image_ok(url, job) for job in finished), finished
+    assert all(
+        job["status"] == "succeeded" and job["attempts"] == 1 and _image_ok(url, job)
+        for job in finished
+    ), finished
     assert finished[0]["batch"]["id"] == finished[1]["batch"]["id"]
     waiting = get_job(url, behind)
-    assert waiting["status"] == "queued" and waiting["attempts"] == 0 and waiting["queue_position"] == 1  # not lost, not taken
+    assert (
+        waiting["status"] == "queued"
+        and waiting["attempts"] == 0
+        and waiting["queue_position"] == 1
+    )  # not lost, not taken
 
     service.start_worker("worker-1")
     assert wait_terminal(url, [behind], timeout=240)[0]["status"] == "succeeded"
@@ -103,36 +126,61 @@ def test_sigterm_mid_batch_finishes_it_and_the_queue_flows_to_the_next_worker(st
         assert check_stream(follower.join(60).frames, job_id) == "succeeded"
 
 
+@pytest.mark.slow  # each behaviour alone runs by default in tests/webhooks
 def test_webhook_receivers_down_slow_or_failing_never_hold_up_jobs(start_service, fault_settings):
     failing, slow = WebhookReceiver("error", failures=2), WebhookReceiver("slow", delay_s=3.0)
     down = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
-    settings = fault_settings(webhook_secrets=[SECRET], webhook_retry_schedule=["1", "1", "1"], webhook_timeout_s=1.0)
+    settings = fault_settings(
+        webhook_secrets=[SECRET], webhook_retry_schedule=["1", "1", "1"], webhook_timeout_s=1.0
+    )
     try:
         service = start_service(settings, workers=1)
         service.start("webhook-worker", [sys.executable, "-m", "workers.webhook_worker"])
         url = service.base_url
         targets = {"failing": failing.url, "slow": slow.url, "down": down}
-        ids = {name: _submit(url, {**QUICK, "seed": seed, "webhook": target}) for seed, (name, target) in enumerate(targets.items())}
+        ids = {
+            name: _submit(url, {**QUICK, "seed": seed, "webhook": target})
+            for seed, (name, target) in enumerate(targets.items())
+        }
 
         # Every job succeeds whatever its receiver does.
-        assert all(job["status"] == "succeeded" for job in wait_terminal(url, list(ids.values()), timeout=180))
+        assert all(
+            job["status"] == "succeeded"
+            for job in wait_terminal(url, list(ids.values()), timeout=180)
+        )
 
         def log(name: str) -> list[dict]:
             return httpx.get(f"{url}/v1/jobs/{ids[name]}/webhooks", timeout=10).json()["data"]
 
         # 500, 500, then delivered: the same signed message each time.
-        attempts = wait_for(lambda: (data := log("failing")) and data[-1]["outcome"] == "delivered" and data, timeout=90, what="delivery after retries")
-        assert [(a["status_code"], a["outcome"]) for a in attempts] == [(500, "retry"), (500, "retry"), (204, "delivered")]
+        attempts = wait_for(
+            lambda: (data := log("failing")) and data[-1]["outcome"] == "delivered" and data,
+            timeout=90,
+            what="delivery after retries",
+        )
+        assert [(a["status_code"], a["outcome"]) for a in attempts] == [
+            (500, "retry"),
+            (500, "retry"),
+            (204, "delivered"),
+        ]
         assert len({headers["webhook-id"] for headers, _ in failing.requests}) == 1
         for headers, body in failing.requests:
             assert Webhook(SECRET).verify(body, headers)["data"]["job"]["id"] == ids["failing"]
         assert json.loads(failing.requests[-1][1])["type"] == "job.succeeded"
         # Down and slow receivers: each attempt says why it failed; the schedule ends in `failed`.
         for name, why in (("down", "connect"), ("slow", "timed out")):
-            attempts = wait_for(lambda name=name: (data := log(name)) and data[-1]["outcome"] == "failed" and data, timeout=120, what=f"{name} to give up")
-            assert len(attempts) == 4 and all(a["error"] and a["status_code"] is None for a in attempts), attempts
+            attempts = wait_for(
+                lambda name=name: (data := log(name)) and data[-1]["outcome"] == "failed" and data,
+                timeout=120,
+                what=f"{name} to give up",
+            )
+            assert len(attempts) == 4 and all(
+                a["error"] and a["status_code"] is None for a in attempts
+            ), attempts
             assert why in attempts[0]["error"].lower(), attempts[0]
-        assert get_job(url, ids["slow"])["status"] == "succeeded"  # a webhook failure never fails the job
+        assert (
+            get_job(url, ids["slow"])["status"] == "succeeded"
+        )  # a webhook failure never fails the job
     finally:
         failing.close()
         slow.close()

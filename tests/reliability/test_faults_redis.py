@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import httpx
 
-from .helpers import Follower, check_error, check_stream, get_job, read_stream, wait_for, wait_terminal
+from .helpers import (
+    Follower,
+    check_error,
+    check_stream,
+    get_job,
+    read_stream,
+    wait_for,
+    wait_terminal,
+)
 
 QUICK = {"prompt": "a handwritten three", "steps": 2}
 LONG = {"prompt": "a handwritten seven", "steps": 16}
@@ -65,12 +73,18 @@ def test_redis_restart_with_appendonly_loses_nothing(start_service, fault_settin
         assert ended and check_stream(frames, job_id) == "succeeded"
     # The queue keeps flowing, and the service is ready again.
     assert wait_terminal(url, [_submit(url, QUICK)], timeout=120)[0]["status"] == "succeeded"
-    wait_for(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, what="readyz", timeout=30)
-    assert service.processes["worker-0"].poll() is None and service.processes["gateway"].poll() is None
+    wait_for(
+        lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, what="readyz", timeout=30
+    )
+    assert (
+        service.processes["worker-0"].poll() is None and service.processes["gateway"].poll() is None
+    )
     assert "Traceback" not in service.logs("gateway")  # the SSE stream rode out the outage cleanly
 
 
-def test_redis_restart_without_persistence_says_what_was_lost(start_service, fault_settings, private_redis):
+def test_redis_restart_without_persistence_says_what_was_lost(
+    start_service, fault_settings, private_redis
+):
     redis_server = private_redis(appendonly=False)
     service = start_service(fault_settings(redis_url=redis_server.url), workers=1)
     url = service.base_url
@@ -88,15 +102,25 @@ def test_redis_restart_without_persistence_says_what_was_lost(start_service, fau
     assert not follower.ended
     for job_id in (running, queued):
         for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/events"):
-            error = check_error(httpx.get(f"{url}{path}", timeout=10), 404, "not_found", f"job {job_id!r} not found")
-            assert "restarted without persistence" in error["message"] and "submit it again" in error["message"], error
+            error = check_error(
+                httpx.get(f"{url}{path}", timeout=10), 404, "not_found", f"job {job_id!r} not found"
+            )
+            assert (
+                "restarted without persistence" in error["message"]
+                and "submit it again" in error["message"]
+            ), error
     # A job id that never existed gets no such note.
     check_error(httpx.get(f"{url}/v1/jobs/job_0123456789abcdef01234567", timeout=10), 404)
-    assert "persistence" not in httpx.get(f"{url}/v1/jobs/job_0123456789abcdef01234567", timeout=10).text
+    assert (
+        "persistence"
+        not in httpx.get(f"{url}/v1/jobs/job_0123456789abcdef01234567", timeout=10).text
+    )
 
     # The worker survives the loss of the job it was running, and the queue keeps flowing.
     resubmitted = _submit(url, QUICK)
     assert wait_terminal(url, [resubmitted], timeout=120)[0]["status"] == "succeeded"
-    wait_for(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, what="readyz", timeout=30)
+    wait_for(
+        lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, what="readyz", timeout=30
+    )
     assert service.processes["worker-0"].poll() is None
     assert "Traceback" not in service.logs("gateway")

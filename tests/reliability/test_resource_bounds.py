@@ -42,9 +42,13 @@ def test_idle_sse_clients_share_a_bounded_redis_pool(start_service, fault_settin
     from .helpers import parse_sse
 
     redis_server = private_redis(appendonly=False)
-    service = start_service(fault_settings(redis_url=redis_server.url, gateway_redis_connections=POOL), workers=0)
+    service = start_service(
+        fault_settings(redis_url=redis_server.url, gateway_redis_connections=POOL), workers=0
+    )
     url = service.base_url
-    job_id = httpx.post(f"{url}/v1/jobs", json={"prompt": "a seven", "steps": 2}, timeout=10).json()["id"]  # no worker: it waits
+    job_id = httpx.post(
+        f"{url}/v1/jobs", json={"prompt": "a seven", "steps": 2}, timeout=10
+    ).json()["id"]  # no worker: it waits
     wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, what="gateway")
     before = _gateway_connections(redis_server)
 
@@ -53,10 +57,16 @@ def test_idle_sse_clients_share_a_bounded_redis_pool(start_service, fault_settin
         streams.append(IdleStream(f"{url}/v1/jobs/{job_id}/events"))
         assert streams[-1].opened.wait(30), "a stream did not open"
     # Every idle client is served (keep-alives reach all of them) ...
-    wait_for(lambda: all(": keep-alive" in stream.text for stream in streams), timeout=60, what="a keep-alive on every stream")
+    wait_for(
+        lambda: all(": keep-alive" in stream.text for stream in streams),
+        timeout=60,
+        what="a keep-alive on every stream",
+    )
     peak = max(_gateway_connections(redis_server) for _ in range(10) if time.sleep(0.2) is None)
     # ... by the bounded async pool: no Redis connection per idle client.
-    assert peak - before <= POOL + 2, f"{peak - before} more Redis connections for {IDLE_STREAMS} idle SSE clients (pool {POOL})"
+    assert peak - before <= POOL + 2, (
+        f"{peak - before} more Redis connections for {IDLE_STREAMS} idle SSE clients (pool {POOL})"
+    )
 
     # Every idle client still gets the job's ending, then its stream closes.
     assert httpx.post(f"{url}/v1/jobs/{job_id}/cancel", timeout=10).status_code == 200

@@ -24,7 +24,11 @@ def fuzz_app(make_settings):
     from generative_service.api import create_app
 
     # wait_max_s=0: a generated `Prefer: wait=N` must not make each example sleep.
-    return create_app(make_settings(api_keys=[API_KEY], wait_max_s=0, max_request_bytes=256 * 1024, max_lora_bytes=64 * 1024))
+    return create_app(
+        make_settings(
+            api_keys=[API_KEY], wait_max_s=0, max_request_bytes=256 * 1024, max_lora_bytes=64 * 1024
+        )
+    )
 
 
 def _check(operation, case, response) -> None:
@@ -42,18 +46,34 @@ def _fuzz(app, examples: int) -> int:
     sent = 0
     for result in schema.get_all_operations():
         operation = result.ok()
-        modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if operation.path not in ("/healthz", "/readyz", "/metrics") else [])
+        modes = [GenerationMode.POSITIVE] + (
+            [GenerationMode.NEGATIVE]
+            if operation.path not in ("/healthz", "/readyz", "/metrics")
+            else []
+        )
         for mode in modes:
+            sent += _fuzz_operation(operation, mode, examples)
+    return sent
 
-            @hypothesis_settings(max_examples=examples, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
-            @given(case=operation.as_strategy(generation_mode=mode))
-            def run(case) -> None:
-                nonlocal sent
-                response = case.call(headers=AUTH)
-                sent += 1
-                _check(operation, case, response)
 
-            run()
+def _fuzz_operation(operation, mode: GenerationMode, examples: int) -> int:
+    sent = 0
+
+    @hypothesis_settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def run(case) -> None:
+        nonlocal sent
+        response = case.call(headers=AUTH)
+        sent += 1
+        _check(operation, case, response)
+
+    run()
     return sent
 
 

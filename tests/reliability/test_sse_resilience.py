@@ -34,11 +34,25 @@ def _flaky_reader(failures: int, error: type[Exception]):
 @pytest.mark.parametrize("error", [redis_exceptions.ConnectionError, redis_exceptions.TimeoutError])
 def test_stream_retries_through_a_short_outage(monkeypatch, settings, error):
     monkeypatch.setattr(sse.events, "read_async", _flaky_reader(3, error))
-    frames = asyncio.run(_collect(sse.stream_job_events(AsyncRedis.from_url(settings.redis_url), settings, "job_x", after="0-0")))
+    frames = asyncio.run(
+        _collect(
+            sse.stream_job_events(
+                AsyncRedis.from_url(settings.redis_url), settings, "job_x", after="0-0"
+            )
+        )
+    )
     assert frames[-1].startswith("id: 1700000000000-0\nevent: succeeded\n")
 
 
 def test_stream_ends_with_a_comment_when_redis_stays_away(monkeypatch, settings):
-    monkeypatch.setattr(sse.events, "read_async", _flaky_reader(1000, redis_exceptions.ConnectionError))
-    frames = asyncio.run(_collect(sse.stream_job_events(AsyncRedis.from_url(settings.redis_url), settings, "job_x", after="0-0")))
+    monkeypatch.setattr(
+        sse.events, "read_async", _flaky_reader(1000, redis_exceptions.ConnectionError)
+    )
+    frames = asyncio.run(
+        _collect(
+            sse.stream_job_events(
+                AsyncRedis.from_url(settings.redis_url), settings, "job_x", after="0-0"
+            )
+        )
+    )
     assert frames[-1] == ": redis unavailable; reconnect with Last-Event-ID to resume\n\n"

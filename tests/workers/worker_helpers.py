@@ -76,7 +76,22 @@ class Jobs:
         return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
     def registries(self) -> dict[str, set[str]]:
-        """Job ids per RQ place: queue, started, finished, failed, canceled."""
+        """Job ids per RQ place (queued, started, finished, failed, canceled), once settled.
+
+        The worker writes a job's final state (what clients see) a few ms before RQ's own
+        bookkeeping; this waits until two reads 0.2 s apart agree.
+        """
+        previous = self._registries()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            current = self._registries()
+            if current == previous:
+                return current
+            previous = current
+        return previous
+
+    def _registries(self) -> dict[str, set[str]]:
         queue = self.queue
         return {
             "queued": set(queue.get_job_ids()),

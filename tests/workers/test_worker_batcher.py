@@ -1,0 +1,64 @@
+"""Filling a batch around the job RQ handed out, in-process (real Redis and RQ, no engine)."""
+
+from __future__ import annotations
+
+from rq.job import Job
+
+from generative_service.engine.batching import batch_key
+from generative_service.errors import InvalidRequest
+from workers.batcher import Batcher
+
+
+def _validate(request) -> None:
+    if request.prompt == "invalid":
+        raise InvalidRequest("prompt", "rejected by this test's engine")
+
+
+def _batcher(jobs, *, stop: bool = False) -> Batcher:
+    return Batcher(jobs.store, jobs.settings, validate=_validate, should_stop=lambda: stop)
+
+
+def _hand_out(jobs):
+    """What RQ's dequeue does: pop the head of the queue into its intermediate list."""
+    job_id = jobs.redis.lmove(jobs.queue.key, jobs.queue.intermediate_queue_key).decode()
+    record = jobs.get(job_id)
+    return Job.fetch(job_id, connection=jobs.redis), record
+
+
+def test_fills_with_compatible_waiting_jobs_up_to_the_image_limit(
+    worker_settings, make_jobs
+) -> None:
+    settings = worker_settings(batch_window_ms=0, max_batch_images=4)
+    jobs = make_jobs(settings)
+    first = jobs.submit(seed=1)
+    other_steps = jobs.submit(seed=2, steps=9)
+    canceled = jobs.submit(seed=3)
+    invalid = jobs.submit("invalid", seed=4)
+    two_images = jobs.submit(seed=5, num_images=2)
+    too_many = jobs.submit(seed=6, num_images=2)  # 1 + 2 + 2 > 4
+    last = jobs.submit(seed=7)
+    jobs.store.mark_canceled(canceled)  # its record ended, but it is still in the queue
+
+    job, record = _hand_out(jobs)
+    batch = _batcher(jobs).fill(job, jobs.queue, record, batch_key(record.request))
+
+    assert [rq_job.id for rq_job, _ in batch.jobs] == [first, two_images, last]
+    assert batch.images == 4
+    # Claimed mates sit in RQ's intermediate list until the worker starts them; the rest wait.
+    intermediate = {
+        value.decode() for value in jobs.redis.lrange(jobs.queue.intermediate_queue_key, 0, -1)
+    }
+    assert intermediate == {first, two_images, last}
+    assert jobs.queue.get_job_ids() == [other_steps, canceled, invalid, too_many]
+
+
+def test_a_stopping_worker_takes_no_mates(worker_settings, make_jobs) -> None:
+    settings = worker_settings(batch_window_ms=0)
+    jobs = make_jobs(settings)
+    first, mate = jobs.submit(seed=1), jobs.submit(seed=2)
+
+    job, record = _hand_out(jobs)
+    batch = _batcher(jobs, stop=True).fill(job, jobs.queue, record, batch_key(record.request))
+
+    assert [rq_job.id for rq_job, _ in batch.jobs] == [first]
+    assert jobs.queue.get_job_ids() == [mate]
