@@ -494,6 +494,10 @@ class JobStore:
         record = self._transition(job_id, change, make_event)
         if record is not None:
             self.redis.delete(self.cancel_key(job_id))
+            # Counted here, once, wherever the job ended (worker, recovery, watchdog, gateway cancel).
+            latency = (record.finished_at - record.created_at).total_seconds() if record.finished_at else None
+            wait = record.timings.queued_ms / 1000.0 if record.timings.queued_ms is not None else None
+            metrics.job_finished(self.redis, self.settings, record.status.value, latency, wait)
         return record
 
     # --- cancel ---------------------------------------------------------------------------------
@@ -514,9 +518,6 @@ class JobStore:
                 self._cancel_rq_job(job_id)
                 ended = self.mark_canceled(job_id)
                 if ended is not None:
-                    # Workers count the endings they run; a queued job never reaches one.
-                    latency = (ended.finished_at - ended.created_at).total_seconds() if ended.finished_at else None
-                    metrics.job_finished(self.redis, self.settings, "canceled", latency)
                     return ended
         return self.get(job_id)
 

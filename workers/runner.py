@@ -21,7 +21,7 @@ from generative_service import metrics
 from generative_service.engine.batching import images_in
 from generative_service.errors import ServiceError
 from generative_service.logs import get_logger
-from generative_service.schemas import BatchInfo, JobStatus
+from generative_service.schemas import BatchInfo
 from workers import lifecycle
 from workers.outputs import deliver
 from workers.progress import ProgressPublisher, preview_data_url
@@ -170,7 +170,6 @@ class BatchRunner:
         execution = lifecycle.start(self.worker, job)
         self._mark(self.store.mark_failed, record.id, code=error.code, message=error.message)
         lifecycle.fail(self.worker, job, queue, execution, error)
-        metrics.job_finished(self.store.redis, self.settings, FAILED)
 
     def _start(self, job: Job, record: JobRecord, queue: Queue, info: BatchInfo) -> Slot | None:
         slot = Slot(rq_job=job, record=record)
@@ -284,8 +283,6 @@ class BatchRunner:
             slot.outcome = FAILED
         finally:
             self._forget(slot.id)
-        if slot.outcome != HANDED_BACK:
-            self._count(slot)
         log.info(
             f"job.{slot.outcome}",
             extra={"job_id": slot.id, "worker_id": self.worker_id, "batch_id": self.state.batch_id},
@@ -362,19 +359,6 @@ class BatchRunner:
             self.store.redis.hdel(self.running_key, job_id)
         except RedisError:
             pass  # the maintenance scan drops entries of finished jobs
-
-    def _count(self, slot: Slot) -> None:
-        try:
-            record = self.store.get(slot.id)
-        except (ServiceError, RedisError):
-            return
-        if record.status == JobStatus.queued:
-            return
-        latency = (
-            (record.finished_at - record.created_at).total_seconds() if record.finished_at else None
-        )
-        wait = record.timings.queued_ms / 1000.0 if record.timings.queued_ms is not None else None
-        metrics.job_finished(self.store.redis, self.settings, record.status.value, latency, wait)
 
 
 def _wants_preview(every_n: int, step: int, total: int) -> bool:

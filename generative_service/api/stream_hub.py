@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 import weakref
 from collections.abc import AsyncIterator
 
@@ -24,7 +25,8 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger("generative_service.api.stream_hub")
 
-HUB_BLOCK_MS = 1000  # also the longest wait before a stream registered mid-block is read
+HUB_BLOCK_MS = 1000
+WAKE_TTL_S = 120
 HUB_COUNT = 200
 RETRY_S = 0.5
 _hubs: weakref.WeakKeyDictionary[AsyncRedis, StreamHub] = weakref.WeakKeyDictionary()
@@ -43,6 +45,11 @@ class StreamHub:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._positions: dict[str, str] = {}
         self._task: asyncio.Task | None = None
+        # A stream registered while the hub blocks in XREAD on the others would wait out the
+        # block; the hub also reads this private stream, and a new registration writes to it.
+        self._wake_key: str | None = None
+        self._wake_pos = "0-0"
+        self._blocking = False
 
     @classmethod
     def for_client(cls, redis: AsyncRedis) -> StreamHub:
@@ -60,8 +67,12 @@ class StreamHub:
         position = self._positions.get(key)
         if position is None or _order(after) < _order(position):
             self._positions[key] = after
+        if self._wake_key is None:
+            self._wake_key = f"{key.partition(':events:')[0]}:hub:{uuid.uuid4().hex}"
         if self._task is None or self._task.done():  # done: it died; clients still poll meanwhile
             self._task = asyncio.get_running_loop().create_task(self._run(), name="stream-hub")
+        elif position is None and self._blocking:
+            await self._nudge()
         try:
             yield wake
         finally:
@@ -71,6 +82,16 @@ class StreamHub:
                 if not waiters:
                     del self._waiters[key]
                     self._positions.pop(key, None)
+
+    async def _nudge(self) -> None:
+        """Make the blocked XREAD return so the next one includes the new stream."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
+                pipe.expire(self._wake_key, WAKE_TTL_S)
+                await pipe.execute()
+        except RedisError as exc:  # the new stream is then read after the current block ends
+            log.warning("stream_hub.nudge_failed", extra={"error": repr(exc)})
 
     @property
     def watching(self) -> int:
@@ -84,17 +105,24 @@ class StreamHub:
                     None  # NOTE: no await between this check and here: no registration lost
                 )
                 return
+            streams = dict(self._positions)
+            streams[self._wake_key] = self._wake_pos
             try:
-                result = await self.redis.xread(
-                    dict(self._positions), count=HUB_COUNT, block=HUB_BLOCK_MS
-                )
+                self._blocking = True
+                result = await self.redis.xread(streams, count=HUB_COUNT, block=HUB_BLOCK_MS)
             except RedisError as exc:
                 # Clients keep polling on their own keep-alive timer meanwhile; nothing is lost.
                 log.warning("stream_hub.redis_error", extra={"error": repr(exc)})
                 await asyncio.sleep(RETRY_S)
                 continue
+            finally:
+                self._blocking = False
             for key, entries in result or []:
                 key = key.decode() if isinstance(key, bytes) else key
+                if key == self._wake_key:
+                    last = entries[-1][0]
+                    self._wake_pos = last.decode() if isinstance(last, bytes) else last
+                    continue
                 if key in self._positions and entries:
                     last = entries[-1][0]
                     self._positions[key] = last.decode() if isinstance(last, bytes) else last
