@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     queues: CommaList = Field(["default"], description="Queues a GPU worker serves, in priority order.")
     queue_routes: CommaList = Field([], description="Routing rules `QUEUE:MAX_PIXELS` tried in order (e.g. `small:1048576,large:4194304`); a job goes to the first queue whose limit fits, else `default`.")
     max_batch_images: int = Field(4, ge=1, le=16, description="Most images in one pipeline call.")
-    batch_window_ms: int = Field(50, ge=0, description="How long a worker waits for compatible jobs to fill a batch.")
+    batch_window_ms: int = Field(20, ge=0, description="How long after a job was submitted a worker may wait for compatible jobs to fill its batch.")
     max_queued: int = Field(1000, ge=1, description="Most waiting jobs; past it submit answers 429 with Retry-After.")
     job_timeout_s: int = Field(600, ge=1, description="A batch running longer is ended by the watchdog and its jobs failed.")
     job_retries: int = Field(1, ge=0, description="Times a job whose worker died is retried before it fails.")
