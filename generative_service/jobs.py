@@ -158,8 +158,7 @@ class JobStore:
         return sum(self.rq_queue(name).count for name in self.known_queues())
 
     def known_queues(self) -> list[str]:
-        names = ["default"] + [rule.partition(":")[0] for rule in self.settings.queue_routes]
-        return list(dict.fromkeys(names))
+        return self.settings.routed_queues
 
     def create(
         self, request: GenerationRequest, *, owner: str = ANONYMOUS, idempotency_key: str | None = None, raw_body: dict | None = None
@@ -182,7 +181,9 @@ class JobStore:
             id=new_job_id(),
             owner=owner,
             created_at=utcnow(),
-            queue=self.settings.queue_for_pixels(resolved.width * resolved.height),
+            queue=self.settings.queue_for(
+                pixels=resolved.width * resolved.height, loras=[lora.name for lora in resolved.loras]
+            ),
             request=resolved,
             progress=Progress(stage=Stage.queued, total_steps=resolved.steps),
         )

@@ -310,11 +310,7 @@ def queue_depths(redis: Redis, settings: Settings) -> dict[str, int]:
     from rq import Queue
 
     rq_prefix = f"{settings.key_prefix}:"
-    names = {
-        "default",
-        *(rule.partition(":")[0] for rule in settings.queue_routes),
-        *settings.queues,
-    }
+    names = {*settings.routed_queues, *settings.queues}
     for key in redis.smembers(Queue.redis_queues_keys):
         rq_name = _text(key).removeprefix(Queue.redis_queue_namespace_prefix)
         if rq_name.startswith(rq_prefix):

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
 
     # --- Queue and workers ----------------------------------------------------------------------
     queues: CommaList = Field(["default"], description="Queues a GPU worker serves, in priority order.")
-    queue_routes: CommaList = Field([], description="Routing rules `QUEUE:MAX_PIXELS` tried in order (e.g. `small:1048576,large:4194304`); a job goes to the first queue whose limit fits, else `default`.")
+    queue_routes: CommaList = Field([], description="Routing rules tried in order: `QUEUE:MAX_PIXELS` (a job whose width*height fits) or `QUEUE:lora=NAME|NAME` (a job using any of those LoRAs), e.g. `styles:lora=ink|bold,small:1048576,large:4194304`; no match goes to `default`.")
     max_batch_images: int = Field(4, ge=1, le=16, description="Most images in one pipeline call.")
     batch_window_ms: int = Field(20, ge=0, description="How long after a job was submitted a worker may wait for compatible jobs to fill its batch.")
     max_queued: int = Field(1000, ge=1, description="Most waiting jobs; past it submit answers 429 with Retry-After.")
@@ -129,9 +129,10 @@ class Settings(BaseSettings):
     @classmethod
     def _check_routes(cls, value: list[str]) -> list[str]:
         for rule in value:
-            name, _, limit = rule.partition(":")
-            if not name or not limit.isdigit():
-                raise ValueError(f"queue route {rule!r} must look like QUEUE:MAX_PIXELS")
+            name, _, match = rule.partition(":")
+            loras = match.removeprefix("lora=") if match.startswith("lora=") else None
+            if not name or not (match.isdigit() or (loras and all(loras.split("|")))):
+                raise ValueError(f"queue route {rule!r} must look like QUEUE:MAX_PIXELS or QUEUE:lora=NAME|NAME")
         return value
 
     @model_validator(mode="after")
@@ -149,13 +150,25 @@ class Settings(BaseSettings):
     def allowed_ports(self) -> set[int]:
         return {int(port) for port in self.webhook_allowed_ports}
 
-    def queue_for_pixels(self, pixels: int) -> str:
-        """The queue a job of `pixels` (width*height) is routed to."""
+    @property
+    def routed_queues(self) -> list[str]:
+        """Every queue a routing rule can send jobs to, `default` first."""
+        return list(dict.fromkeys(["default"] + [rule.partition(":")[0] for rule in self.queue_routes]))
+
+    def queue_for(self, *, pixels: int, loras: tuple[str, ...] | list[str] = ()) -> str:
+        """The queue a job of `pixels` (width*height) using LoRAs `loras` is routed to."""
         for rule in self.queue_routes:
-            name, _, limit = rule.partition(":")
-            if pixels <= int(limit):
+            name, _, match = rule.partition(":")
+            if match.startswith("lora="):
+                if set(match.removeprefix("lora=").split("|")) & set(loras):
+                    return name
+            elif pixels <= int(match):
                 return name
         return "default"
+
+    def queue_for_pixels(self, pixels: int) -> str:
+        """The queue a job of `pixels` (width*height) without LoRAs is routed to."""
+        return self.queue_for(pixels=pixels)
 
 
 @functools.lru_cache(maxsize=1)

@@ -115,7 +115,7 @@ TERMINAL = ("succeeded", "failed", "canceled")
 
 
 def read_stream(base_url: str, job_id: str, *, after: str | None = None, stop: Callable[[dict], bool] | None = None,
-                timeout: float = 240.0) -> tuple[list[dict], bool]:  # fmt: skip
+                timeout: float = 240.0, on_open: Callable[[], object] | None = None) -> tuple[list[dict], bool]:  # fmt: skip
     """Read the job's SSE stream once. Returns (frames, ended): `ended` is True when the server
     closed the stream after a terminal event. `stop(frame)` true: drop the connection there.
     A broken connection (gateway gone) just ends the read."""
@@ -130,6 +130,8 @@ def read_stream(base_url: str, job_id: str, *, after: str | None = None, stop: C
             timeout=httpx.Timeout(timeout, connect=5),
         ) as response:
             assert response.status_code == 200, response.read()
+            if on_open is not None:
+                on_open()
             for chunk in response.iter_text():
                 buffer += chunk
                 while "\n\n" in buffer:
@@ -142,7 +144,13 @@ def read_stream(base_url: str, job_id: str, *, after: str | None = None, stop: C
     return frames, bool(frames) and frames[-1]["event"] in TERMINAL
 
 
-def follow_to_end(base_url: str, job_id: str, *, timeout: float = 240.0) -> tuple[list[dict], int]:
+def follow_to_end(
+    base_url: str,
+    job_id: str,
+    *,
+    timeout: float = 240.0,
+    on_open: Callable[[], object] | None = None,
+) -> tuple[list[dict], int]:
     """Follow the job's SSE stream to its terminal event, reconnecting with Last-Event-ID whenever
     the stream breaks (gateway restart, Redis outage). Returns (frames, reconnects)."""
     import time as _time
@@ -154,7 +162,11 @@ def follow_to_end(base_url: str, job_id: str, *, timeout: float = 240.0) -> tupl
         reconnects += 1
         try:
             got, ended = read_stream(
-                base_url, job_id, after=frames[-1]["id"] if frames else None, timeout=timeout
+                base_url,
+                job_id,
+                after=frames[-1]["id"] if frames else None,
+                timeout=timeout,
+                on_open=on_open,
             )
         except (AssertionError, httpx.TransportError):
             got, ended = [], False  # gateway not back yet, or answering 503 while Redis is away
@@ -179,14 +191,19 @@ class Follower:
         self.reconnects = 0
         self.ended = False
         self.error: BaseException | None = None
+        self.opened = threading.Event()  # set once the gateway answered 200 and streams
 
         def run() -> None:
             try:
                 if reconnect:
-                    self.frames, self.reconnects = follow_to_end(base_url, job_id, timeout=timeout)
+                    self.frames, self.reconnects = follow_to_end(
+                        base_url, job_id, timeout=timeout, on_open=self.opened.set
+                    )
                     self.ended = True
                 else:
-                    self.frames, self.ended = read_stream(base_url, job_id, timeout=timeout)
+                    self.frames, self.ended = read_stream(
+                        base_url, job_id, timeout=timeout, on_open=self.opened.set
+                    )
             except BaseException as exc:  # noqa: BLE001 - reported by join()
                 self.error = exc
 

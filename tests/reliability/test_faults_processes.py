@@ -77,6 +77,7 @@ def test_client_drops_its_stream_and_the_gateway_crashes_mid_job(start_service, 
     # The gateway crashes (SIGKILL) while a client follows a running job, and comes back.
     job_id = _submit(url, LONG)
     follower = Follower(url, job_id)
+    assert follower.opened.wait(30), "the SSE client did not connect"
     wait_for(lambda: _step(url, job_id) >= 1, what="the second job to start")
     argv = list(service.processes["gateway"].args)
     service.kill("gateway", signal.SIGKILL)

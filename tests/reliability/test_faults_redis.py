@@ -51,6 +51,7 @@ def test_redis_restart_with_appendonly_loses_nothing(start_service, fault_settin
     wait_for(lambda: _running(url, running), what="the long job to start")
     queued = [_submit(url, {**QUICK, "seed": seed}) for seed in (1, 2)]
     follower = Follower(url, running)
+    assert follower.opened.wait(30), "the SSE client did not connect"
 
     redis_server.stop()
     _while_down(url)
@@ -92,6 +93,7 @@ def test_redis_restart_without_persistence_says_what_was_lost(
     wait_for(lambda: _running(url, running), what="the long job to start")
     queued = _submit(url, QUICK)
     follower = Follower(url, running, reconnect=False)
+    assert follower.opened.wait(30), "the SSE client did not connect"
 
     redis_server.stop()
     _while_down(url)
