@@ -41,18 +41,32 @@ def _decode(entries: list) -> list[tuple[str, Event]]:
     return out
 
 
-def read(redis: Redis, prefix: str, job_id: str, *, after: str = "0-0", count: int = 500) -> list[tuple[str, Event]]:
+def read(
+    redis: Redis, prefix: str, job_id: str, *, after: str = "0-0", count: int = 500
+) -> list[tuple[str, Event]]:
     """Events after stream id `after` (exclusive), oldest first, without blocking."""
-    return _decode(redis.xrange(stream_key(prefix, job_id), min=f"({after}" if after != "0-0" else "-", count=count))
+    return _decode(
+        redis.xrange(
+            stream_key(prefix, job_id), min=f"({after}" if after != "0-0" else "-", count=count
+        )
+    )
 
 
 async def read_async(
-    redis: AsyncRedis, prefix: str, job_id: str, *, after: str = "0-0", block_ms: int = 0, count: int = 500
+    redis: AsyncRedis,
+    prefix: str,
+    job_id: str,
+    *,
+    after: str = "0-0",
+    block_ms: int = 0,
+    count: int = 500,
 ) -> list[tuple[str, Event]]:
     """Events after stream id `after`; waits up to `block_ms` for new ones when there are none."""
     key = stream_key(prefix, job_id)
     if block_ms <= 0:
-        return _decode(await redis.xrange(key, min=f"({after}" if after != "0-0" else "-", count=count))
+        return _decode(
+            await redis.xrange(key, min=f"({after}" if after != "0-0" else "-", count=count)
+        )
     result = await redis.xread({key: after}, count=count, block=block_ms)
     if not result:
         return []
@@ -64,4 +78,7 @@ def valid_event_id(value: str) -> bool:
     ms, _, seq = value.partition("-")
     # NOTE: str.isdigit() also accepts non-ASCII digits, and Redis rejects parts >= 2**64:
     # either would reach XREAD and break the stream mid-response.
-    return all(part.isascii() and part.isdigit() and len(part) <= 20 and int(part) < 2**64 for part in (ms, seq))
+    return all(
+        part.isascii() and part.isdigit() and len(part) <= 20 and int(part) < 2**64
+        for part in (ms, seq)
+    )

