@@ -12,10 +12,8 @@ Writes the "engine-cpu" section of benchmarks/REPORT.md.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import platform
-import re
 import secrets
 import statistics
 import sys
@@ -26,25 +24,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-REPORT = ROOT / "benchmarks" / "REPORT.md"
-_HEADER = "# Benchmark report\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
-
-
-def write_section(key: str, body: str, *, report: Path = REPORT) -> None:
-    """Replace (or append) the section between `<!-- section:KEY -->` markers of REPORT.md."""
-    start, end = f"<!-- section:{key} -->", f"<!-- /section:{key} -->"
-    block = f"{start}\n{body.strip()}\n{end}"
-    with open(Path(tempfile.gettempdir()) / "gensvc-bench-report.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        text = report.read_text() if report.exists() else _HEADER
-        pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-        text = (
-            pattern.sub(lambda _: block, text)
-            if pattern.search(text)
-            else text.rstrip() + "\n\n" + block + "\n"
-        )
-        report.write_text(text)
+from _common import write_section  # noqa: E402
 
 
 def timed(fn, repeats: int) -> list[float]:

@@ -36,6 +36,9 @@ from generative_service.postprocess.safe_set import safe_set  # noqa: E402
 from generative_service.postprocess.safety import decide  # noqa: E402
 from generative_service.settings import Settings  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import write_section  # noqa: E402
+
 REPORT = ROOT / "benchmarks" / "REPORT.md"
 SECTION = "postprocess"
 
@@ -209,18 +212,6 @@ def render(speed, fp, ups, settings: Settings, providers) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    begin, end = f"<!-- section:{SECTION} -->", f"<!-- /section:{SECTION} -->"
-    block = f"{begin}\n{text}\n{end}"
-    current = REPORT.read_text() if REPORT.exists() else "# Benchmark report\n"
-    if begin in current and end in current:
-        head, rest = current.split(begin, 1)
-        current = head + block + rest.split(end, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + block + "\n"
-    REPORT.write_text(current)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -250,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     ups = upscale_runs([int(s) for s in args.sizes.split(",") if s], settings)
     text = render(speed, fp, ups, settings, [str(p) for p in providers])
     if not args.no_report:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"wrote the {SECTION} section of {REPORT}")
 
 

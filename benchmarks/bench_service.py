@@ -23,7 +23,6 @@ import os
 import platform
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,13 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _common import free_port, http_ok, pct, purge_prefix, wait_until, write_section  # noqa: E402
+
 SECTION = "service"
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) of `values`, nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def ms(seconds: float) -> float:
@@ -71,7 +66,7 @@ class Service:
         self.env.update(
             PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), GENSVC_LOG_LEVEL="WARNING"
         )
-        self.port = _free_port()
+        self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.processes: dict[str, subprocess.Popen] = {}
 
@@ -87,11 +82,11 @@ class Service:
             "gateway",
             [sys.executable, "-m", "generative_service.cli", "api", "--port", str(self.port)],
         )
-        _wait(lambda: _get_ok(f"{self.base_url}/healthz"), 60, "gateway")
+        wait_until(lambda: http_ok(f"{self.base_url}/healthz"), 60, "gateway")
 
     def start_worker(self, name: str = "worker", **env: str) -> None:
         self.start(name, [sys.executable, "-m", "workers.gpu_worker", "--worker-id", name], **env)
-        _wait(lambda: _get_ok(f"{self.base_url}/readyz"), 600, "worker")
+        wait_until(lambda: http_ok(f"{self.base_url}/readyz"), 600, "worker")
 
     def stop(self, name: str) -> None:
         process = self.processes.pop(name)
@@ -105,29 +100,6 @@ class Service:
     def stop_all(self) -> None:
         for name in list(self.processes):
             self.stop(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _get_ok(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def _wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{what} did not come up within {timeout_s:.0f} s")
-        time.sleep(0.2)
 
 
 # --- 1. overhead ---------------------------------------------------------------------------------
@@ -376,34 +348,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"submit load {load}")
     finally:
         service.stop_all()
-        _purge(redis, settings.key_prefix)
+        purge_prefix(redis, settings.key_prefix)
     text = render(args, engine_s, runs_by_window, gains, load)
     print(text)
     if not args.no_report:
-        from bench_engine import write_section
-
         write_section(SECTION, text)
         print(f"wrote the {SECTION} section of benchmarks/REPORT.md")
     return 0
-
-
-def _purge(redis, prefix: str) -> None:
-    """Delete the benchmark's keys (its own prefix, its RQ queues and RQ jobs)."""
-    job_ids = [
-        key.decode().rsplit(":", 1)[-1]
-        for key in redis.scan_iter(match=f"{prefix}:job:*", count=1000)
-    ]
-    keys = list(redis.scan_iter(match=f"{prefix}:*", count=1000)) + list(
-        redis.scan_iter(match=f"rq:*{prefix}:*", count=1000)
-    )
-    keys += [f"rq:job:{job_id}" for job_id in job_ids] + [
-        f"rq:results:{job_id}" for job_id in job_ids
-    ]
-    for start in range(0, len(keys), 1000):
-        redis.delete(*keys[start : start + 1000])
-    for member in redis.smembers("rq:queues"):
-        if f":{prefix}:" in member.decode():
-            redis.srem("rq:queues", member)
 
 
 if __name__ == "__main__":

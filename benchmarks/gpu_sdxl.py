@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.write_text(text + "\n")
     if not args.no_report and not args.smoke:
-        from bench_engine import write_section
+        from _common import write_section
 
         write_section("engine-gpu", text)
     return 0

@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fcntl
 import json
 import os
 import platform
-import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,25 +36,12 @@ from pathlib import Path
 import httpx
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-REPORT = ROOT / "benchmarks" / "REPORT.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPORT, ROOT, free_port, http_ok, pct, wait_until, write_section  # noqa: E402
+
 SECTION = "load"
 TERMINAL = ("succeeded", "failed", "canceled")
 BOUND = 20  # GENSVC_MAX_QUEUED of the backpressure gateway
-
-
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank q-quantile (0..1); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- processes ------------------------------------------------------------------------------------
@@ -80,7 +64,7 @@ class Stack:
             GENSVC_REDIS_URL=self.redis_url, GENSVC_KEY_PREFIX=f"load_{secrets.token_hex(3)}", GENSVC_MODEL="tiny",
             GENSVC_STORAGE_DIR=str(workdir / "images"), GENSVC_LOG_LEVEL="WARNING", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT),
         )  # fmt: skip
-        _wait(self._redis_up, 20, "redis")
+        wait_until(self._redis_up, 20, "redis")
 
     def _redis_up(self) -> bool:
         from redis import Redis
@@ -105,12 +89,14 @@ class Stack:
             {**self.env, **env},
         )
         url = f"http://127.0.0.1:{port}"
-        _wait(lambda: _ok(f"{url}/healthz"), 60, name)
+        wait_until(lambda: http_ok(f"{url}/healthz"), 60, name)
         return url
 
     def worker(self, url: str) -> None:
         self._spawn("worker", [sys.executable, "-m", "workers.gpu_worker"], self.env)
-        _wait(lambda: _ok(f"{url}/readyz"), 900, "worker (the first start builds the tiny model)")
+        wait_until(
+            lambda: http_ok(f"{url}/readyz"), 900, "worker (the first start builds the tiny model)"
+        )
 
     def rss_mib(self, name: str) -> float:
         return round(psutil.Process(self.processes[name].pid).memory_info().rss / 2**20, 1)
@@ -124,21 +110,6 @@ class Stack:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def _wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{what} did not come up within {timeout_s:.0f} s")
-        time.sleep(0.2)
 
 
 # --- users ----------------------------------------------------------------------------------------
@@ -362,22 +333,6 @@ def render(args, runs: list[Run], bp: Run, soak: dict | None) -> str:
     return "\n".join(lines)
 
 
-def write_section(body: str) -> None:
-    """Replace (or append) this script's section of REPORT.md, between its markers."""
-    start, end = f"<!-- section:{SECTION} -->", f"<!-- /section:{SECTION} -->"
-    block = f"{start}\n{body.strip()}\n{end}"
-    with open(Path(tempfile.gettempdir()) / "gensvc-bench-report.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        text = REPORT.read_text() if REPORT.exists() else "# Benchmark report\n"
-        pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-        text = (
-            pattern.sub(lambda _: block, text)
-            if pattern.search(text)
-            else text.rstrip() + "\n\n" + block + "\n"
-        )
-        REPORT.write_text(text)
-
-
 def summary(run: Run, label: str) -> None:
     print(f"{label}: {run.accepted} accepted in {run.wall_s:.1f} s, statuses {run.statuses}, images {run.images_ok}, "
           f"429s {run.rejected_429}, errors {run.errors}, submit p50 {_ms(run.submit_s, .5)} ms, e2e p50 {_ms(run.e2e_s, .5)} ms")  # fmt: skip
@@ -441,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         body = render(args, runs, bp, soak)
         print(body)
         if not args.no_report:
-            write_section(body)
+            write_section(SECTION, body)
             print(f"wrote the {SECTION} section of {REPORT}")
     finally:
         stack.stop()

@@ -116,6 +116,26 @@ def _to_event(frame: tuple[str | None, str | None, str]) -> tuple[str, Event]:
     return frame[0] or "", Event.model_validate_json(frame[2])
 
 
+def _list_params(status: str | None, limit: int, cursor: str | None) -> dict:
+    params = {"status": status, "limit": limit, "cursor": cursor}
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def _stream_request(job_id: str, last_event_id: str | None) -> dict:
+    """The arguments of the events request, resuming after `last_event_id`."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    return {"method": "GET", "url": f"/v1/jobs/{job_id}/events", "headers": headers}
+
+
+def _reconnect_delay(job_id: str, failures: int, max_reconnects: int) -> float:
+    """Seconds to back off before reconnecting the event stream; APIError once out of tries."""
+    if failures > max_reconnects:
+        raise APIError(
+            503, "stream_lost", f"lost the event stream of job {job_id} {failures} times"
+        )
+    return min(5.0, 0.2 * 2**failures)
+
+
 def image_paths(out: str | Path, count: int) -> list[Path]:
     """`out` for one image; `stem-0.ext`, `stem-1.ext`... for several."""
     out = Path(out)
@@ -168,11 +188,7 @@ class Client(_Base):
     def list(
         self, *, status: str | None = None, limit: int = 20, cursor: str | None = None
     ) -> JobList:
-        params = {
-            key: value
-            for key, value in {"status": status, "limit": limit, "cursor": cursor}.items()
-            if value is not None
-        }
+        params = _list_params(status, limit, cursor)
         return JobList.model_validate(_check(self.http.get("/v1/jobs", params=params)).json())
 
     def cancel(self, job_id: str) -> JobResource:
@@ -226,11 +242,9 @@ class Client(_Base):
     ) -> Iterator[tuple[str, Event] | None]:
         failures = 0
         while True:
-            headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            request = _stream_request(job_id, last_event_id)
             try:
-                with self.http.stream(
-                    "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=self.stream_timeout
-                ) as response:
+                with self.http.stream(**request, timeout=self.stream_timeout) as response:
                     if not response.is_success:
                         response.read()
                         _check(response)
@@ -248,11 +262,7 @@ class Client(_Base):
             except httpx.TransportError:
                 pass
             failures += 1
-            if failures > max_reconnects:
-                raise APIError(
-                    503, "stream_lost", f"lost the event stream of job {job_id} {failures} times"
-                )
-            time.sleep(min(5.0, 0.2 * 2**failures))
+            time.sleep(_reconnect_delay(job_id, failures, max_reconnects))
 
 
 class AsyncClient(_Base):
@@ -286,11 +296,7 @@ class AsyncClient(_Base):
     async def list(
         self, *, status: str | None = None, limit: int = 20, cursor: str | None = None
     ) -> JobList:
-        params = {
-            key: value
-            for key, value in {"status": status, "limit": limit, "cursor": cursor}.items()
-            if value is not None
-        }
+        params = _list_params(status, limit, cursor)
         return JobList.model_validate(_check(await self.http.get("/v1/jobs", params=params)).json())
 
     async def cancel(self, job_id: str) -> JobResource:
@@ -310,11 +316,9 @@ class AsyncClient(_Base):
         """The job's events as (event id, Event) until the terminal one, reconnecting with `Last-Event-ID`."""
         failures = 0
         while True:
-            headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            request = _stream_request(job_id, last_event_id)
             try:
-                async with self.http.stream(
-                    "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=self.stream_timeout
-                ) as response:
+                async with self.http.stream(**request, timeout=self.stream_timeout) as response:
                     if not response.is_success:
                         await response.aread()
                         _check(response)
@@ -330,11 +334,7 @@ class AsyncClient(_Base):
             except httpx.TransportError:
                 pass
             failures += 1
-            if failures > max_reconnects:
-                raise APIError(
-                    503, "stream_lost", f"lost the event stream of job {job_id} {failures} times"
-                )
-            await asyncio.sleep(min(5.0, 0.2 * 2**failures))
+            await asyncio.sleep(_reconnect_delay(job_id, failures, max_reconnects))
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> JobResource:
         """Wait until the job ends; TimeoutError after `timeout` seconds."""

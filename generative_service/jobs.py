@@ -5,19 +5,20 @@ Redis layout (prefix P = settings.key_prefix):
   P:cancel:{id}             set when a client cancels a running job; the worker polls it each step
   P:events:{id}             the job's event stream (events.py)
   P:owner:{owner}           sorted set of the owner's job ids by creation time (listing)
-  P:idem:{owner}:{key}      Idempotency-Key -> {job_id, body_hash}
-  P:stats:step_ms           hash: pixel class -> EWMA milliseconds per denoising step (ETAs)
+  P:idem:{owner}:{key}      Idempotency-Key -> {job_id, hash}                        (queue.py)
+  P:admitting               admission reservations (token -> time)                  (queue.py)
+  P:stats:step_ms           hash: pixel class -> EWMA ms per denoising step (ETAs)  (queue.py)
   P:epoch                   when this Redis's data begins (a restart without persistence starts anew)
-  rq:queue:P:{queue}        the RQ queue the job waits in (RQ job id == our job id)
+  rq:queue:P:{queue}        the RQ queue the job waits in (RQ job id == our job id)  (queue.py)
 
 Gateway and worker both change records; every change is a WATCH/MULTI read-modify-write so
-neither overwrites the other. A terminal record never changes again.
+neither overwrites the other. A terminal record never changes again. Admission (the queue bound,
+idempotency, enqueueing, positions and ETAs) lives in queue.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import secrets
 import time
@@ -26,11 +27,11 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 from redis import Redis, WatchError
-from rq import Queue, Retry
+from rq import Queue
 
 from generative_service import events, logs, metrics, webhooks
-from generative_service.engine import paths
-from generative_service.errors import Conflict, InvalidRequest, NotFound, QueueFull
+from generative_service.errors import Conflict, InvalidRequest, NotFound
+from generative_service.queue import GENERATE_FUNC, JobQueue, body_hash, resolve
 from generative_service.schemas import (
     BatchInfo,
     Event,
@@ -48,22 +49,10 @@ from generative_service.schemas import (
 )
 from generative_service.settings import Settings
 
-# The RQ callable of a generation job. The GPU worker batches instead of calling it one by one;
-# see workers/gpu_worker.py.
-GENERATE_FUNC = "workers.gpu_worker.generate"
+__all__ = ["GENERATE_FUNC", "JobRecord", "JobStore", "owner_for_key"]
+
 log = logs.get_logger(__name__)
 ANONYMOUS = "anonymous"
-ADMIT_TTL_S = 30
-# KEYS[1]: the admitting sorted set (token -> time); KEYS[2..]: the RQ queue lists.
-# ARGV: now, MAX_QUEUED, token, ADMIT_TTL_S. Returns 1 and records the token if there is room.
-_ADMIT_SCRIPT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[4]))
-local waiting = redis.call('ZCARD', KEYS[1])
-for i = 2, #KEYS do waiting = waiting + redis.call('LLEN', KEYS[i]) end
-if waiting >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
-return 1
-"""
 
 
 class JobRecord(BaseModel):
@@ -100,21 +89,6 @@ def owner_for_key(api_key: str | None) -> str:
     return "key_" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
-def body_hash(body: dict) -> str:
-    return hashlib.sha256(
-        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
-
-
-def default_size(settings: Settings) -> int:
-    """Width/height for requests that leave them null (GENSVC_DEFAULT_SIZE, else the model's own)."""
-    return paths.default_size(settings)
-
-
-def pixel_class(width: int, height: int) -> str:
-    return str(width * height)
-
-
 class JobStore:
     """Creates, reads and changes job records; every change emits the matching event."""
 
@@ -122,6 +96,7 @@ class JobStore:
         self.redis = redis
         self.settings = settings
         self.prefix = settings.key_prefix
+        self.queue = JobQueue(redis, settings)
 
     # --- keys -----------------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -133,36 +108,33 @@ class JobStore:
     def owner_key(self, owner: str) -> str:
         return f"{self.prefix}:owner:{owner}"
 
+    # --- the queues (queue.py); kept here for the callers of JobStore ---------------------------
     def rq_queue_name(self, queue: str) -> str:
-        return f"{self.prefix}:{queue}"
+        return self.queue.rq_queue_name(queue)
 
     def rq_queue(self, queue: str) -> Queue:
-        return Queue(self.rq_queue_name(queue), connection=self.redis)
+        return self.queue.rq_queue(queue)
+
+    def known_queues(self) -> list[str]:
+        return self.queue.known_queues()
+
+    def waiting_count(self) -> int:
+        return self.queue.waiting_count()
+
+    def mean_step_ms(self, width: int | None = None, height: int | None = None) -> float | None:
+        return self.queue.mean_step_ms(width, height)
+
+    def queue_position(self, record: JobRecord) -> int | None:
+        """1-based position among waiting jobs of its queue; None unless queued."""
+        return self.queue.position(record)
+
+    def record_step_time(self, width: int, height: int, step_ms: float) -> None:
+        self.queue.record_step_time(width, height, step_ms)
 
     # --- submit ---------------------------------------------------------------------------------
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
-        """Fill every server-side default: size from the model, a random seed when none was given."""
-        size = default_size(self.settings)
-        updates: dict = {}
-        if request.width is None:
-            updates["width"] = size
-        if request.height is None:
-            updates["height"] = size
-        if request.seed is None:
-            updates["seed"] = secrets.randbelow(2**32)
-        resolved = request.model_copy(update=updates)
-        for field in ("width", "height"):
-            if getattr(resolved, field) > self.settings.max_side:
-                raise InvalidRequest(
-                    field, f"must be at most {self.settings.max_side} (GENSVC_MAX_SIDE)"
-                )
-        return resolved
-
-    def waiting_count(self) -> int:
-        return sum(self.rq_queue(name).count for name in self.known_queues())
-
-    def known_queues(self) -> list[str]:
-        return self.settings.routed_queues
+        """Fill every server-side default (see queue.resolve)."""
+        return resolve(request, self.settings)
 
     def create(
         self,
@@ -178,13 +150,13 @@ class JobStore:
             Conflict: the idempotency key was used with another body.
             QueueFull: more than MAX_QUEUED jobs wait.
         """
-        idem_key = f"{self.prefix}:idem:{owner}:{idempotency_key}" if idempotency_key else None
+        idem_key = self.queue.idempotency_key(owner, idempotency_key)
         digest = body_hash(raw_body if raw_body is not None else request.model_dump(mode="json"))
         if idem_key:
             existing = self._idempotent_replay(idem_key, digest)
             if existing is not None:
                 return existing, False
-        token = self._admit()
+        token = self.queue.admit()
         resolved = self.resolve(request)
         record = JobRecord(
             id=new_job_id(),
@@ -197,23 +169,18 @@ class JobStore:
             request=resolved,
             progress=Progress(stage=Stage.queued, total_steps=resolved.steps),
         )
-        if idem_key and not self.redis.set(
-            idem_key,
-            json.dumps({"job_id": record.id, "hash": digest}),
-            nx=True,
-            ex=self.settings.retention_s,
-        ):
+        if idem_key and not self.queue.remember(idem_key, record.id, digest):
             existing = self._idempotent_replay(idem_key, digest)  # lost a race with the same key
             if existing is not None:
-                self.redis.zrem(self._admitting_key, token)
+                self.queue.release(token)
                 return existing, False
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(f"{self.prefix}:epoch", repr(time.time()), nx=True)
         pipe.set(self.job_key(record.id), record.model_dump_json())
         pipe.zadd(self.owner_key(owner), {record.id: record.created_at.timestamp()})
         pipe.execute()
-        self._enqueue(record)
-        self.redis.zrem(self._admitting_key, token)  # now counted by its queue's length
+        self.queue.enqueue(record)
+        self.queue.release(token)  # now counted by its queue's length
         metrics.job_submitted(self.redis, self.settings, record.queue)
         log.info(
             "job.submitted",
@@ -225,58 +192,14 @@ class JobStore:
         )
         return record, True
 
-    @property
-    def _admitting_key(self) -> str:
-        return f"{self.prefix}:admitting"
-
-    def _admit(self) -> str:
-        """Reserve a place among the MAX_QUEUED waiting jobs, atomically. Returns the reservation.
-
-        NOTE: checking the queue length and enqueueing later let concurrent submits overshoot the
-        bound (2x with 60 at once); a reservation counts until its job is in the queue. One that a
-        crashed gateway leaves behind lapses after ADMIT_TTL_S.
-
-        Raises:
-            QueueFull: MAX_QUEUED jobs wait (or are being admitted).
-        """
-        token = secrets.token_hex(8)
-        queue_keys = [self.rq_queue(name).key for name in self.known_queues()]
-        admitted = self.redis.eval(_ADMIT_SCRIPT, 1 + len(queue_keys), self._admitting_key, *queue_keys,
-                                   repr(time.time()), self.settings.max_queued, token, ADMIT_TTL_S)  # fmt: skip
-        if not admitted:
-            raise QueueFull(
-                f"queue is full ({self.settings.max_queued} jobs waiting); retry later",
-                retry_after_s=self._retry_after_s(),
-            )
-        return token
-
     def _idempotent_replay(self, idem_key: str, digest: str) -> JobRecord | None:
-        raw = self.redis.get(idem_key)
-        if raw is None:
+        job_id = self.queue.replayed_id(idem_key, digest)
+        if job_id is None:
             return None
-        saved = json.loads(raw)
-        if saved["hash"] != digest:
-            raise Conflict("Idempotency-Key was already used with a different request body")
         try:
-            return self.get(saved["job_id"])
+            return self.get(job_id)
         except NotFound:
             return None
-
-    def _enqueue(self, record: JobRecord) -> None:
-        retry = Retry(max=self.settings.job_retries) if self.settings.job_retries else None
-        self.rq_queue(record.queue).enqueue_call(
-            func=GENERATE_FUNC,
-            args=(record.id,),
-            job_id=record.id,
-            timeout=self.settings.job_timeout_s,
-            result_ttl=self.settings.retention_s,
-            failure_ttl=self.settings.retention_s,
-            retry=retry,
-        )
-
-    def _retry_after_s(self) -> int:
-        step_ms = self.mean_step_ms() or 100.0
-        return max(1, int(step_ms * 30 / 1000))
 
     # --- read -----------------------------------------------------------------------------------
     def get(self, job_id: str, *, owner: str | None = None) -> JobRecord:
@@ -351,33 +274,11 @@ class JobStore:
                         break
         return out, next_cursor
 
-    def queue_position(self, record: JobRecord) -> int | None:
-        """1-based position among waiting jobs of its queue; None unless queued."""
-        if record.status != JobStatus.queued:
-            return None
-        position = self.rq_queue(record.queue).get_job_position(record.id)
-        return None if position is None else position + 1
-
-    def mean_step_ms(self, width: int | None = None, height: int | None = None) -> float | None:
-        key = f"{self.prefix}:stats:step_ms"
-        if width and height:
-            value = self.redis.hget(key, pixel_class(width, height))
-            if value is not None:
-                return float(value)
-        values = [float(v) for v in self.redis.hvals(key)]
-        return sum(values) / len(values) if values else None
-
-    def record_step_time(self, width: int, height: int, step_ms: float) -> None:
-        key = f"{self.prefix}:stats:step_ms"
-        old = self.redis.hget(key, pixel_class(width, height))
-        value = step_ms if old is None else 0.8 * float(old) + 0.2 * step_ms
-        self.redis.hset(key, pixel_class(width, height), value)
-
     def to_resource(self, record: JobRecord, *, base_url: str = "") -> JobResource:
         """The public job resource, with queue position, ETA and links filled in."""
         data = record.model_dump(exclude={"owner", "worker_id"})
         data["queue_position"] = self.queue_position(record)
-        data["progress"] = self._with_eta(record, data["queue_position"])
+        data["progress"] = self.queue.with_eta(record, data["queue_position"])
         root = f"{base_url}/v1/jobs/{record.id}"
         data["links"] = Links(
             self=root, events=f"{root}/events", cancel=f"{root}/cancel", webhooks=f"{root}/webhooks"
@@ -386,21 +287,6 @@ class JobStore:
             if image["url"] and image["url"].startswith("/"):
                 image["url"] = base_url + image["url"]
         return JobResource.model_validate(data)
-
-    def _with_eta(self, record: JobRecord, position: int | None) -> Progress:
-        progress = record.progress.model_copy()
-        if record.status.is_terminal:
-            progress.eta_s = 0.0
-            return progress
-        step_ms = self.mean_step_ms(record.request.width, record.request.height)
-        if step_ms is None:
-            return progress
-        remaining = record.request.steps - record.progress.step
-        batches_ahead = ((position or 1) - 1) // max(1, self.settings.max_batch_images)
-        progress.eta_s = round(
-            step_ms * (remaining + batches_ahead * record.request.steps) / 1000.0, 2
-        )
-        return progress
 
     # --- state changes --------------------------------------------------------------------------
     def update(self, job_id: str, change: Callable[[JobRecord], bool | None]) -> JobRecord:
@@ -608,21 +494,13 @@ class JobStore:
             )
         self.redis.set(self.cancel_key(job_id), "1", ex=self.settings.retention_s)
         if record.status == JobStatus.queued:
-            removed = self.rq_queue(record.queue).remove(job_id)
+            removed = self.queue.remove(record)
             if removed or self.get(job_id).status == JobStatus.queued:
-                self._cancel_rq_job(job_id)
+                self.queue.cancel_rq_job(job_id)
                 ended = self.mark_canceled(job_id)
                 if ended is not None:
                     return ended
         return self.get(job_id)
-
-    def _cancel_rq_job(self, job_id: str) -> None:
-        from rq.job import Job
-
-        try:
-            Job.fetch(job_id, connection=self.redis).cancel()
-        except Exception:  # noqa: BLE001 - the RQ job may be gone already; our record is the truth
-            pass
 
     def is_cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(self.cancel_key(job_id)))
@@ -634,7 +512,3 @@ def _total_ms(record: JobRecord) -> float:
 
 def _plausible_id(job_id: str) -> bool:
     return job_id.startswith("job_") and len(job_id) <= 64 and job_id[4:].isalnum()
-
-
-def now_ms() -> float:
-    return time.perf_counter() * 1000.0

@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 from redis.exceptions import RedisError
+from support import free_port
 
 from generative_service.settings import Settings
 
@@ -65,12 +65,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = "true" if value else "false"
         env[f"GENSVC_{name.upper()}"] = str(value)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

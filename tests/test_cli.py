@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from support import free_port
 
 from generative_service import cli
 from generative_service.cli.generate import request_from_args
@@ -206,11 +207,7 @@ def test_generate_reports_a_rejected_request(start_service, settings, tmp_path, 
 
 
 def test_up_starts_the_gateway_and_stops_everything_on_sigterm(settings, process_env, tmp_path):
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
     up = subprocess.Popen([sys.executable, "-m", "generative_service.cli", "up", "--port", str(port), "--workers", "0"],
                           env=process_env(settings), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip

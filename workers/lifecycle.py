@@ -69,13 +69,18 @@ def fail(
     )
 
 
-def cancel(worker: BaseWorker, job: Job, queue: Queue, execution: Execution | None) -> None:
-    """End the execution and move the job to RQ's canceled registry (status CANCELED)."""
+def _end_execution(worker: BaseWorker, job: Job, queue: Queue, execution: Execution | None) -> None:
+    """Drop the job's execution and its entry in the queue's intermediate (in-progress) list."""
     with worker.connection.pipeline() as pipeline:
         if execution is not None:
             worker.cleanup_execution(job, pipeline=pipeline, execution=execution)
         pipeline.lrem(queue.intermediate_queue_key, 0, job.id)
         pipeline.execute()
+
+
+def cancel(worker: BaseWorker, job: Job, queue: Queue, execution: Execution | None) -> None:
+    """End the execution and move the job to RQ's canceled registry (status CANCELED)."""
+    _end_execution(worker, job, queue, execution)
     try:
         job.cancel()
     except InvalidJobOperation:
@@ -84,11 +89,7 @@ def cancel(worker: BaseWorker, job: Job, queue: Queue, execution: Execution | No
 
 def hand_back(worker: BaseWorker, job: Job, queue: Queue, execution: Execution | None) -> None:
     """End the execution and put the job back at the front of its queue (no retry is used)."""
-    with worker.connection.pipeline() as pipeline:
-        if execution is not None:
-            worker.cleanup_execution(job, pipeline=pipeline, execution=execution)
-        pipeline.lrem(queue.intermediate_queue_key, 0, job.id)
-        pipeline.execute()
+    _end_execution(worker, job, queue, execution)
     job.started_at = None
     job.ended_at = None
     queue.enqueue_job(job, at_front=True)

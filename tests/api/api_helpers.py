@@ -7,26 +7,12 @@ import io
 
 from PIL import Image
 from redis import Redis
+from support import check_error  # noqa: F401 - the api tests import it from here
 
 from generative_service.jobs import JobStore
 from generative_service.schemas import BatchInfo, ImageInfo, NsfwVerdict, Stage, Timings
 from generative_service.settings import Settings
 from generative_service.storage import LocalStorage, encode_image, image_url
-
-
-def check_error(response, status: int, code: str | None = None, message: str | None = None) -> dict:
-    """Assert `response` is an error in the common shape; returns its `error` object."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) >= {"error"}, body
-    error = body["error"]
-    assert set(error) == {"code", "message", "details"}, error
-    assert "Traceback" not in response.text
-    if code is not None:
-        assert error["code"] == code, error
-    if message is not None:
-        assert message in error["message"], error["message"]
-    return error
 
 
 class FakeWorker:

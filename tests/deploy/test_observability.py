@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 
@@ -14,15 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from support import free_port
 
 from generative_service import metrics
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 PROMPT = "a handwritten seven, zebra-striped observability marker"
 STEPS = 4

@@ -11,20 +11,7 @@ import zlib
 from collections.abc import Callable
 
 import httpx
-
-
-def check_error(response, status: int, code: str | None = None, message: str | None = None) -> dict:
-    """Assert `response` is an error in the common shape with a message; return its `error`."""
-    assert response.status_code == status, f"{response.status_code} {response.text[:500]}"
-    error = response.json()["error"]
-    assert set(error) == {"code", "message", "details"}, error
-    assert isinstance(error["message"], str) and error["message"], error
-    assert "Traceback" not in response.text
-    if code is not None:
-        assert error["code"] == code, error
-    if message is not None:
-        assert message in error["message"], error["message"]
-    return error
+from support import check_error, free_port  # noqa: F401 - the reliability tests import them from here
 
 
 def png_declaring(width: int, height: int) -> bytes:
@@ -103,14 +90,9 @@ def wait_terminal(base_url: str, job_ids: list[str], *, timeout: float = 240.0) 
     return wait_for(all_done, timeout=timeout, what=f"jobs {job_ids} to end", every=0.5)  # type: ignore[return-value]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
+# Job bodies the fault tests share: one that ends at once, one long enough to interrupt.
+QUICK = {"prompt": "a handwritten three", "steps": 2}
+LONG = {"prompt": "a handwritten seven", "steps": 16}
 TERMINAL = ("succeeded", "failed", "canceled")
 
 

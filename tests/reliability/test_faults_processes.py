@@ -18,6 +18,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from .helpers import (
+    LONG,
+    QUICK,
     Follower,
     WebhookReceiver,
     check_stream,
@@ -28,8 +30,6 @@ from .helpers import (
     wait_terminal,
 )
 
-QUICK = {"prompt": "a handwritten three", "steps": 2}
-LONG = {"prompt": "a handwritten seven", "steps": 16}
 SECRET = "whsec_" + "cmVsaWFiaWxpdHktc3VpdGUtc2VjcmV0LWtleQ=="
 
 

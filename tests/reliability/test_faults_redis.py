@@ -11,6 +11,8 @@ from __future__ import annotations
 import httpx
 
 from .helpers import (
+    LONG,
+    QUICK,
     Follower,
     check_error,
     check_stream,
@@ -19,9 +21,6 @@ from .helpers import (
     wait_for,
     wait_terminal,
 )
-
-QUICK = {"prompt": "a handwritten three", "steps": 2}
-LONG = {"prompt": "a handwritten seven", "steps": 16}
 
 
 def _submit(base_url: str, body: dict) -> str:

@@ -7,6 +7,7 @@ request open until released or `hang_s` passes).
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import signal
@@ -14,13 +15,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from redis import Redis
+from support import wait_for as _wait_for
 
 from generative_service.jobs import JobStore
 from generative_service.schemas import GenerationRequest
@@ -30,19 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRET_A = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SECRET_B = "whsec_" + "dGVzdC1yb3RhdGlvbi1zZWNvbmQtc2VjcmV0IQ=="
 SECRETS = [SECRET_A, SECRET_B]
-
-
-def wait_for(
-    predicate: Callable[[], object], *, timeout: float = 20.0, what: str = "condition"
-) -> object:
-    """Poll `predicate` until truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+# Webhook deliveries are quick: give up sooner than the shared default.
+wait_for = functools.partial(_wait_for, timeout=20.0)
 
 
 @dataclass

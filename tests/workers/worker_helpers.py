@@ -4,15 +4,13 @@ events, stored images, RQ registries)."""
 from __future__ import annotations
 
 import io
-import socket
 import time
-from collections.abc import Callable
 
 import numpy as np
-import pytest
 from PIL import Image
 from redis import Redis
 from rq import Queue
+from support import free_port, wait_for  # noqa: F401 - the worker tests import them from here
 
 from generative_service import events
 from generative_service.jobs import JobRecord, JobStore
@@ -21,19 +19,6 @@ from generative_service.settings import Settings
 from generative_service.storage import get_storage
 
 TERMINAL_TIMEOUT_S = 180.0
-
-
-def wait_for(
-    predicate: Callable[[], object], *, timeout: float = 60.0, what: str = "condition"
-) -> object:
-    """Poll `predicate` until it is truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Jobs:
@@ -100,9 +85,3 @@ class Jobs:
             "failed": set(queue.failed_job_registry.get_job_ids(cleanup=False)),
             "canceled": set(queue.canceled_job_registry.get_job_ids(cleanup=False)),
         }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

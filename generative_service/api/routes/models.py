@@ -9,7 +9,6 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi import Path as PathParam
 
 import generative_service.engine.paths as paths
-from generative_service import jobs
 from generative_service.api import loras
 from generative_service.api.deps import OwnerDep, RedisDep, SettingsDep
 from generative_service.api.responses import LoraInfo, LoraList, ModelsInfo, error_responses
@@ -37,7 +36,7 @@ def settings_info(settings: Settings) -> dict:
         "base_model": settings.model,
         "controlnets": controlnets,
         "samplers": list(SAMPLERS),
-        "default_size": jobs.default_size(settings),
+        "default_size": paths.default_size(settings),
         "limits": {
             "max_side": settings.max_side,
             "max_batch_images": settings.max_batch_images,

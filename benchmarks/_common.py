@@ -1,0 +1,92 @@
+"""What the benchmark scripts share: REPORT.md sections, percentiles, child processes, Redis cleanup.
+
+The scripts run as `python benchmarks/NAME.py`, so this directory is on sys.path and they import
+`_common` directly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import re
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT = ROOT / "benchmarks" / "REPORT.md"
+_HEADER = "# Benchmark report\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def write_section(key: str, body: str, *, report: Path = REPORT) -> None:
+    """Replace (or append) the section between `<!-- section:KEY -->` markers of REPORT.md."""
+    start, end = f"<!-- section:{key} -->", f"<!-- /section:{key} -->"
+    block = f"{start}\n{body.strip()}\n{end}"
+    # NOTE: several benchmarks may finish at once; the lock keeps one from dropping another's section.
+    with open(Path(tempfile.gettempdir()) / "gensvc-bench-report.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = report.read_text() if report.exists() else _HEADER
+        pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+        text = (
+            pattern.sub(lambda _: block, text)
+            if pattern.search(text)
+            else text.rstrip() + "\n\n" + block + "\n"
+        )
+        report.write_text(text)
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank q-quantile (0..1); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_ok(url: str) -> bool:
+    """True if GET `url` answers 200 (False while nothing listens)."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `predicate` until true; exit the benchmark naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not come up within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def purge_prefix(redis, prefix: str) -> None:
+    """Delete a run's keys: its own prefix, its RQ queues and registries, and its RQ jobs."""
+    job_ids = [
+        key.decode().rsplit(":", 1)[-1]
+        for key in redis.scan_iter(match=f"{prefix}:job:*", count=1000)
+    ]
+    keys = list(redis.scan_iter(match=f"{prefix}:*", count=1000)) + list(
+        redis.scan_iter(match=f"rq:*{prefix}:*", count=1000)
+    )
+    keys += [f"rq:job:{job_id}" for job_id in job_ids] + [
+        f"rq:results:{job_id}" for job_id in job_ids
+    ]
+    for start in range(0, len(keys), 1000):
+        redis.delete(*keys[start : start + 1000])
+    for member in redis.smembers("rq:queues"):
+        if f":{prefix}:" in member.decode():
+            redis.srem("rq:queues", member)
