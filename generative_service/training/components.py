@@ -131,9 +131,23 @@ def build_unet() -> UNet2DConditionModel:
 
 
 def build_controlnet(unet: UNet2DConditionModel) -> ControlNetModel:
-    """A canny ControlNet initialised from the trained UNet (zero-initialised outputs: no effect yet)."""
+    """A canny ControlNet initialised from the trained UNet (zero-initialised outputs: no effect yet).
+
+    NOTE: `from_unet` also zeroes the last layer of the condition encoder; with both ends at zero
+    no gradient reaches the condition path until the output convolutions have grown (the slow
+    "sudden convergence" of ControlNet training). A small random last layer removes that stall
+    and, since the outputs stay zero, still leaves the base model untouched at the start.
+    """
     torch.manual_seed(4)
-    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64, 64))
+    controlnet = ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=(16, 32, 64, 64)
+    )
+    conv_out = controlnet.controlnet_cond_embedding.conv_out
+    fan_in = conv_out.weight.shape[1] * conv_out.weight.shape[2] * conv_out.weight.shape[3]
+    with torch.no_grad():
+        noise = torch.randn(conv_out.weight.shape, generator=torch.Generator().manual_seed(5))
+        conv_out.weight.copy_(noise / fan_in**0.5)
+    return controlnet
 
 
 def noise_scheduler() -> DDPMScheduler:

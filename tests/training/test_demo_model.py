@@ -54,8 +54,9 @@ def test_canny_control_steers_the_shape(demo_drawer, demo_info, judge):
     )
     without = demo_drawer.draw(prompts, seeds, guidance=guidance)
     edges = D.canny_edges(controls)
-    assert E.edge_f1(with_control, edges) > E.edge_f1(without, edges) + 0.2
-    assert E.accuracy(judge, with_control, labels) >= 0.8
+    f1_with, f1_without = E.edge_f1(with_control, edges), E.edge_f1(without, edges)
+    assert f1_with >= 0.8 and f1_with > f1_without + 0.3
+    assert E.accuracy(judge, with_control, labels) >= 0.8  # the control alone picks the digit
 
 
 def test_bold_lora_thickens_strokes_and_leaves_no_trace(demo_drawer, demo_info, judge):
@@ -69,6 +70,6 @@ def test_bold_lora_thickens_strokes_and_leaves_no_trace(demo_drawer, demo_info, 
     base = demo_drawer.draw(prompts, seeds, guidance=guidance)
     bold = demo_drawer.draw(prompts, seeds, guidance=guidance, loras={"bold": 1.0})
     after = demo_drawer.draw(prompts, seeds, guidance=guidance)
-    assert D.ink_fraction(bold).mean() > D.ink_fraction(base).mean() + 0.05
+    assert D.ink_fraction(bold).mean() > D.ink_fraction(base).mean() + 0.07
     assert E.accuracy(judge, bold, labels) >= 0.8  # still the digit asked for
     assert np.array_equal(base, after)  # adapter removed: the base model's exact output

@@ -61,7 +61,9 @@ def test_sigkill_without_retries_fails_jobs_with_a_reason(
 ) -> None:
     settings = worker_settings(batch_window_ms=1500, job_retries=0, worker_dead_after_s=8)
     jobs = make_jobs(settings)
-    ids = [jobs.submit(seed=i, steps=150) for i in range(2)]  # long enough to outlast both signals
+    # 256 px and 150 steps: seconds of work even on a quiet machine, so the batch outlasts both
+    # signals (64 px finishes within the 1.5 s between them and the test would prove nothing).
+    ids = [jobs.submit(seed=i, steps=150, width=256, height=256) for i in range(2)]
     service = start_service(settings, workers=1, gateway=False)
     wait_for(lambda: _running(jobs, ids), what="the batch to start")
 
@@ -107,7 +109,9 @@ def test_second_sigterm_hands_the_batch_back_to_the_queue(
 ) -> None:
     settings = worker_settings(batch_window_ms=1500)
     jobs = make_jobs(settings)
-    ids = [jobs.submit(seed=i, steps=150) for i in range(2)]  # long enough to outlast both signals
+    # 256 px and 150 steps: seconds of work even on a quiet machine, so the batch outlasts both
+    # signals (64 px finishes within the 1.5 s between them and the test would prove nothing).
+    ids = [jobs.submit(seed=i, steps=150, width=256, height=256) for i in range(2)]
     service = start_service(settings, workers=1, gateway=False)
     wait_for(lambda: _running(jobs, ids), what="the batch to start")
 
