@@ -290,7 +290,7 @@ background thread, but sharing the GIL with the tiny model's Python-bound loop),
 to BATCH_WINDOW_MS of waiting for batch-mates when the queue is idle (the window counts from the
 job's submission, so a job that already waited in a busy queue does not wait again). With real
 SDXL on a GPU (seconds per job) the same fixed costs are a few percent, which meets the 1.05x
-goal; the 15 ms absolute goal also needs BATCH_WINDOW_MS=0 (the default 50 ms window alone
+goal; the 15 ms absolute goal also needs BATCH_WINDOW_MS=0 (the default 20 ms window alone
 exceeds it for a lone job) and leaves no room for the NSFW filter on CPU. Batches still form
 with no window from whatever is queued when the worker takes a job, i.e. under load.
 """
