@@ -179,8 +179,13 @@ digits with strokes thickened by a 5x5 grey dilation.
 DDPM scaled_linear noise (SDXL's betas), epsilon prediction, min-SNR-5 loss weighting, AdamW (weight decay 0.01) with
 warm-up and cosine decay, gradient clipping 1.0, EMA 0.999 (with warm-up) for the UNet. Classifier-free guidance
 dropout sets the text embeddings (sequence and pooled) to ZERO, as the pipeline does for an empty negative prompt with
-`force_zeros_for_empty_prompt=True`. The VAE trains with L1 + 1e-6 KL on base and bold digits. Seeds: modules 0-4, every
-step's randomness from seed (stage seed, step), so a resumed run equals an uninterrupted one. `torch.set_num_threads(2)`.
+`force_zeros_for_empty_prompt=True`. The VAE trains with L1 + 1e-6 KL on base and bold digits. Seeds: modules 0-6, every
+step's randomness from seed (stage seed, step), so a resumed run equals an uninterrupted one. `torch.set_num_threads(2)`,
+`OMP_WAIT_POLICY=PASSIVE` (spinning OpenMP threads made steps up to 10x slower on the shared CPU).
+The ControlNet starts from the trained UNet (zero output convolutions; the condition encoder's last layer small and
+random rather than zero, so gradients reach it from the first step) and weights steps with SNR < 1 by 1/SNR (capped at
+50): with the plain min-SNR loss it had learned nothing after 800 steps. The LoRA (rank 8 on the attention,
+feed-forward, projection and ResNet convolution layers) trains on a frozen copy of the UNet.
 
 | stage | steps | batch | lr | EMA | time | final loss |
 |---|---|---|---|---|---|---|

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from safetensors import safe_open
 
 from generative_service.engine.paths import DEMO_ROOT
+from generative_service.schemas import SAMPLERS
 from generative_service.training import data as D
 from generative_service.training import evaluate as E
 
@@ -73,3 +75,15 @@ def test_bold_lora_thickens_strokes_and_leaves_no_trace(demo_drawer, demo_info, 
     assert D.ink_fraction(bold).mean() > D.ink_fraction(base).mean() + 0.07
     assert E.accuracy(judge, bold, labels) >= 0.8  # still the digit asked for
     assert np.array_equal(base, after)  # adapter removed: the base model's exact output
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_draws_the_prompted_digit(demo_drawer, demo_info, judge, sampler):
+    items = E.eval_set(1, seed_base=66_000)
+    images = demo_drawer.draw(
+        [i.prompt for i in items],
+        [i.seed for i in items],
+        guidance=demo_info["default_guidance"],
+        sampler=sampler,
+    )
+    assert E.accuracy(judge, images, [i.label for i in items]) >= 0.9
