@@ -36,7 +36,9 @@ _SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
     ),
     "euler": (EulerDiscreteScheduler, {}),
     "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "ddim": (DDIMScheduler, {}),
+    # NOTE: latents must never be clipped to [-1, 1]; a config saved from another scheduler class
+    # lacks these keys and DDIM's own defaults (clip on) then draw the wrong image. SDXL's values:
+    "ddim": (DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False}),
     "unipc": (UniPCMultistepScheduler, {}),
 }
 assert set(_SAMPLERS) == set(SAMPLERS), "schemas.SAMPLERS and engine samplers must agree"
