@@ -94,8 +94,9 @@ def test_cancel_running_job_stops_it_and_its_batch_mate_finishes(
 ) -> None:
     settings = worker_settings(batch_window_ms=1500)
     jobs = make_jobs(settings)
-    canceled = jobs.submit(seed=1, steps=60)
-    mate = jobs.submit(seed=2, steps=60)
+    # 128 px x 150 steps: seconds of work even on a quiet machine, so the cancel lands mid-run.
+    canceled = jobs.submit(seed=1, steps=150, width=128, height=128)
+    mate = jobs.submit(seed=2, steps=150, width=128, height=128)
     start_service(settings, workers=1, gateway=False)
 
     wait_for(lambda: jobs.get(canceled).progress.step >= 2, what="the batch to run a few steps")
@@ -103,13 +104,13 @@ def test_cancel_running_job_stops_it_and_its_batch_mate_finishes(
     gone, finished = jobs.wait_terminal([canceled, mate])
 
     assert gone.status == "canceled" and gone.error.code == "canceled"
-    assert gone.progress.step < 60  # it stopped early
+    assert gone.progress.step < 150  # it stopped early
     assert jobs.event_types(canceled)[-1] == "canceled" and "succeeded" not in jobs.event_types(
         canceled
     )
     assert not list(jobs.storage.root.glob(f"{canceled}/*"))  # nothing stored for it
     assert finished.status == "succeeded" and finished.batch.id == gone.batch.id
-    assert jobs.pixels(mate).shape == (64, 64, 3)
+    assert jobs.pixels(mate).shape == (128, 128, 3)
 
     places = jobs.registries()
     assert places["canceled"] == {canceled}

@@ -27,7 +27,7 @@ def test_sigkill_mid_batch_jobs_are_retried_on_a_surviving_worker(
 ) -> None:
     settings = worker_settings(batch_window_ms=1500, job_retries=1, worker_dead_after_s=8)
     jobs = make_jobs(settings)
-    ids = [jobs.submit(seed=i, steps=60) for i in range(3)]
+    ids = [jobs.submit(seed=i, steps=150, width=128, height=128) for i in range(3)]
     service = start_service(settings, workers=1, gateway=False)
     wait_for(lambda: _running(jobs, ids), what="the batch to start")
     first_batch = jobs.get(ids[0]).batch.id
@@ -90,7 +90,7 @@ def test_sigterm_finishes_the_running_batch_then_exits(
 ) -> None:
     settings = worker_settings(batch_window_ms=1500)
     jobs = make_jobs(settings)
-    ids = [jobs.submit(seed=i, steps=30) for i in range(2)]
+    ids = [jobs.submit(seed=i, steps=150, width=128, height=128) for i in range(2)]
     service = start_service(settings, workers=1, gateway=False)
     wait_for(lambda: _running(jobs, ids), what="the batch to start")
 
