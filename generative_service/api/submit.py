@@ -101,6 +101,9 @@ def _check_loras(request: GenerationRequest, settings: Settings) -> None:
             )
 
 
+CONTROL_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
 def _check_control(control: ControlSpec, settings: Settings, models_info: dict) -> None:
     available = _available_controlnets(models_info)
     if available is not None and control.type not in available:
@@ -114,6 +117,11 @@ def _check_control(control: ControlSpec, settings: Settings, models_info: dict) 
 
     try:
         with Image.open(io.BytesIO(raw)) as image:
+            if image.format not in CONTROL_FORMATS:
+                raise InvalidRequest(
+                    "control.image",
+                    f"{image.format} images are not accepted (PNG, JPEG or WebP expected)",
+                )
             width, height = image.size
             if width * height <= settings.max_control_pixels:
                 _check_structure(image)

@@ -180,6 +180,27 @@ def test_control_type_the_workers_do_not_serve(settings, api_client, redis):
     )
 
 
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF", "BMP"])
+def test_control_image_in_another_format_is_refused(api_client, fmt):
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(buffer, format=fmt)
+    image = base64.b64encode(buffer.getvalue()).decode()
+    response = api_client.post("/v1/jobs", json=control(image=image))
+    check_error(
+        response,
+        422,
+        message=f"control.image: {fmt} images are not accepted (PNG, JPEG or WebP expected)",
+    )
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_control_image_as_jpeg_or_webp_is_accepted(api_client, fmt):
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buffer, format=fmt)
+    image = base64.b64encode(buffer.getvalue()).decode()
+    assert api_client.post("/v1/jobs", json=control(image=image)).status_code == 202
+
+
 def test_control_accepts_data_url(api_client):
     response = api_client.post("/v1/jobs", json=control(image="data:image/png;base64," + png_b64()))
     assert response.status_code == 202, response.text
