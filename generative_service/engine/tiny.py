@@ -119,40 +119,75 @@ def _text_config(tokenizer, *, seed_offset: int) -> CLIPTextConfig:
     )
 
 
-def _pipeline() -> StableDiffusionXLPipeline:
-    tokenizer = build_clip_tokenizer(_corpus(), vocab_size=1000)
-    tokenizer_2 = build_clip_tokenizer(_corpus(), vocab_size=1000)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=SIZE // 8,
+def small_sdxl_unet(
+    *,
+    image_size: int,
+    block_out_channels: tuple[int, int],
+    norm_num_groups: int,
+    text_dim: int,
+    time_embed_dim: int,
+) -> UNet2DConditionModel:
+    """An SDXL-architecture UNet at toy width: `text_time` addition embedding, 1 layer per block,
+    cross-attention on the two text encoders' concatenated states. The demo trainer uses it too."""
+    return UNet2DConditionModel(
+        sample_size=image_size // 8,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(32, 64),
+        block_out_channels=block_out_channels,
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
         transformer_layers_per_block=(1, 1),
         use_linear_projection=True,
-        norm_num_groups=8,
-        cross_attention_dim=2 * TEXT_DIM,  # penultimate states of both encoders, concatenated
+        norm_num_groups=norm_num_groups,
+        cross_attention_dim=2 * text_dim,  # penultimate states of both encoders, concatenated
         addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_EMBED_DIM,
-        projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_DIM,  # 6 time ids + pooled
+        addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=6 * time_embed_dim + text_dim,  # 6 time ids + pooled
     )
-    torch.manual_seed(1)
-    vae = AutoencoderKL(
+
+
+def small_sdxl_vae(
+    *,
+    image_size: int,
+    block_out_channels: tuple[int, int, int, int],
+    norm_num_groups: int,
+    scaling_factor: float,
+) -> AutoencoderKL:
+    """An AutoencoderKL with 3 downsamplings (scale factor 8, as SDXL) and 4 latent channels."""
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        block_out_channels=(16, 16, 32, 32),  # 3 downsamplings: scale factor 8, as SDXL
+        block_out_channels=block_out_channels,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1,
-        norm_num_groups=8,
+        norm_num_groups=norm_num_groups,
         latent_channels=4,
-        sample_size=SIZE,
-        scaling_factor=0.13025,
+        sample_size=image_size,
+        scaling_factor=scaling_factor,
         force_upcast=False,
+    )
+
+
+def _pipeline() -> StableDiffusionXLPipeline:
+    tokenizer = build_clip_tokenizer(_corpus(), vocab_size=1000)
+    tokenizer_2 = build_clip_tokenizer(_corpus(), vocab_size=1000)
+    torch.manual_seed(0)
+    unet = small_sdxl_unet(
+        image_size=SIZE,
+        block_out_channels=(32, 64),
+        norm_num_groups=8,
+        text_dim=TEXT_DIM,
+        time_embed_dim=TIME_EMBED_DIM,
+    )
+    torch.manual_seed(1)
+    vae = small_sdxl_vae(
+        image_size=SIZE,
+        block_out_channels=(16, 16, 32, 32),
+        norm_num_groups=8,
+        scaling_factor=0.13025,
     )
     torch.manual_seed(2)
     text_encoder = CLIPTextModel(_text_config(tokenizer, seed_offset=0))

@@ -17,6 +17,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from generative_service.engine.tiny import small_sdxl_unet, small_sdxl_vae
 from generative_service.engine.tokenizer import build_clip_tokenizer, clip_special_ids
 from generative_service.training.data import IMAGE_SIZE
 
@@ -93,40 +94,23 @@ def build_text_encoders(
 def build_vae() -> AutoencoderKL:
     """AutoencoderKL with 3 downsamplings (scale factor 8, like SDXL): 64 px -> 8x8x4 latents."""
     torch.manual_seed(1)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
+    return small_sdxl_vae(
+        image_size=IMAGE_SIZE,
         block_out_channels=(8, 16, 32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
         norm_num_groups=8,
-        latent_channels=4,
-        sample_size=IMAGE_SIZE,
         scaling_factor=1.0,  # measured after training (`measure_scaling_factor`)
-        force_upcast=False,
     )
 
 
 def build_unet() -> UNet2DConditionModel:
     """SDXL UNet (text_time addition embedding) with channels (64, 128), 1 layer per block."""
     torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 8,
-        in_channels=4,
-        out_channels=4,
+    return small_sdxl_unet(
+        image_size=IMAGE_SIZE,
         block_out_channels=(64, 128),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        transformer_layers_per_block=(1, 1),
-        use_linear_projection=True,
         norm_num_groups=32,
-        cross_attention_dim=2 * TEXT_DIM,  # penultimate states of both encoders, concatenated
-        addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_EMBED_DIM,
-        projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_DIM,  # 6 time ids + pooled
+        text_dim=TEXT_DIM,
+        time_embed_dim=TIME_EMBED_DIM,
     )
 
 

@@ -288,12 +288,10 @@ def _train_lora(
 def _evaluate(out: Path, budget: str) -> dict:
     from generative_service.training import data, drawing, evaluate
 
-    drawer = drawing.open_drawer(out)
+    drawer = drawing.EngineDrawer(out)
     judge = evaluate.train_judge()
     report = evaluate.evaluate_bundle(drawer, judge, **eval_sizes(budget))
-    report["drawer"] = (
-        "service Engine" if isinstance(drawer, drawing.EngineDrawer) else "plain diffusers pipeline"
-    )
+    report["drawer"] = "service Engine"
     train_set, judge_set = data.load_digits_split()
     report["judge_train_digits"], report["judge_test_digits"] = (
         len(judge_set.labels),
