@@ -75,6 +75,15 @@ FULL = {
         vocab_size=49408,
     ),
 }
+# Both smoke-test text encoders shrink the same way.
+_SMOKE_TEXT = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    projection_dim=32,
+    vocab_size=1000,
+)
 SMOKE = {
     "unet": dict(
         FULL["unet"],
@@ -95,24 +104,8 @@ SMOKE = {
         norm_num_groups=8,
         sample_size=64,
     ),
-    "text_encoder": dict(
-        FULL["text_encoder"],
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        projection_dim=32,
-        vocab_size=1000,
-    ),
-    "text_encoder_2": dict(
-        FULL["text_encoder_2"],
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        projection_dim=32,
-        vocab_size=1000,
-    ),
+    "text_encoder": dict(FULL["text_encoder"], **_SMOKE_TEXT),
+    "text_encoder_2": dict(FULL["text_encoder_2"], **_SMOKE_TEXT),
 }
 
 
