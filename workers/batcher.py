@@ -136,7 +136,7 @@ class Batcher:
     def _look_up(self, ids: list[str], seen: dict[str, Candidate]) -> None:
         if not ids:
             return
-        raws = self.store.redis.mget([self.store.job_key(job_id) for job_id in ids])
+        raws = self.store.redis.mget([self.store.keys.job(job_id) for job_id in ids])
         for job_id, raw in zip(ids, raws, strict=True):
             if raw is None:
                 seen[job_id] = Candidate(None)

@@ -39,7 +39,7 @@ from workers import lifecycle
 from workers.batcher import Batcher
 from workers.liveness import Heartbeat, Watchdog
 from workers.progress import ProgressPublisher
-from workers.recovery import Maintenance, running_key, settle_lost
+from workers.recovery import Maintenance, settle_lost
 from workers.runner import BatchRunner, BatchState, Models
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ class WorkerContext:
                     lifecycle.fail(
                         worker, slot.rq_job, queue, slot.execution, GenerationFailed(message)
                     )
-                self.redis.hdel(running_key(self.settings), slot.id)
+                self.redis.hdel(self.settings.keys.running, slot.id)
             except Exception:  # noqa: BLE001 - exit regardless
                 log.exception("watchdog.fail_job_failed", extra={"job_id": slot.id})
         self.heartbeat.stop(remove=True)

@@ -131,7 +131,7 @@ class BatchRunner:
         self.state = state
         self.abort = abort
         self.publisher = publisher
-        self.running_key = f"{settings.key_prefix}:running"
+        self.running_key = settings.keys.running
 
     # --- one batch ------------------------------------------------------------------------------
     def run(self, batch: Batch) -> None:
@@ -235,7 +235,7 @@ class BatchRunner:
                         lambda: self.store.record_step_time(request.width, request.height, step_ms)
                     )
 
-        cancel_keys = [self.store.cancel_key(slot.id) for slot in slots]
+        cancel_keys = [self.store.keys.cancel(slot.id) for slot in slots]
         polled = {"at": 0.0}
 
         def is_canceled(job_id: str) -> bool:

@@ -15,7 +15,7 @@ import sys
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from generative_service import logs, webhooks
+from generative_service import logs
 from generative_service.settings import get_settings
 
 log = logs.get_logger("workers.webhook_worker")
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
     redis = Redis.from_url(settings.redis_url)
-    queue_name = webhooks.queue_name(settings)
+    queue_name = settings.keys.webhooks_queue
     worker = build_worker(redis, queue_name, name=args.name)
     log.info("webhook_worker.started", extra={"queue": queue_name, "worker_id": worker.name})
     worker.work(burst=args.burst, with_scheduler=True, logging_level=settings.log_level)

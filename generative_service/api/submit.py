@@ -20,6 +20,7 @@ from redis.asyncio import Redis as AsyncRedis
 import generative_service.engine.paths as paths
 from generative_service import events, webhooks
 from generative_service.errors import InvalidRequest
+from generative_service.keys import Keys
 from generative_service.schemas import ControlSpec, GenerationRequest
 from generative_service.settings import Settings
 
@@ -183,7 +184,7 @@ async def wait_for_end(redis: AsyncRedis, prefix: str, job_id: str, timeout_s: f
 
     deadline = time.monotonic() + timeout_s
     after = "0-0"
-    async with StreamHub.for_client(redis).watch(events.stream_key(prefix, job_id), after) as wake:
+    async with StreamHub.for_client(redis).watch(Keys(prefix).events(job_id), after) as wake:
         while (remaining := deadline - time.monotonic()) > 0:
             wake.clear()
             for event_id, event in await events.read_async(redis, prefix, job_id, after=after):

@@ -31,6 +31,7 @@ from generative_service.engine.prompts import PromptEncoder
 from generative_service.engine.reproducibility import model_fingerprint, reproducibility_record
 from generative_service.engine.schedulers import DEFAULT_SAMPLER, make_scheduler, x0_prediction
 from generative_service.errors import GenerationFailed, InvalidRequest, ServiceError
+from generative_service.keys import Ttl
 from generative_service.schemas import MAX_SEED, SAMPLERS, GenerationRequest
 from generative_service.settings import Settings
 
@@ -88,7 +89,7 @@ class Engine:
             fingerprint=model_fingerprint(models),
             redis=redis,
             key_prefix=settings.key_prefix,
-            ttl_s=settings.embedding_cache_ttl_s,
+            ttl_s=Ttl.embedding(settings),
         )
         self._lock = threading.Lock()
         if settings.compile_unet:

@@ -20,6 +20,7 @@ from generative_service.api.deps import (
 )
 from generative_service.api.responses import WebhookAttempts, error_responses
 from generative_service.errors import NotFound
+from generative_service.keys import Keys
 from generative_service.schemas import GenerationRequest, JobList, JobResource, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -66,8 +67,8 @@ _RESOURCE_EXAMPLE = {
 _JOB_JSON = {"application/json": {"example": _RESOURCE_EXAMPLE}}
 
 
-def _models_info(redis, prefix: str) -> dict:
-    raw = redis.get(f"{prefix}:models")
+def _models_info(redis, keys: Keys) -> dict:
+    raw = redis.get(keys.models)
     try:
         return json.loads(raw) if raw else {}
     except ValueError:
@@ -115,7 +116,7 @@ async def submit_job(
     """Validate, enqueue and answer at once (202), unless `Prefer: wait=N` asks to wait for the result."""
     wait_s = submit.parse_prefer_wait(prefer, settings)
     models_info = (
-        await run_in_threadpool(_models_info, redis, settings.key_prefix) if body.control else {}
+        await run_in_threadpool(_models_info, redis, settings.keys) if body.control else {}
     )
     await run_in_threadpool(submit.check_request, body, settings, models_info)
     record, created = await run_in_threadpool(

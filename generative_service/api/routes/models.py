@@ -58,7 +58,7 @@ def settings_info(settings: Settings) -> dict:
 )
 def get_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> ModelsInfo:
     """What a GPU worker published at start (base model, ControlNets, samplers, limits); LoRAs are live."""
-    raw = redis.get(f"{settings.key_prefix}:models")
+    raw = redis.get(settings.keys.models)
     try:
         published = json.loads(raw) if raw else None
     except ValueError:
