@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from redis import Redis
 from rq import Queue, Retry
 
+from generative_service import rules
 from generative_service.engine import paths
 from generative_service.errors import Conflict, InvalidRequest, QueueFull
 from generative_service.keys import Ttl
@@ -75,8 +76,9 @@ def resolve(request: GenerationRequest, settings: Settings) -> GenerationRequest
         updates["seed"] = secrets.randbelow(2**32)
     resolved = request.model_copy(update=updates)
     for field in ("width", "height"):
-        if getattr(resolved, field) > settings.max_side:
-            raise InvalidRequest(field, f"must be at most {settings.max_side} (GENSVC_MAX_SIDE)")
+        problem = rules.side_problem(getattr(resolved, field), settings.max_side)
+        if problem:
+            raise InvalidRequest(field, problem)
     return resolved
 
 

@@ -21,7 +21,7 @@ from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
 import generative_service.engine.paths as paths
-from generative_service import events, webhooks
+from generative_service import events, rules, webhooks
 from generative_service.errors import InvalidRequest
 from generative_service.jobs import JobRecord, JobStore
 from generative_service.keys import Keys
@@ -118,24 +118,20 @@ def _check_metadata(request: GenerationRequest, settings: Settings) -> None:
         raise InvalidRequest(
             "metadata", "must be plain JSON: NaN and Infinity are not JSON numbers"
         ) from None
-    if size > settings.max_metadata_bytes:
-        raise InvalidRequest(
-            "metadata", f"must be at most {settings.max_metadata_bytes} bytes as JSON, got {size}"
-        )
+    problem = rules.metadata_problem(size, settings.max_metadata_bytes)
+    if problem:
+        raise InvalidRequest("metadata", problem)
 
 
 def _check_images(request: GenerationRequest, settings: Settings) -> None:
-    if request.num_images > settings.max_batch_images:
-        raise InvalidRequest(
-            "num_images",
-            f"must be at most {settings.max_batch_images} (GENSVC_MAX_BATCH_IMAGES), got {request.num_images}",
-        )
+    problem = rules.images_problem(request.num_images, settings.max_batch_images)
+    if problem:
+        raise InvalidRequest("num_images", problem)
     for field in ("width", "height"):
         value = getattr(request, field)
-        if value is not None and value > settings.max_side:
-            raise InvalidRequest(
-                field, f"must be at most {settings.max_side} (GENSVC_MAX_SIDE), got {value}"
-            )
+        problem = None if value is None else rules.side_problem(value, settings.max_side)
+        if problem:
+            raise InvalidRequest(field, problem)
 
 
 def _check_loras(request: GenerationRequest, settings: Settings) -> None:

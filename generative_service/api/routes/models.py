@@ -9,10 +9,10 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi import Path as PathParam
 
 import generative_service.engine.paths as paths
+from generative_service import rules
 from generative_service.api import loras
 from generative_service.api.deps import OwnerDep, RedisDep, SettingsDep
 from generative_service.api.responses import LoraInfo, LoraList, ModelsInfo, error_responses
-from generative_service.schemas import MAX_IMAGES, SAMPLERS
 from generative_service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -35,18 +35,9 @@ def settings_info(settings: Settings) -> dict:
     return {
         "base_model": settings.model,
         "controlnets": controlnets,
-        "samplers": list(SAMPLERS),
+        "samplers": list(rules.SAMPLERS),
         "default_size": paths.default_size(settings),
-        "limits": {
-            "max_side": settings.max_side,
-            "max_batch_images": settings.max_batch_images,
-            "max_images_per_job": min(MAX_IMAGES, settings.max_batch_images),
-            "max_steps": 150,
-            "max_prompt_chars": 4000,
-            "max_metadata_bytes": settings.max_metadata_bytes,
-            "max_request_bytes": settings.max_request_bytes,
-            "max_lora_bytes": settings.max_lora_bytes,
-        },
+        "limits": rules.limits(settings),
     }
 
 
