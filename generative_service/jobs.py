@@ -21,14 +21,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from pydantic import BaseModel
 from redis import Redis, WatchError
-from rq import Queue
 
 from generative_service import events, logs, metrics, webhooks
 from generative_service.errors import Conflict, InvalidRequest, NotFound
 from generative_service.keys import Ttl
-from generative_service.queue import GENERATE_FUNC, JobQueue, body_hash, resolve
+from generative_service.queue import JobQueue, body_hash, resolve
+from generative_service.record import ANONYMOUS, JobRecord
 from generative_service.schemas import (
     BatchInfo,
     Event,
@@ -46,31 +45,9 @@ from generative_service.schemas import (
 )
 from generative_service.settings import Settings
 
-__all__ = ["GENERATE_FUNC", "JobRecord", "JobStore", "owner_for_key"]
+__all__ = ["JobStore", "owner_for_key"]
 
 log = logs.get_logger(__name__)
-ANONYMOUS = "anonymous"
-
-
-class JobRecord(BaseModel):
-    """What is stored per job: the resource without derived fields, plus internal bookkeeping."""
-
-    id: str
-    owner: str = ANONYMOUS
-    status: JobStatus = JobStatus.queued
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    queue: str = "default"
-    attempts: int = 0
-    progress: Progress = Progress()
-    request: GenerationRequest
-    images: list[ImageInfo] = []
-    timings: Timings = Timings()
-    batch: BatchInfo | None = None
-    error: JobError | None = None
-    reproducibility: dict | None = None
-    worker_id: str | None = None
 
 
 def new_job_id() -> str:
@@ -96,34 +73,7 @@ class JobStore:
         self.keys = settings.keys
         self.queue = JobQueue(redis, settings)
 
-    # --- the queues (queue.py); kept here for the callers of JobStore ---------------------------
-    def rq_queue_name(self, queue: str) -> str:
-        return self.queue.rq_queue_name(queue)
-
-    def rq_queue(self, queue: str) -> Queue:
-        return self.queue.rq_queue(queue)
-
-    def known_queues(self) -> list[str]:
-        return self.queue.known_queues()
-
-    def waiting_count(self) -> int:
-        return self.queue.waiting_count()
-
-    def mean_step_ms(self, width: int | None = None, height: int | None = None) -> float | None:
-        return self.queue.mean_step_ms(width, height)
-
-    def queue_position(self, record: JobRecord) -> int | None:
-        """1-based position among waiting jobs of its queue; None unless queued."""
-        return self.queue.position(record)
-
-    def record_step_time(self, width: int, height: int, step_ms: float) -> None:
-        self.queue.record_step_time(width, height, step_ms)
-
     # --- submit ---------------------------------------------------------------------------------
-    def resolve(self, request: GenerationRequest) -> GenerationRequest:
-        """Fill every server-side default (see queue.resolve)."""
-        return resolve(request, self.settings)
-
     def create(
         self,
         request: GenerationRequest,
@@ -145,7 +95,7 @@ class JobStore:
             if existing is not None:
                 return existing, False
         token = self.queue.admit()
-        resolved = self.resolve(request)
+        resolved = resolve(request, self.settings)
         record = JobRecord(
             id=new_job_id(),
             owner=owner,
@@ -176,7 +126,7 @@ class JobStore:
                    "steps": resolved.steps, "images": resolved.num_images, "prompt": logs.prompt_field(self.settings, resolved.prompt)},
         )  # fmt: skip
         self._emit(
-            record, Event(type="queued", job_id=record.id, position=self.queue_position(record))
+            record, Event(type="queued", job_id=record.id, position=self.queue.position(record))
         )
         return record, True
 
@@ -265,7 +215,7 @@ class JobStore:
     def to_resource(self, record: JobRecord, *, base_url: str = "") -> JobResource:
         """The public job resource, with queue position, ETA and links filled in."""
         data = record.model_dump(exclude={"owner", "worker_id"})
-        data["queue_position"] = self.queue_position(record)
+        data["queue_position"] = self.queue.position(record)
         data["progress"] = self.queue.with_eta(record, data["queue_position"])
         root = f"{base_url}/v1/jobs/{record.id}"
         data["links"] = Links(
@@ -433,7 +383,7 @@ class JobStore:
         return self._transition(
             job_id,
             change,
-            lambda r: Event(type="queued", job_id=job_id, position=self.queue_position(r)),
+            lambda r: Event(type="queued", job_id=job_id, position=self.queue.position(r)),
         )
 
     def _finish(

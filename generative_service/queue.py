@@ -14,7 +14,6 @@ import hashlib
 import json
 import secrets
 import time
-from typing import TYPE_CHECKING
 
 from redis import Redis
 from rq import Queue, Retry
@@ -23,11 +22,9 @@ from generative_service import rules
 from generative_service.engine import paths
 from generative_service.errors import Conflict, InvalidRequest, QueueFull
 from generative_service.keys import Ttl
+from generative_service.record import JobRecord
 from generative_service.schemas import GenerationRequest, JobStatus, Progress
 from generative_service.settings import Settings
-
-if TYPE_CHECKING:
-    from generative_service.jobs import JobRecord
 
 # The RQ callable of a generation job. The GPU worker batches instead of calling it one by one;
 # see workers/gpu_worker.py.
@@ -94,11 +91,8 @@ class JobQueue:
         self.step_ms_key = self.keys.step_ms
 
     # --- RQ queues ------------------------------------------------------------------------------
-    def rq_queue_name(self, queue: str) -> str:
-        return self.keys.rq_queue_name(queue)
-
     def rq_queue(self, queue: str) -> Queue:
-        return Queue(self.rq_queue_name(queue), connection=self.redis)
+        return Queue(self.keys.rq_queue_name(queue), connection=self.redis)
 
     def known_queues(self) -> list[str]:
         return self.settings.routed_queues

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from generative_service.engine.batching import batch_key, images_in
 from generative_service.errors import ServiceError
-from generative_service.jobs import JobRecord, JobStore
+from generative_service.jobs import JobStore
+from generative_service.record import JobRecord
 from generative_service.schemas import JobStatus
 
 if TYPE_CHECKING:

@@ -192,7 +192,7 @@ class WorkerContext:
         # silence heartbeats (the main client blocks in BLMOVE for minutes by design).
         side = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         side_store = JobStore(side, settings)
-        rq_queues = [side_store.rq_queue_name(name) for name in queues]
+        rq_queues = [settings.keys.rq_queue_name(name) for name in queues]
         self.heartbeat = Heartbeat(
             redis=side, settings=settings, worker_id=worker_id, queues=queues, state=self.state,
             get_worker=lambda: self.worker, describe=models.engine.describe,
@@ -286,7 +286,7 @@ def wait_for_redis(redis: Redis, stop: threading.Event | None = None) -> None:
 def serve(context: WorkerContext, *, burst: bool = False) -> int:
     """Run RQ work loops until stopped (or, in burst mode, until the queues are empty)."""
     settings = context.settings
-    rq_queues = [context.store.rq_queue_name(name) for name in context.queues]
+    rq_queues = [settings.keys.rq_queue_name(name) for name in context.queues]
     context.start_threads()
     try:
         while True:

@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from generative_service import events
 from generative_service.api.stream_hub import StreamHub
 from generative_service.errors import InvalidRequest
-from generative_service.jobs import JobRecord
+from generative_service.record import JobRecord
 from generative_service.schemas import Event
 from generative_service.settings import Settings
 

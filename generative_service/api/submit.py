@@ -23,8 +23,9 @@ from starlette.concurrency import run_in_threadpool
 import generative_service.engine.paths as paths
 from generative_service import events, rules, webhooks
 from generative_service.errors import InvalidRequest
-from generative_service.jobs import JobRecord, JobStore
+from generative_service.jobs import JobStore
 from generative_service.keys import Keys
+from generative_service.record import JobRecord
 from generative_service.schemas import ControlSpec, GenerationRequest
 from generative_service.settings import Settings
 

@@ -21,7 +21,7 @@ def _maintenance(redis: Redis, settings) -> Maintenance:
     return Maintenance(
         redis=redis,
         store=store,
-        queue_names=[store.rq_queue_name("default")],
+        queue_names=[store.keys.rq_queue_name("default")],
         get_worker=lambda: None,
     )
 
