@@ -3,9 +3,12 @@ a backend that cannot start stops the worker at start with a message (no silent 
 
 from __future__ import annotations
 
+import pytest
+
 from workers.gpu_worker import EXIT_CONFIG
 
 
+@pytest.mark.slow  # the worker exports its graphs on a fresh cache: minutes on a busy 2-core box
 def test_onnxruntime_worker_names_its_backend(start_service, worker_settings) -> None:
     settings = worker_settings(engine_backend="onnxruntime")
     service = start_service(settings, workers=1)
