@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from generative_service import webhooks
+from generative_service import redis_client, webhooks
 from generative_service.api import submit
 from generative_service.api.deps import (
     AsyncRedisDep,
@@ -121,6 +121,8 @@ async def submit_job(
     record, created = await run_in_threadpool(
         store.create, body, owner=owner, idempotency_key=idempotency_key
     )
+    if created:  # with GENSVC_REDIS_MIN_REPLICAS, 202 only once replicas hold the job
+        await run_in_threadpool(redis_client.confirm_replicated, redis, settings)
     if wait_s and not record.status.is_terminal:
         response.headers["Preference-Applied"] = f"wait={wait_s}"
         if await submit.wait_for_end(aredis, settings.key_prefix, record.id, wait_s):
