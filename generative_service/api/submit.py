@@ -14,12 +14,16 @@ import io
 import json
 import re
 import time
+from dataclasses import dataclass
 
+from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from starlette.concurrency import run_in_threadpool
 
 import generative_service.engine.paths as paths
-from generative_service import events, webhooks
+from generative_service import events, redis_client, webhooks
 from generative_service.errors import InvalidRequest
+from generative_service.jobs import JobRecord, JobStore
 from generative_service.schemas import ControlSpec, GenerationRequest
 from generative_service.settings import Settings
 
@@ -45,6 +49,54 @@ def parse_prefer_wait(header: str | None, settings: Settings) -> int | None:
         # NOTE: int() of a 5000-digit string raises ValueError (a 500); anything that long is "a lot".
         return min(int(value), settings.wait_max_s) if len(value) <= 9 else settings.wait_max_s
     return None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    record: JobRecord  # as it stands when the answer is made (after any wait)
+    created: bool  # False: an idempotent replay of an earlier job
+    waited: bool  # True: the answer waited (Prefer: wait, or a compatibility route)
+
+
+async def submit(
+    body: GenerationRequest,
+    *,
+    store: JobStore,
+    redis: Redis,
+    aredis: AsyncRedis,
+    settings: Settings,
+    owner: str,
+    idempotency_key: str | None = None,
+    wait_s: float | None = None,
+) -> Submitted:
+    """Check, enqueue and (for `wait_s`) wait for the job to end: the one submit path of every API.
+
+    `/v1/jobs`, `/openai/v1/images/generations` and `/sdapi/v1/txt2img` all come through here, so
+    admission, quotas, idempotency and batching behave the same whichever API a client speaks.
+    After a wait the job is read again, so an unfinished job is answered as it stands then.
+    """
+    models_info = await run_in_threadpool(models_info_of, redis, settings) if body.control else {}
+    await run_in_threadpool(check_request, body, settings, models_info)
+    record, created = await run_in_threadpool(
+        store.create, body, owner=owner, idempotency_key=idempotency_key
+    )
+    if created:  # with GENSVC_REDIS_MIN_REPLICAS, accepted only once replicas hold the job
+        await run_in_threadpool(redis_client.confirm_replicated, redis, settings)
+    waited = bool(wait_s) and not record.status.is_terminal
+    if waited:
+        await wait_for_end(aredis, settings.key_prefix, record.id, float(wait_s or 0))
+        record = await run_in_threadpool(store.get, record.id)
+    return Submitted(record=record, created=created, waited=waited)
+
+
+def models_info_of(redis: Redis, settings: Settings) -> dict:
+    """What the workers published at start (`GET /v1/models`), or {} when none has."""
+    raw = redis.get(f"{settings.key_prefix}:models")
+    try:
+        info = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def check_request(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from generative_service import redis_client, webhooks
+from generative_service import webhooks
 from generative_service.api import submit
 from generative_service.api.deps import (
     AsyncRedisDep,
@@ -66,14 +65,6 @@ _RESOURCE_EXAMPLE = {
 _JOB_JSON = {"application/json": {"example": _RESOURCE_EXAMPLE}}
 
 
-def _models_info(redis, prefix: str) -> dict:
-    raw = redis.get(f"{prefix}:models")
-    try:
-        return json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-
-
 @router.post(
     "",
     status_code=202,
@@ -114,22 +105,22 @@ async def submit_job(
 ) -> JobResource:
     """Validate, enqueue and answer at once (202), unless `Prefer: wait=N` asks to wait for the result."""
     wait_s = submit.parse_prefer_wait(prefer, settings)
-    models_info = (
-        await run_in_threadpool(_models_info, redis, settings.key_prefix) if body.control else {}
+    submitted = await submit.submit(
+        body,
+        store=store,
+        redis=redis,
+        aredis=aredis,
+        settings=settings,
+        owner=owner,
+        idempotency_key=idempotency_key,
+        wait_s=wait_s,
     )
-    await run_in_threadpool(submit.check_request, body, settings, models_info)
-    record, created = await run_in_threadpool(
-        store.create, body, owner=owner, idempotency_key=idempotency_key
-    )
-    if created:  # with GENSVC_REDIS_MIN_REPLICAS, 202 only once replicas hold the job
-        await run_in_threadpool(redis_client.confirm_replicated, redis, settings)
-    if wait_s and not record.status.is_terminal:
+    record = submitted.record
+    if submitted.waited:
         response.headers["Preference-Applied"] = f"wait={wait_s}"
-        if await submit.wait_for_end(aredis, settings.key_prefix, record.id, wait_s):
-            record = await run_in_threadpool(store.get, record.id)
     resource = await run_in_threadpool(store.to_resource, record, base_url=settings.public_url)
     response.headers["Location"] = resource.links.self
-    response.status_code = 200 if not created or record.status.is_terminal else 202
+    response.status_code = 200 if not submitted.created or record.status.is_terminal else 202
     return resource
 
 
