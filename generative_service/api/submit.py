@@ -21,7 +21,7 @@ from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
 import generative_service.engine.paths as paths
-from generative_service import events, webhooks
+from generative_service import events, redis_client, webhooks
 from generative_service.errors import InvalidRequest
 from generative_service.jobs import JobRecord, JobStore
 from generative_service.schemas import ControlSpec, GenerationRequest
@@ -81,6 +81,8 @@ async def submit(
     record, created = await run_in_threadpool(
         store.create, body, owner=owner, idempotency_key=idempotency_key
     )
+    if created:  # with GENSVC_REDIS_MIN_REPLICAS, accepted only once replicas hold the job
+        await run_in_threadpool(redis_client.confirm_replicated, redis, settings)
     waited = bool(wait_s) and not record.status.is_terminal
     if waited:
         await wait_for_end(aredis, settings.key_prefix, record.id, float(wait_s or 0))
