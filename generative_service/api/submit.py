@@ -29,6 +29,7 @@ from generative_service.settings import Settings
 
 _WAIT = re.compile(r"^\s*wait\s*=\s*(\S*)\s*$", re.IGNORECASE)
 _DATA_URL = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
+MAX_METADATA_DEPTH = 32  # levels of objects/arrays in `metadata`
 WAIT_SLICE_S = 1.0  # re-read at least this often, should a wake-up be missed (Redis trouble)
 
 
@@ -113,16 +114,46 @@ def check_request(
 
 
 def _check_metadata(request: GenerationRequest, settings: Settings) -> None:
+    depth = _depth(request.metadata)
+    if depth > MAX_METADATA_DEPTH:
+        # NOTE: before any json.dumps/model_dump: deep nesting makes those raise (a 500).
+        raise InvalidRequest(
+            "metadata", f"must be nested at most {MAX_METADATA_DEPTH} levels deep, got {depth}"
+        )
     try:
-        size = len(json.dumps(request.metadata, separators=(",", ":"), allow_nan=False).encode())
+        text = json.dumps(request.metadata, separators=(",", ":"), allow_nan=False)
     except ValueError:  # NaN/Infinity parse in Python but could not be echoed back as JSON
         raise InvalidRequest(
             "metadata", "must be plain JSON: NaN and Infinity are not JSON numbers"
         ) from None
+    try:
+        json.dumps(request.metadata, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate ("\udfff") parses from JSON but cannot be stored or echoed back.
+        raise InvalidRequest(
+            "metadata", "strings must be valid Unicode text (a lone surrogate escape is not)"
+        ) from None
+    size = len(text.encode())
     if size > settings.max_metadata_bytes:
         raise InvalidRequest(
             "metadata", f"must be at most {settings.max_metadata_bytes} bytes as JSON, got {size}"
         )
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            if level > MAX_METADATA_DEPTH:
+                return level  # deep enough to refuse; no need to walk the rest
+            stack.extend(
+                (child, level) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
 
 
 def _check_images(request: GenerationRequest, settings: Settings) -> None:
