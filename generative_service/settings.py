@@ -44,6 +44,26 @@ class Settings(BaseSettings):
         description="Prefix of every Redis key the service writes (lets tests and tenants share a Redis).",
     )
 
+    # --- Running across machines: Redis Sentinel and object storage ---------------------------
+    redis_sentinels: CommaList = Field(
+        [],
+        description="`host:port,...` of Redis Sentinels; set, clients follow the master named REDIS_SENTINEL_MASTER through failovers (REDIS_URL then gives only db and password).",
+    )
+    redis_sentinel_master: str = Field(
+        "mymaster", description="Sentinel name of the Redis master (`sentinel monitor NAME ...`)."
+    )
+    redis_sentinel_password: str | None = Field(
+        None, description="Password of the sentinels themselves (`requirepass` in sentinel.conf)."
+    )
+    redis_min_replicas: int = Field(
+        0,
+        ge=0,
+        description="Replicas that must confirm a new job (Redis WAIT) before submit answers 202; 1 with Sentinel keeps accepted jobs through a failover.",
+    )
+    redis_replica_wait_ms: int = Field(
+        1000, ge=1, description="How long submit waits for REDIS_MIN_REPLICAS (else 503)."
+    )
+
     # --- Models -------------------------------------------------------------------------------
     model: str = Field(
         "demo",
@@ -231,6 +251,7 @@ class Settings(BaseSettings):
     @field_validator(
         "queues",
         "queue_routes",
+        "redis_sentinels",
         "api_keys",
         "cors_origins",
         "webhook_secrets",
@@ -273,6 +294,15 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"webhook retry schedule entries must be non-negative seconds, got {item!r}"
                 ) from None
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: list[str]) -> list[str]:
+        for item in value:
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"each sentinel must look like HOST:PORT, got {item!r}")
         return value
 
     @field_validator("queue_routes")

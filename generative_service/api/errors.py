@@ -18,7 +18,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from generative_service.errors import InvalidRequest, QueueFull, ServiceError, Unauthorized
+from generative_service.errors import (
+    InvalidRequest,
+    QueueFull,
+    ServiceError,
+    Unauthorized,
+    Unavailable,
+)
 
 log = logging.getLogger("generative_service.api")
 
@@ -146,7 +152,7 @@ def validation_response(errors: list[dict]) -> JSONResponse:
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     headers: dict[str, str] = {}
-    if isinstance(exc, QueueFull):
+    if isinstance(exc, QueueFull | Unavailable):
         headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="gensvc"'
@@ -198,6 +204,12 @@ async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _redis_refused(request: Request, exc: Exception) -> JSONResponse:
+    if str(exc).startswith(("NOREPLICAS", "MASTERDOWN", "LOADING", "TRYAGAIN")):
+        return await _redis_down(request, exc)
+    return await _unexpected(request, exc)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _respond(
@@ -212,4 +224,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(redis.exceptions.ConnectionError, _redis_down)
     app.add_exception_handler(redis.exceptions.TimeoutError, _redis_down)
+    # A demoted master during a Sentinel failover refuses writes (READONLY), as does a master
+    # short of replicas (NOREPLICAS, min-replicas-to-write): both are "retry shortly".
+    app.add_exception_handler(redis.exceptions.ReadOnlyError, _redis_down)
+    app.add_exception_handler(redis.exceptions.ResponseError, _redis_refused)
     app.add_exception_handler(Exception, _unexpected)
