@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -62,6 +63,26 @@ class Settings(BaseSettings):
     )
     redis_replica_wait_ms: int = Field(
         1000, ge=1, description="How long submit waits for REDIS_MIN_REPLICAS (else 503)."
+    )
+
+    storage_url: str = Field(
+        "",
+        description="`s3://BUCKET/PREFIX`: images and LoRA adapters in an S3-compatible bucket (credentials from the standard AWS chain); empty = local STORAGE_DIR and LORA_DIR.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="S3 API endpoint of a non-AWS server (MinIO: `http://minio:9000`); unset = AWS.",
+    )
+    image_urls: Literal["proxy", "presigned"] = Field(
+        "proxy",
+        description="With STORAGE_URL: `proxy` = the gateway streams images (auth checked on every download); `presigned` = it redirects (307) to a time-limited bucket URL (less gateway traffic; the URL works for anyone holding it until it expires).",
+    )
+    presigned_url_ttl_s: int = Field(
+        900, ge=1, le=7 * 86400, description="Lifetime of a presigned image URL."
+    )
+    lora_cache_dir: Path | None = Field(
+        None,
+        description="With STORAGE_URL: where a worker keeps adapters fetched from the bucket, by content hash. Default: CACHE_DIR/lora-objects.",
     )
 
     # --- Models -------------------------------------------------------------------------------
@@ -303,6 +324,13 @@ class Settings(BaseSettings):
             host, _, port = item.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"each sentinel must look like HOST:PORT, got {item!r}")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str) -> str:
+        if value and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", value):
+            raise ValueError(f"storage URL must look like s3://BUCKET/PREFIX, got {value!r}")
         return value
 
     @field_validator("queue_routes")
