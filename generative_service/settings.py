@@ -211,6 +211,17 @@ class Settings(BaseSettings):
         description="Bound of the gateway's async Redis pool shared by SSE streams and `Prefer: wait` (a stream waits for a free connection).",
     )
 
+    # --- Client compatibility (OpenAI / AUTOMATIC1111 APIs, browsers) ---------------------------
+    compat_wait_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long `/openai/v1/images/generations` and `/sdapi/v1/txt2img` wait for their job before answering 504 (the job keeps running; `/v1/jobs` has it).",
+    )
+    cors_origins: CommaList = Field(
+        [],
+        description="Origins whose web pages may call the API and open event streams (`https://app.example.com`, or `*`); empty = none.",
+    )
+
     # --- Webhooks ------------------------------------------------------------------------------
     webhook_secrets: CommaList = Field(
         [],
@@ -272,6 +283,7 @@ class Settings(BaseSettings):
         "queue_routes",
         "redis_sentinels",
         "api_keys",
+        "cors_origins",
         "webhook_secrets",
         "webhook_allowed_ports",
         "webhook_retry_schedule",
