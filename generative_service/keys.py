@@ -21,12 +21,14 @@ P is the key prefix (GENSVC_KEY_PREFIX). RETENTION is GENSVC_RETENTION_S.
   P:models                       string   none (overwritten)             workers/liveness.py
   P:running                      hash     none (entries removed)         workers/runner.py
   P:maintenance:{rq queue}       string   max(5 s, WORKER_MAINTENANCE)   workers/recovery.py
+  P:maintenance:purge-images     string   min(1 h, RETENTION)            workers/recovery.py
   P:emb:{digest}                 string   EMBEDDING_CACHE_TTL            engine/prompts.py
   P:metrics:counter:{name}       hash     none                           metrics.py
   P:metrics:hist:{name}          hash     none                           metrics.py
   P:webhooks (RQ queue name)     -        RQ: list rq:queue:P:webhooks   webhooks/outbox.py
   P:webhook:throttle:{id}        string   WEBHOOK_PROGRESS_INTERVAL      webhooks/outbox.py
   P:webhook:log:{id}             list     RETENTION, renewed             webhooks/attempts.py
+  P:replication-probe            string   60 s                           redis_client.py
   P:hub:{token}                  stream   120 s, renewed                 api/stream_hub.py
 """
 
@@ -137,6 +139,10 @@ class Keys:
     def webhook_log(self, job_id: str) -> str:
         return self._key("webhook", "log", job_id)
 
+    @property
+    def replication_probe(self) -> str:
+        return self._key("replication-probe")
+
     def hub_wake(self, token: str) -> str:
         return self._key("hub", token)
 
@@ -159,6 +165,7 @@ class Ttl:
 
     ADMISSION_S = 30  # an admission reservation (P:admitting entry) lapses after this
     HUB_WAKE_S = 120
+    REPLICATION_PROBE_MS = 60_000
 
     @staticmethod
     def retention(settings: _Lifetimes) -> int:

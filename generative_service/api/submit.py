@@ -21,7 +21,7 @@ from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
 import generative_service.engine.paths as paths
-from generative_service import events, rules, webhooks
+from generative_service import events, redis_client, rules, webhooks
 from generative_service.errors import InvalidRequest
 from generative_service.jobs import JobStore
 from generative_service.keys import Keys
@@ -82,6 +82,8 @@ async def submit(
     record, created = await run_in_threadpool(
         store.create, body, owner=owner, idempotency_key=idempotency_key
     )
+    if created:  # with GENSVC_REDIS_MIN_REPLICAS, accepted only once replicas hold the job
+        await run_in_threadpool(redis_client.confirm_replicated, redis, settings)
     waited = bool(wait_s) and not record.status.is_terminal
     if waited:
         await wait_for_end(aredis, settings.key_prefix, record.id, float(wait_s or 0))
@@ -113,15 +115,46 @@ def check_request(
 
 
 def _check_metadata(request: GenerationRequest, settings: Settings) -> None:
+    depth = _depth(request.metadata)
+    if depth > rules.MAX_METADATA_DEPTH:
+        # NOTE: before any json.dumps/model_dump: deep nesting makes those raise (a 500).
+        raise InvalidRequest(
+            "metadata",
+            f"must be nested at most {rules.MAX_METADATA_DEPTH} levels deep, got {depth}",
+        )
     try:
-        size = len(json.dumps(request.metadata, separators=(",", ":"), allow_nan=False).encode())
+        text = json.dumps(request.metadata, separators=(",", ":"), allow_nan=False)
     except ValueError:  # NaN/Infinity parse in Python but could not be echoed back as JSON
         raise InvalidRequest(
             "metadata", "must be plain JSON: NaN and Infinity are not JSON numbers"
         ) from None
+    try:
+        json.dumps(request.metadata, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate ("\udfff") parses from JSON but cannot be stored or echoed back.
+        raise InvalidRequest(
+            "metadata", "strings must be valid Unicode text (a lone surrogate escape is not)"
+        ) from None
+    size = len(text.encode())
     problem = rules.metadata_problem(size, settings.max_metadata_bytes)
     if problem:
         raise InvalidRequest("metadata", problem)
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            if level > rules.MAX_METADATA_DEPTH:
+                return level  # deep enough to refuse; no need to walk the rest
+            stack.extend(
+                (child, level) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
 
 
 def _check_images(request: GenerationRequest, settings: Settings) -> None:

@@ -37,6 +37,7 @@ def settings_info(settings: Settings) -> dict:
         "controlnets": controlnets,
         "samplers": list(rules.SAMPLERS),
         "default_size": paths.default_size(settings),
+        "backend": {"name": settings.engine_backend},
         "limits": rules.limits(settings),
     }
 
