@@ -206,6 +206,7 @@ class Engine:
             "device": str(self.models.device),
             "dtype": str(self.models.dtype).removeprefix("torch."),
             "attention": self.models.attention,
+            "runtime": self.models.runtime,
             "compiled": self.settings.compile_unet,
             "lora_hotswap": self.settings.lora_hotswap_rank > 0,
         }
@@ -224,7 +225,10 @@ class Engine:
         groups: list[list[EngineJob]] = []
         open_groups: dict[str, list[EngineJob]] = {}
         for job in jobs:
-            key = batch_key(job.request)
+            request = job.request
+            negative = request.negative_prompt if request.uses_cfg else ""
+            # prompts of different lengths (75-token windows) cannot share one call
+            key = f"{batch_key(request)}|{self.prompts.chunk_count(request.prompt, negative)}"
             group = open_groups.get(key)
             if (
                 group is None
