@@ -21,7 +21,7 @@ from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
 import generative_service.engine.paths as paths
-from generative_service import events, redis_client, webhooks
+from generative_service import events, redis_client, rules, webhooks
 from generative_service.errors import InvalidRequest
 from generative_service.jobs import JobRecord, JobStore
 from generative_service.schemas import ControlSpec, GenerationRequest
@@ -106,6 +106,9 @@ def check_request(
     """Checks that depend on configuration. Raises InvalidRequest naming the field."""
     _check_metadata(request, settings)
     _check_images(request, settings)
+    rules.check_job_cost(
+        request, default_size=paths.default_size(settings), max_cost=settings.max_job_cost
+    )
     if request.webhook is not None:
         webhooks.validate_url(request.webhook, settings)
     _check_loras(request, settings)
