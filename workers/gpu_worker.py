@@ -202,6 +202,7 @@ class WorkerContext:
             redis=side, store=side_store, queue_names=rq_queues, get_worker=lambda: self.worker
         )
         self.maintenance.before_cleanup = self.heartbeat.beat
+        self.maintenance.storage = self.storage
         self.watchdog = Watchdog(
             state=self.state, timeout_s=settings.job_timeout_s, on_hung=self.on_hung
         )

@@ -3,6 +3,7 @@ processes the test starts on free ports (never the shared Redis on 6379)."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,3 +33,20 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture
+def make_s3_settings(make_settings, s3_server, monkeypatch: pytest.MonkeyPatch):
+    """Factory of Settings on a fresh bucket of the moto server (AWS_* set in the environment)."""
+    import boto3
+
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+
+    def factory(**overrides):
+        bucket = f"gensvc-{secrets.token_hex(6)}"
+        boto3.client("s3", endpoint_url=s3_server.endpoint_url).create_bucket(Bucket=bucket)
+        values = {"storage_url": f"s3://{bucket}/svc", "s3_endpoint_url": s3_server.endpoint_url}
+        return make_settings(**{**values, **overrides})
+
+    return factory

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from redis import Redis
-from redis.exceptions import RedisError
 
 MASTER_NAME = "gensvc"
 
@@ -33,7 +32,7 @@ def _wait(predicate, *, timeout: float, what: str) -> None:
         try:
             if predicate():
                 return
-        except (RedisError, OSError):
+        except Exception:  # noqa: BLE001 - not up yet (refused, reset, no master...)
             pass
         time.sleep(0.05)
     raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")

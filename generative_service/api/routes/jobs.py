@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from generative_service import webhooks
@@ -187,6 +188,9 @@ def cancel_job(
             "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
             "description": "The image bytes.",
         },
+        307: {
+            "description": "With GENSVC_IMAGE_URLS=presigned: a time-limited object-storage URL of the image."
+        },
         **error_responses(401, 404, 422, 503),
     },
 )
@@ -196,6 +200,7 @@ def get_image(
     store: StoreDep,
     storage: StorageDep,
     owner: OwnerDep,
+    settings: SettingsDep,
 ) -> Response:
     """Image `index` of a finished job. Blocked (NSFW policy `block`) and missing images are 404."""
     record = store.get(job_id, owner=owner)
@@ -204,12 +209,19 @@ def get_image(
         state = "" if record.status.is_terminal else f" (the job is {record.status.value})"
         reason = " (blocked by the safety filter)" if image is not None and image.blocked else state
         raise NotFound(f"image {index} of job {job_id} not found{reason}")
-    data, content_type = storage.get(job_id, index)
+    if settings.image_urls == "presigned":
+        url = storage.presigned_url(job_id, index, settings.presigned_url_ttl_s)
+        if url is not None:
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    chunks, content_type, length = storage.stream(job_id, index)
     # Images never change once stored, so clients and proxies may keep them.
-    return Response(
-        content=data,
+    return StreamingResponse(
+        chunks,
         media_type=content_type,
-        headers={"Cache-Control": "private, max-age=86400, immutable"},
+        headers={
+            "Cache-Control": "private, max-age=86400, immutable",
+            "Content-Length": str(length),
+        },
     )
 
 
