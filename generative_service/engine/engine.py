@@ -320,7 +320,7 @@ class Engine:
     def _cancel_points(self, pipe) -> list:
         """Modules checked for cancel inside one step and during the VAE decode."""
         modules = vae_decoder_blocks(pipe.vae)
-        if not self.settings.compile_unet:  # NOTE: hooks would break the compiled graph
+        if self.backend.name == "eager":  # NOTE: hooks would break a compiled or exported graph
             modules += unet_blocks(pipe.unet)
             controlnet = getattr(pipe, "controlnet", None)
             if controlnet is not None:

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(1500)
 def test_gpu_check_smoke_measures_every_part(tmp_path, redis_url):
     out = tmp_path / "section.md"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GENSVC_REDIS_URL": redis_url}
