@@ -28,7 +28,14 @@ OPENAPI_PATH = Path("openapi/openapi.json")
 POSTMAN_PATH = Path("openapi/postman_collection.json")
 POSTMAN_SCHEMA = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
 # Path parameters become collection variables so requests chain (submit, then get/cancel/...).
-PATH_VARIABLES = {"job_id": "{{jobId}}", "name": "{{loraName}}", "index": "0"}
+PATH_VARIABLES = {
+    "job_id": "{{jobId}}",
+    "name": "{{loraName}}",
+    "index": "0",
+    "study_id": "{{studyId}}",
+    "pair_id": "{{pairId}}",
+    "side": "left",
+}
 METHODS = ("get", "post", "put", "patch", "delete")
 # Values for parameters the document gives no example for ({{$guid}} is Postman's random UUID).
 PARAM_HINTS = {"idempotency-key": "{{$guid}}", "prefer": "wait=30", "last-event-id": "0-0"}

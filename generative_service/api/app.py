@@ -15,7 +15,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from generative_service.api import errors
 from generative_service.api.limits import BodySizeLimit
-from generative_service.api.routes import events, health, jobs, metrics, models
+from generative_service.api.routes import evals, events, health, jobs, metrics, models
 from generative_service.jobs import JobStore
 from generative_service.settings import Settings, get_settings
 from generative_service.storage import get_storage
@@ -34,6 +34,10 @@ TAGS = [
     {"name": "jobs", "description": "Submit, follow, cancel and download generation jobs."},
     {"name": "models", "description": "What the workers serve; LoRA adapter files."},
     {"name": "health", "description": "Liveness and readiness probes."},
+    {
+        "name": "evals",
+        "description": "Blind A/B evaluation studies rated by people (see docs/evaluation.md).",
+    },
 ]
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
@@ -102,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = get_storage(settings)
     errors.install(app)
     app.add_middleware(BodySizeLimit, settings=settings)
-    for module in (jobs, events, models, health, metrics):
+    for module in (jobs, events, models, health, metrics, evals):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -20,6 +20,7 @@ from redis.asyncio import Redis as AsyncRedis
 import generative_service.engine.paths as paths
 from generative_service import events, webhooks
 from generative_service.errors import InvalidRequest
+from generative_service.jobs import JobRecord, JobStore
 from generative_service.schemas import ControlSpec, GenerationRequest
 from generative_service.settings import Settings
 
@@ -45,6 +46,32 @@ def parse_prefer_wait(header: str | None, settings: Settings) -> int | None:
         # NOTE: int() of a 5000-digit string raises ValueError (a 500); anything that long is "a lot".
         return min(int(value), settings.wait_max_s) if len(value) <= 9 else settings.wait_max_s
     return None
+
+
+def accept(
+    request: GenerationRequest,
+    *,
+    store: JobStore,
+    settings: Settings,
+    owner: str,
+    idempotency_key: str | None = None,
+) -> tuple[JobRecord, bool]:
+    """Check and enqueue one job, as POST /v1/jobs does. Returns (record, created).
+
+    Every surface that makes images (the jobs API, evaluation studies) submits through here, so
+    each job gets the same checks, admission and queue.
+    """
+    models_info = _models_info(store.redis, settings.key_prefix) if request.control else {}
+    check_request(request, settings, models_info)
+    return store.create(request, owner=owner, idempotency_key=idempotency_key)
+
+
+def _models_info(redis, prefix: str) -> dict:
+    raw = redis.get(f"{prefix}:models")
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
 
 
 def check_request(

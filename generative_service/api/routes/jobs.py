@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -66,14 +65,6 @@ _RESOURCE_EXAMPLE = {
 _JOB_JSON = {"application/json": {"example": _RESOURCE_EXAMPLE}}
 
 
-def _models_info(redis, prefix: str) -> dict:
-    raw = redis.get(f"{prefix}:models")
-    try:
-        return json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-
-
 @router.post(
     "",
     status_code=202,
@@ -92,7 +83,6 @@ async def submit_job(
     body: GenerationRequest,
     response: Response,
     store: StoreDep,
-    redis: RedisDep,
     aredis: AsyncRedisDep,
     settings: SettingsDep,
     owner: OwnerDep,
@@ -114,12 +104,13 @@ async def submit_job(
 ) -> JobResource:
     """Validate, enqueue and answer at once (202), unless `Prefer: wait=N` asks to wait for the result."""
     wait_s = submit.parse_prefer_wait(prefer, settings)
-    models_info = (
-        await run_in_threadpool(_models_info, redis, settings.key_prefix) if body.control else {}
-    )
-    await run_in_threadpool(submit.check_request, body, settings, models_info)
     record, created = await run_in_threadpool(
-        store.create, body, owner=owner, idempotency_key=idempotency_key
+        submit.accept,
+        body,
+        store=store,
+        settings=settings,
+        owner=owner,
+        idempotency_key=idempotency_key,
     )
     if wait_s and not record.status.is_terminal:
         response.headers["Preference-Applied"] = f"wait={wait_s}"
