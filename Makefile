@@ -8,7 +8,7 @@ EXTRAS ?= test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-all lint openapi bench redis clean
+.PHONY: install demo test test-all test-deps lint openapi bench redis clean
 
 $(BIN)/gensvc: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,16 +21,20 @@ install: $(BIN)/gensvc
 redis:
 	@scripts/ensure-redis
 
+# Servers the tests start themselves (redis-server, redis-sentinel), apt-installed when missing.
+test-deps:
+	@scripts/ensure-test-deps
+
 # Starts Redis (if none answers), the gateway and a worker on the embedded demo model,
 # generates one image into ./demo.png, then stops everything.
 demo: install
 	$(BIN)/gensvc demo --out demo.png
 
-test: install redis
+test: install test-deps redis
 	@$(BIN)/python -m pytest -q -m "not slow and not gpu"; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
-test-all: install redis
+test-all: install test-deps redis
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 lint: install

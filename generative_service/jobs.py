@@ -157,30 +157,35 @@ class JobStore:
             if existing is not None:
                 return existing, False
         token = self.queue.admit()
-        resolved = self.resolve(request)
-        record = JobRecord(
-            id=new_job_id(),
-            owner=owner,
-            created_at=utcnow(),
-            queue=self.settings.queue_for(
-                pixels=resolved.width * resolved.height,
-                loras=[lora.name for lora in resolved.loras],
-            ),
-            request=resolved,
-            progress=Progress(stage=Stage.queued, total_steps=resolved.steps),
-        )
-        if idem_key and not self.queue.remember(idem_key, record.id, digest):
-            existing = self._idempotent_replay(idem_key, digest)  # lost a race with the same key
-            if existing is not None:
-                self.queue.release(token)
-                return existing, False
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(f"{self.prefix}:epoch", repr(time.time()), nx=True)
-        pipe.set(self.job_key(record.id), record.model_dump_json())
-        pipe.zadd(self.owner_key(owner), {record.id: record.created_at.timestamp()})
-        pipe.execute()
-        self.queue.enqueue(record)
-        self.queue.release(token)  # now counted by its queue's length
+        # NOTE: every way out after admission drops the reservation (an error in between used to
+        # hold a queue slot for ADMIT_TTL_S); once enqueued the job is counted by its queue.
+        try:
+            resolved = self.resolve(request)
+            record = JobRecord(
+                id=new_job_id(),
+                owner=owner,
+                created_at=utcnow(),
+                queue=self.settings.queue_for(
+                    pixels=resolved.width * resolved.height,
+                    loras=[lora.name for lora in resolved.loras],
+                ),
+                request=resolved,
+                progress=Progress(stage=Stage.queued, total_steps=resolved.steps),
+            )
+            if idem_key and not self.queue.remember(idem_key, record.id, digest):
+                existing = self._idempotent_replay(
+                    idem_key, digest
+                )  # lost a race with the same key
+                if existing is not None:
+                    return existing, False
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.set(f"{self.prefix}:epoch", repr(time.time()), nx=True)
+            pipe.set(self.job_key(record.id), record.model_dump_json())
+            pipe.zadd(self.owner_key(owner), {record.id: record.created_at.timestamp()})
+            pipe.execute()
+            self.queue.enqueue(record)
+        finally:
+            self.queue.release(token)
         metrics.job_submitted(self.redis, self.settings, record.queue)
         log.info(
             "job.submitted",

@@ -35,6 +35,7 @@ PATH_VARIABLES = {
     "study_id": "{{studyId}}",
     "pair_id": "{{pairId}}",
     "side": "left",
+    "model": "{{modelId}}",
 }
 METHODS = ("get", "post", "put", "patch", "delete")
 # Values for parameters the document gives no example for ({{$guid}} is Postman's random UUID).
@@ -157,6 +158,12 @@ def build_postman(spec: dict) -> dict:
                 "description": "Set by the test script of 'Submit a generation job'.",
             },
             {"key": "loraName", "value": lora_example_name(spec), "type": "string"},
+            {
+                "key": "modelId",
+                "value": "tiny",
+                "type": "string",
+                "description": "The served model (GET /openai/v1/models).",
+            },
         ],
         "item": [
             {"name": tag, "description": tag_text.get(tag, ""), "item": items}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -42,6 +43,46 @@ class Settings(BaseSettings):
     key_prefix: str = Field(
         "gensvc",
         description="Prefix of every Redis key the service writes (lets tests and tenants share a Redis).",
+    )
+
+    # --- Running across machines: Redis Sentinel and object storage ---------------------------
+    redis_sentinels: CommaList = Field(
+        [],
+        description="`host:port,...` of Redis Sentinels; set, clients follow the master named REDIS_SENTINEL_MASTER through failovers (REDIS_URL then gives only db and password).",
+    )
+    redis_sentinel_master: str = Field(
+        "mymaster", description="Sentinel name of the Redis master (`sentinel monitor NAME ...`)."
+    )
+    redis_sentinel_password: str | None = Field(
+        None, description="Password of the sentinels themselves (`requirepass` in sentinel.conf)."
+    )
+    redis_min_replicas: int = Field(
+        0,
+        ge=0,
+        description="Replicas that must confirm a new job (Redis WAIT) before submit answers 202; 1 with Sentinel keeps accepted jobs through a failover.",
+    )
+    redis_replica_wait_ms: int = Field(
+        1000, ge=1, description="How long submit waits for REDIS_MIN_REPLICAS (else 503)."
+    )
+
+    storage_url: str = Field(
+        "",
+        description="`s3://BUCKET/PREFIX`: images and LoRA adapters in an S3-compatible bucket (credentials from the standard AWS chain); empty = local STORAGE_DIR and LORA_DIR.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="S3 API endpoint of a non-AWS server (MinIO: `http://minio:9000`); unset = AWS.",
+    )
+    image_urls: Literal["proxy", "presigned"] = Field(
+        "proxy",
+        description="With STORAGE_URL: `proxy` = the gateway streams images (auth checked on every download); `presigned` = it redirects (307) to a time-limited bucket URL (less gateway traffic; the URL works for anyone holding it until it expires).",
+    )
+    presigned_url_ttl_s: int = Field(
+        900, ge=1, le=7 * 86400, description="Lifetime of a presigned image URL."
+    )
+    lora_cache_dir: Path | None = Field(
+        None,
+        description="With STORAGE_URL: where a worker keeps adapters fetched from the bucket, by content hash. Default: CACHE_DIR/lora-objects.",
     )
 
     # --- Models -------------------------------------------------------------------------------
@@ -161,6 +202,17 @@ class Settings(BaseSettings):
         description="Bound of the gateway's async Redis pool shared by SSE streams and `Prefer: wait` (a stream waits for a free connection).",
     )
 
+    # --- Client compatibility (OpenAI / AUTOMATIC1111 APIs, browsers) ---------------------------
+    compat_wait_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long `/openai/v1/images/generations` and `/sdapi/v1/txt2img` wait for their job before answering 504 (the job keeps running; `/v1/jobs` has it).",
+    )
+    cors_origins: CommaList = Field(
+        [],
+        description="Origins whose web pages may call the API and open event streams (`https://app.example.com`, or `*`); empty = none.",
+    )
+
     # --- Webhooks ------------------------------------------------------------------------------
     webhook_secrets: CommaList = Field(
         [],
@@ -234,7 +286,9 @@ class Settings(BaseSettings):
     @field_validator(
         "queues",
         "queue_routes",
+        "redis_sentinels",
         "api_keys",
+        "cors_origins",
         "webhook_secrets",
         "webhook_allowed_ports",
         "webhook_retry_schedule",
@@ -275,6 +329,22 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"webhook retry schedule entries must be non-negative seconds, got {item!r}"
                 ) from None
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: list[str]) -> list[str]:
+        for item in value:
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"each sentinel must look like HOST:PORT, got {item!r}")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str) -> str:
+        if value and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", value):
+            raise ValueError(f"storage URL must look like s3://BUCKET/PREFIX, got {value!r}")
         return value
 
     @field_validator("queue_routes")

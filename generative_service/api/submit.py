@@ -14,11 +14,14 @@ import io
 import json
 import re
 import time
+from dataclasses import dataclass
 
+from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from starlette.concurrency import run_in_threadpool
 
 import generative_service.engine.paths as paths
-from generative_service import events, webhooks
+from generative_service import events, redis_client, webhooks
 from generative_service.errors import InvalidRequest
 from generative_service.jobs import JobRecord, JobStore
 from generative_service.schemas import ControlSpec, GenerationRequest
@@ -26,6 +29,7 @@ from generative_service.settings import Settings
 
 _WAIT = re.compile(r"^\s*wait\s*=\s*(\S*)\s*$", re.IGNORECASE)
 _DATA_URL = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
+MAX_METADATA_DEPTH = 32  # levels of objects/arrays in `metadata`
 WAIT_SLICE_S = 1.0  # re-read at least this often, should a wake-up be missed (Redis trouble)
 
 
@@ -48,30 +52,52 @@ def parse_prefer_wait(header: str | None, settings: Settings) -> int | None:
     return None
 
 
-def accept(
-    request: GenerationRequest,
+@dataclass(frozen=True)
+class Submitted:
+    record: JobRecord  # as it stands when the answer is made (after any wait)
+    created: bool  # False: an idempotent replay of an earlier job
+    waited: bool  # True: the answer waited (Prefer: wait, or a compatibility route)
+
+
+async def submit(
+    body: GenerationRequest,
     *,
     store: JobStore,
+    redis: Redis,
+    aredis: AsyncRedis,
     settings: Settings,
     owner: str,
     idempotency_key: str | None = None,
-) -> tuple[JobRecord, bool]:
-    """Check and enqueue one job, as POST /v1/jobs does. Returns (record, created).
+    wait_s: float | None = None,
+) -> Submitted:
+    """Check, enqueue and (for `wait_s`) wait for the job to end: the one submit path of every API.
 
-    Every surface that makes images (the jobs API, evaluation studies) submits through here, so
-    each job gets the same checks, admission and queue.
+    `/v1/jobs`, `/openai/v1/images/generations` and `/sdapi/v1/txt2img` all come through here, so
+    admission, quotas, idempotency and batching behave the same whichever API a client speaks.
+    After a wait the job is read again, so an unfinished job is answered as it stands then.
     """
-    models_info = _models_info(store.redis, settings.key_prefix) if request.control else {}
-    check_request(request, settings, models_info)
-    return store.create(request, owner=owner, idempotency_key=idempotency_key)
+    models_info = await run_in_threadpool(models_info_of, redis, settings) if body.control else {}
+    await run_in_threadpool(check_request, body, settings, models_info)
+    record, created = await run_in_threadpool(
+        store.create, body, owner=owner, idempotency_key=idempotency_key
+    )
+    if created:  # with GENSVC_REDIS_MIN_REPLICAS, accepted only once replicas hold the job
+        await run_in_threadpool(redis_client.confirm_replicated, redis, settings)
+    waited = bool(wait_s) and not record.status.is_terminal
+    if waited:
+        await wait_for_end(aredis, settings.key_prefix, record.id, float(wait_s or 0))
+        record = await run_in_threadpool(store.get, record.id)
+    return Submitted(record=record, created=created, waited=waited)
 
 
-def _models_info(redis, prefix: str) -> dict:
-    raw = redis.get(f"{prefix}:models")
+def models_info_of(redis: Redis, settings: Settings) -> dict:
+    """What the workers published at start (`GET /v1/models`), or {} when none has."""
+    raw = redis.get(f"{settings.key_prefix}:models")
     try:
-        return json.loads(raw) if raw else {}
+        info = json.loads(raw) if raw else {}
     except ValueError:
         return {}
+    return info if isinstance(info, dict) else {}
 
 
 def check_request(
@@ -88,16 +114,46 @@ def check_request(
 
 
 def _check_metadata(request: GenerationRequest, settings: Settings) -> None:
+    depth = _depth(request.metadata)
+    if depth > MAX_METADATA_DEPTH:
+        # NOTE: before any json.dumps/model_dump: deep nesting makes those raise (a 500).
+        raise InvalidRequest(
+            "metadata", f"must be nested at most {MAX_METADATA_DEPTH} levels deep, got {depth}"
+        )
     try:
-        size = len(json.dumps(request.metadata, separators=(",", ":"), allow_nan=False).encode())
+        text = json.dumps(request.metadata, separators=(",", ":"), allow_nan=False)
     except ValueError:  # NaN/Infinity parse in Python but could not be echoed back as JSON
         raise InvalidRequest(
             "metadata", "must be plain JSON: NaN and Infinity are not JSON numbers"
         ) from None
+    try:
+        json.dumps(request.metadata, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate ("\udfff") parses from JSON but cannot be stored or echoed back.
+        raise InvalidRequest(
+            "metadata", "strings must be valid Unicode text (a lone surrogate escape is not)"
+        ) from None
+    size = len(text.encode())
     if size > settings.max_metadata_bytes:
         raise InvalidRequest(
             "metadata", f"must be at most {settings.max_metadata_bytes} bytes as JSON, got {size}"
         )
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            if level > MAX_METADATA_DEPTH:
+                return level  # deep enough to refuse; no need to walk the rest
+            stack.extend(
+                (child, level) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
 
 
 def _check_images(request: GenerationRequest, settings: Settings) -> None:

@@ -78,15 +78,22 @@ class LoraManager:
                 f"at most {self.capacity} adapters can be active at once (GENSVC_LORA_CACHE_SIZE)",
             )
         pinned = {spec.name for spec in specs}
-        adapters = [
-            self._ensure(index, spec.name, pinned=pinned) for index, spec in enumerate(specs)
-        ]
-        if not self._enabled:
-            self.pipe.enable_lora()
-            self._enabled = True
-        self.pipe.set_adapters(
-            [adapter.slot for adapter in adapters], adapter_weights=[spec.scale for spec in specs]
-        )
+        try:
+            adapters = [
+                self._ensure(index, spec.name, pinned=pinned) for index, spec in enumerate(specs)
+            ]
+            if not self._enabled:
+                self.pipe.enable_lora()
+                self._enabled = True
+            self.pipe.set_adapters(
+                [adapter.slot for adapter in adapters],
+                adapter_weights=[spec.scale for spec in specs],
+            )
+        except BaseException:
+            # NOTE: whatever failed (a bad file, an evicted slot, set_adapters), the next job must
+            # see the exact base model, never the adapters of an earlier job.
+            self._disable()
+            raise
         self._active = list(zip(adapters, [spec.scale for spec in specs], strict=True))
         return [{"name": a.name, "scale": s, "sha256": a.sha256} for a, s in self._active]
 
@@ -108,10 +115,18 @@ class LoraManager:
     # --- loading ---------------------------------------------------------------------------------
 
     def _disable(self) -> None:
-        if self._adapters and self._enabled:
-            self.pipe.disable_lora()  # LoRA layers then call only their base layer: exact base output
+        """Turn every adapter layer off: the pipeline computes exactly the base model.
+
+        NOTE: decided from what the pipeline holds, not from `_enabled`: after a failed load that
+        flag no longer says whether layers are active (the adapter-leak bug).
+        """
+        if self._adapters or self._present():
+            self.pipe.disable_lora()  # LoRA layers then call only their base layer
         self._enabled = False
         self._active = []
+
+    def _present(self) -> set[str]:
+        return {a for names in self.pipe.get_list_adapters().values() for a in names}
 
     def _ensure(self, index: int, name: str, *, pinned: set[str]) -> _Adapter:
         path = lora_path(self.settings, name)
@@ -152,7 +167,7 @@ class LoraManager:
     def _load(
         self, path: Path, *, name: str, slot: str, stamp: tuple[int, int], field: str
     ) -> _Adapter:
-        present = {a for names in self.pipe.get_list_adapters().values() for a in names}
+        present = self._present()
         hotswap = bool(self.hotswap_rank) and slot in present
         if self.hotswap_rank and not hotswap and present:
             # A new slot in hot-swap mode: pad it to the target rank too.
@@ -195,12 +210,9 @@ class LoraManager:
             self.pipe.unload_lora_weights()
             self._adapters.clear()
             self.pipe.enable_lora_hotswap(target_rank=self.hotswap_rank, check_compiled="ignore")
-        else:
-            present = {a for names in self.pipe.get_list_adapters().values() for a in names}
-            if slot in present:
-                self.pipe.delete_adapters(slot)
-        self._active = []
-        self._enabled = False
+        elif slot in self._present():
+            self.pipe.delete_adapters(slot)
+        self._disable()
 
     def _check_file(self, path: Path, *, field: str, name: str) -> None:
         """Refuse unreadable files and UNet layers that this model lacks or has another shape."""

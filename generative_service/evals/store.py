@@ -7,7 +7,7 @@ Redis layout (prefix P = settings.key_prefix):
 All three expire GENSVC_EVAL_RETENTION_S after the last vote (or the creation); the images are
 ordinary jobs of the owner and follow GENSVC_RETENTION_S.
 
-Images are submitted through `api.submit.accept`, the function POST /v1/jobs uses, with an
+Images are submitted through `api.submit.submit`, the function POST /v1/jobs uses, with an
 Idempotency-Key per image: a study whose images do not all fit the queue at once (MAX_QUEUED,
 per-key quotas) submits the rest whenever it is read again, and two gateways reading the same
 study at once make each image once.
@@ -22,6 +22,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from starlette.concurrency import run_in_threadpool
 
 from generative_service.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from generative_service.evals import study as design_
@@ -52,8 +54,11 @@ def load_prompts(path: Path) -> list[str]:
 class EvalStore:
     """Creates, reads and refreshes studies; records and lists votes."""
 
-    def __init__(self, redis: Redis, settings: Settings, jobs: JobStore) -> None:
+    def __init__(
+        self, redis: Redis, aredis: AsyncRedis, settings: Settings, jobs: JobStore
+    ) -> None:
         self.redis = redis
+        self.aredis = aredis
         self.settings = settings
         self.jobs = jobs
         self.prefix = settings.key_prefix
@@ -69,7 +74,7 @@ class EvalStore:
         return f"{self.prefix}:evals:{owner}"
 
     # --- create ---------------------------------------------------------------------------------
-    def create(self, spec: StudyCreate, *, owner: str) -> StudyRecord:
+    async def create(self, spec: StudyCreate, *, owner: str) -> StudyRecord:
         """Validate every arm's request, store the study and submit as many images as fit.
 
         Raises:
@@ -86,7 +91,9 @@ class EvalStore:
             )
         arms = [Arm(name=arm.name, params=arm.params) for arm in spec.arms]
         for index, arm in enumerate(arms):
-            self._check_arm(index, spec.base, arm.params, prompts[0], seeds[0])
+            await run_in_threadpool(
+                self._check_arm, index, spec.base, arm.params, prompts[0], seeds[0]
+            )
         items, pairs = design_.design(
             arms=len(arms),
             prompts=len(prompts),
@@ -108,14 +115,16 @@ class EvalStore:
             items=items,
             pairs=pairs,
         )
+        await run_in_threadpool(self._save_new, record)
+        return await self.refresh(record)
+
+    def _save_new(self, record: StudyRecord) -> None:
+        retention = self.settings.eval_retention_s
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(
-            self.study_key(record.id), record.model_dump_json(), ex=self.settings.eval_retention_s
-        )
-        pipe.zadd(self.owner_key(owner), {record.id: record.created_at.timestamp()})
-        pipe.expire(self.owner_key(owner), self.settings.eval_retention_s)
+        pipe.set(self.study_key(record.id), record.model_dump_json(), ex=retention)
+        pipe.zadd(self.owner_key(record.owner), {record.id: record.created_at.timestamp()})
+        pipe.expire(self.owner_key(record.owner), retention)
         pipe.execute()
-        return self.refresh(record)
 
     def _prompts(self, spec: StudyCreate) -> list[str]:
         prompts = spec.prompts
@@ -182,22 +191,25 @@ class EvalStore:
         pipe.execute()
 
     # --- images ---------------------------------------------------------------------------------
-    def refresh(self, record: StudyRecord) -> StudyRecord:
+    async def refresh(self, record: StudyRecord) -> StudyRecord:
         """Bring item states up to date with their jobs and submit images not yet admitted."""
         if not record.generating:
             return record
         before = record.model_dump_json()
+        await run_in_threadpool(self._read_jobs, record)
+        for item in record.items:
+            if item.state == "pending" and not await self._submit(record, item):
+                break  # the queue is full now; the rest go in on a later read
+        if record.model_dump_json() != before:
+            await self.aredis.set(self.study_key(record.id), record.model_dump_json(), keepttl=True)
+        return record
+
+    def _read_jobs(self, record: StudyRecord) -> None:
         for item in record.items:
             if item.state == "queued":
                 self._read_job(item)
-        for item in record.items:
-            if item.state == "pending" and not self._submit(record, item):
-                break  # the queue is full now; the rest go in on a later read
-        if record.model_dump_json() != before:
-            self.redis.set(self.study_key(record.id), record.model_dump_json(), keepttl=True)
-        return record
 
-    def _submit(self, record: StudyRecord, item: Item) -> bool:
+    async def _submit(self, record: StudyRecord, item: Item) -> bool:
         """Submit `item`'s job. False when the queue has no room for it now."""
         from generative_service.api import submit
 
@@ -207,9 +219,11 @@ class EvalStore:
             study_id=record.id,
         )  # fmt: skip
         try:
-            job, _ = submit.accept(
+            submitted = await submit.submit(
                 request,
                 store=self.jobs,
+                redis=self.redis,
+                aredis=self.aredis,
                 settings=self.settings,
                 owner=record.owner,
                 idempotency_key=f"{record.id}.{item.arm}.{item.prompt}.{item.seed}",
@@ -219,8 +233,7 @@ class EvalStore:
                 return False
             item.state, item.error = "failed", exc.message  # e.g. a LoRA deleted since creation
             return True
-        item.job_id, item.state = job.id, "queued"
-        self._read_job(item)
+        item.job_id, item.state = submitted.record.id, "queued"
         return True
 
     def _read_job(self, item: Item) -> None:

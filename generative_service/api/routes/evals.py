@@ -6,8 +6,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 
-from generative_service.api.deps import OwnerDep, SettingsDep, StorageDep
+from generative_service.api.deps import AsyncRedisDep, OwnerDep, SettingsDep, StorageDep
 from generative_service.api.responses import error_responses
 from generative_service.errors import Conflict, NotFound
 from generative_service.evals import results, study
@@ -35,16 +36,17 @@ Rater = Annotated[
 ]  # fmt: skip
 
 
-def get_evals(request: Request) -> EvalStore:
+def get_evals(request: Request, aredis: AsyncRedisDep) -> EvalStore:
     state = request.app.state
-    return EvalStore(state.redis, state.settings, state.store)
+    return EvalStore(state.redis, aredis, state.settings, state.store)
 
 
 EvalsDep = Annotated[EvalStore, Depends(get_evals)]
 
 
-def _study(evals: EvalStore, study_id: str, owner: str) -> study.StudyRecord:
-    return evals.refresh(evals.get(study_id, owner=owner))
+async def _study(evals: EvalStore, study_id: str, owner: str) -> study.StudyRecord:
+    """The caller's study, its images brought up to date (and more of them submitted)."""
+    return await evals.refresh(await run_in_threadpool(evals.get, study_id, owner=owner))
 
 
 @router.post(
@@ -54,10 +56,11 @@ def _study(evals: EvalStore, study_id: str, owner: str) -> study.StudyRecord:
     summary="Create a study (its images are generated through the job queue)",
     responses=error_responses(401, 422, 503),
 )
-def create_study(
+async def create_study(
     body: StudyCreate, response: Response, evals: EvalsDep, settings: SettingsDep, owner: OwnerDep
 ) -> StudyResource:
-    resource = evals.to_resource(evals.create(body, owner=owner), base_url=settings.public_url)
+    record = await evals.create(body, owner=owner)
+    resource = await run_in_threadpool(evals.to_resource, record, base_url=settings.public_url)
     response.headers["Location"] = resource.links["self"]
     return resource
 
@@ -72,10 +75,11 @@ def list_studies(evals: EvalsDep, settings: SettingsDep, owner: OwnerDep) -> Stu
 
 @router.get("/{study_id}", response_model=StudyResource, summary="Get a study",
             responses=error_responses(401, 404, 503))  # fmt: skip
-def get_study(
+async def get_study(
     study_id: StudyId, evals: EvalsDep, settings: SettingsDep, owner: OwnerDep
 ) -> StudyResource:
-    return evals.to_resource(_study(evals, study_id, owner), base_url=settings.public_url)
+    record = await _study(evals, study_id, owner)
+    return await run_in_threadpool(evals.to_resource, record, base_url=settings.public_url)
 
 
 @router.delete("/{study_id}", status_code=204, summary="Delete a study and its votes",
@@ -91,13 +95,13 @@ def delete_study(study_id: StudyId, evals: EvalsDep, owner: OwnerDep) -> Respons
     summary="The next pair for a rater (blind, sides randomised)",
     responses=error_responses(401, 404, 422, 503),
 )
-def next_pair(
+async def next_pair(
     study_id: StudyId, evals: EvalsDep, settings: SettingsDep, owner: OwnerDep, rater: Rater = None
 ) -> NextPair:
     """The rater's next unanswered pair whose images exist; `pair_id` null while the rest generate."""
     rater = rater or owner
-    record = _study(evals, study_id, owner)
-    answered = evals.answered(record, rater)
+    record = await _study(evals, study_id, owner)
+    answered = await run_in_threadpool(evals.answered, record, rater)
     open_pairs = [
         pair
         for pair in study.rater_order(record, rater)
@@ -125,7 +129,7 @@ def next_pair(
     responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
                **error_responses(401, 404, 409, 422, 503)},
 )  # fmt: skip
-def pair_image(
+async def pair_image(
     study_id: StudyId,
     pair_id: Annotated[str, Path(max_length=64)],
     side: Literal["left", "right"],
@@ -135,7 +139,7 @@ def pair_image(
     rater: Rater = None,
 ) -> Response:
     rater = rater or owner
-    record = _study(evals, study_id, owner)
+    record = await _study(evals, study_id, owner)
     pair = record.pair(pair_id)
     if pair is None:
         raise NotFound(f"pair {pair_id!r} not found in study {study_id}")
@@ -143,7 +147,7 @@ def pair_image(
         raise Conflict(f"pair {pair_id} has no images yet")
     left, right = study.sides(record, rater, pair)
     item = record.item(left if side == "left" else right, pair.prompt, pair.seed)
-    data, content_type = storage.get(item.job_id or "", 0)
+    data, content_type = await run_in_threadpool(storage.get, item.job_id or "", 0)
     # NOTE: no caching by URL: the same URL shows another image to another rater's name.
     return Response(
         content=data, media_type=content_type, headers={"Cache-Control": "private, no-store"}
@@ -157,12 +161,12 @@ def pair_image(
     summary="Answer a pair: left, right, tie or skip",
     responses=error_responses(401, 404, 409, 422, 503),
 )
-def cast_vote(
+async def cast_vote(
     study_id: StudyId, body: VoteCreate, evals: EvalsDep, owner: OwnerDep
 ) -> VoteResource:
     """One vote per rater and pair (a second one is 409)."""
-    record = _study(evals, study_id, owner)
-    stored = evals.vote(record, body, rater=body.rater or owner)
+    record = await _study(evals, study_id, owner)
+    stored = await run_in_threadpool(evals.vote, record, body, rater=body.rater or owner)
     return VoteResource(
         **{key: stored[key] for key in ("pair_id", "rater", "choice", "reason", "at")}
     )
@@ -195,14 +199,15 @@ def export_votes(
     summary="Win rates, Bradley-Terry strengths, agreement and position bias",
     responses=error_responses(401, 404, 422, 503),
 )
-def study_results(
+async def study_results(
     study_id: StudyId,
     evals: EvalsDep,
     owner: OwnerDep,
     include_flagged: Annotated[bool, Query(description="Count votes of raters who failed attention checks.")] = False,
     difference: Annotated[float, Query(gt=0, lt=0.5, description="Win-rate difference from 0.5 to size `votes_needed` for.")] = 0.1,
 ) -> dict:  # fmt: skip
-    record = _study(evals, study_id, owner)
-    return results.compute(
-        record, evals.votes(record), include_flagged=include_flagged, difference=difference
+    record = await _study(evals, study_id, owner)
+    votes = await run_in_threadpool(evals.votes, record)
+    return await run_in_threadpool(
+        results.compute, record, votes, include_flagged=include_flagged, difference=difference
     )
