@@ -12,6 +12,7 @@ import generative_service.engine.paths as paths
 from generative_service.api import loras
 from generative_service.api.deps import OwnerDep, RedisDep, SettingsDep
 from generative_service.api.responses import LoraInfo, LoraList, ModelsInfo, error_responses
+from generative_service.lora_store import get_lora_store
 from generative_service.schemas import MAX_IMAGES, SAMPLERS
 from generative_service.settings import Settings
 
@@ -66,7 +67,7 @@ def get_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> Model
     info = {**settings_info(settings), "source": "settings"}
     if isinstance(published, dict):
         info = {**info, **published, "source": "worker"}
-    info["loras"] = paths.list_lora_names(settings)
+    info["loras"] = get_lora_store(settings).names()
     return ModelsInfo.model_validate(info)
 
 
