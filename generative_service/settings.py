@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     lora_hotswap_rank: int = Field(
         0,
         ge=0,
-        description="If > 0, enable diffusers LoRA hot-swap with this target rank (needed with COMPILE_UNET).",
+        description="If > 0, enable diffusers LoRA hot-swap with this target rank (ENGINE_BACKEND=compile needs it to switch LoRAs without recompiling).",
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Model dtype; auto = float16 on CUDA, float32 on CPU."
@@ -121,8 +121,17 @@ class Settings(BaseSettings):
     attention: Literal["auto", "sdpa", "xformers"] = Field(
         "auto", description="auto = xFormers when installed on CUDA, else PyTorch SDPA."
     )
-    compile_unet: bool = Field(
-        False, description="torch.compile the UNet (slow first call per shape)."
+    # --- Engine backend (how the UNet, ControlNets and VAE decoder run) -------------------------
+    engine_backend: Literal["eager", "compile", "onnxruntime"] = Field(
+        "eager",
+        description="`eager` (PyTorch as loaded), `onnxruntime` (graphs exported once per model and LoRA set, cached under CACHE_DIR/onnx) or `compile` (torch.compile, every served shape compiled at start). A backend that cannot start fails the worker at start.",
+    )
+    onnx_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        "auto",
+        description="ONNX Runtime execution provider for ENGINE_BACKEND=onnxruntime; auto = CUDA on a CUDA device, else CPU. CUDA and TensorRT need `onnxruntime-gpu`.",
+    )
+    onnx_lora_graphs: int = Field(
+        2, ge=1, description="LoRA-set UNet graphs kept loaded by the onnxruntime backend (LRU)."
     )
     default_size: int | None = Field(
         None,
@@ -202,6 +211,17 @@ class Settings(BaseSettings):
         description="Bound of the gateway's async Redis pool shared by SSE streams and `Prefer: wait` (a stream waits for a free connection).",
     )
 
+    # --- Client compatibility (OpenAI / AUTOMATIC1111 APIs, browsers) ---------------------------
+    compat_wait_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long `/openai/v1/images/generations` and `/sdapi/v1/txt2img` wait for their job before answering 504 (the job keeps running; `/v1/jobs` has it).",
+    )
+    cors_origins: CommaList = Field(
+        [],
+        description="Origins whose web pages may call the API and open event streams (`https://app.example.com`, or `*`); empty = none.",
+    )
+
     # --- Webhooks ------------------------------------------------------------------------------
     webhook_secrets: CommaList = Field(
         [],
@@ -263,6 +283,7 @@ class Settings(BaseSettings):
         "queue_routes",
         "redis_sentinels",
         "api_keys",
+        "cors_origins",
         "webhook_secrets",
         "webhook_allowed_ports",
         "webhook_retry_schedule",

@@ -13,7 +13,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from generative_service.api import errors
 from generative_service.api.limits import BodySizeLimit
-from generative_service.api.routes import events, health, jobs, metrics, models
+from generative_service.api.routes import events, health, jobs, metrics, models, openai_compat
 from generative_service.jobs import JobStore
 from generative_service.redis_client import async_redis, sync_redis
 from generative_service.settings import Settings, get_settings
@@ -33,6 +33,10 @@ TAGS = [
     {"name": "jobs", "description": "Submit, follow, cancel and download generation jobs."},
     {"name": "models", "description": "What the workers serve; LoRA adapter files."},
     {"name": "health", "description": "Liveness and readiness probes."},
+    {
+        "name": "openai",
+        "description": "OpenAI Images API (`base_url=http://HOST:PORT/openai/v1`): one job per call, answered when done.",
+    },
 ]
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
@@ -101,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, settings=settings)
     for module in (jobs, events, models, health, metrics):
         app.include_router(module.router)
+    openai_compat.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

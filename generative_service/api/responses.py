@@ -129,6 +129,10 @@ class ModelsInfo(BaseModel):
     loras: list[str] = []
     default_size: int | None = None
     limits: dict[str, Any] = {}
+    backend: dict[str, Any] | None = Field(
+        None,
+        description="How the worker runs the model: `name` (`eager`, `compile`, `onnxruntime`) and its details (execution provider, graph keys, compiled shapes).",
+    )
 
 
 class Health(BaseModel):

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from generative_service.engine import paths
+from generative_service.engine.backends import start_backend
 from generative_service.engine.batch import BatchPlan, GuidanceScales, plan_batch
 from generative_service.engine.batching import batch_key, images_in
 from generative_service.engine.hashing import FileHasher
@@ -91,10 +92,9 @@ class Engine:
             ttl_s=settings.embedding_cache_ttl_s,
         )
         self._lock = threading.Lock()
-        if settings.compile_unet:
-            # NOTE: after enable_lora_hotswap (LoraManager) and in place, so the ControlNet
-            # pipelines, which share this UNet object, run the compiled module too.
-            self.pipe.unet.compile()
+        # NOTE: after the LoraManager (hot-swap must be prepared before compiling); the ControlNet
+        # pipelines share these module objects, so they run through the backend too.
+        self.backend = start_backend(settings, models, loras=self.loras)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, redis=None) -> Engine:
@@ -206,7 +206,7 @@ class Engine:
             "device": str(self.models.device),
             "dtype": str(self.models.dtype).removeprefix("torch."),
             "attention": self.models.attention,
-            "compiled": self.settings.compile_unet,
+            "backend": self.backend.describe(),
             "lora_hotswap": self.settings.lora_hotswap_rank > 0,
         }
 
@@ -256,6 +256,7 @@ class Engine:
             pick_seed=lambda: secrets.randbelow(MAX_SEED - 8),
             control=self._control_inputs,
         )
+        backend_record = self.backend.prepare(plan, loras=lora_records)
         # 2. One pipeline call.
         pipe = self.models.control_pipes[plan.control_type] if plan.control_type else self.pipe
         pipe.scheduler = make_scheduler(plan.sampler, self.scheduler_config)  # fresh per call
@@ -272,7 +273,9 @@ class Engine:
                 outputs.append(self._canceled(job, elapsed_ms))
                 continue
             start, stop = plan.slices[job.job_id]
-            record = reproducibility_record(self, job=job, plan=plan, pipe=pipe, loras=lora_records)
+            record = reproducibility_record(
+                self, job=job, plan=plan, pipe=pipe, loras=lora_records, backend=backend_record
+            )
             outputs.append(
                 JobOutput(
                     job.job_id,

@@ -38,6 +38,7 @@ def settings_info(settings: Settings) -> dict:
         "controlnets": controlnets,
         "samplers": list(SAMPLERS),
         "default_size": paths.default_size(settings),
+        "backend": {"name": settings.engine_backend},
         "limits": {
             "max_side": settings.max_side,
             "max_batch_images": settings.max_batch_images,
