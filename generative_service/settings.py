@@ -278,11 +278,25 @@ class Settings(BaseSettings):
         0, ge=0, description="If > 0, a GPU worker serves Prometheus metrics on this port."
     )
 
+    # --- Tenancy (docs/security.md) --------------------------------------------------------------
+    admin_keys: CommaList = Field(
+        [],
+        description="API keys that manage shared LoRA adapters (also valid API keys). Without "
+        "GENSVC_API_KEYS the single anonymous tenant is the admin.",
+    )
+    max_job_cost: int = Field(
+        1_000_000_000,
+        ge=1,
+        description="Largest job cost accepted: width x height x steps x num_images x 1.5 with a "
+        "ControlNet x the upscale factor (2 or 4); 422 past it.",
+    )
+
     @field_validator(
         "queues",
         "queue_routes",
         "redis_sentinels",
         "api_keys",
+        "admin_keys",
         "cors_origins",
         "webhook_secrets",
         "webhook_allowed_ports",

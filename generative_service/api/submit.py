@@ -20,7 +20,8 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
-from generative_service import events, redis_client, webhooks
+import generative_service.engine.paths as paths
+from generative_service import events, redis_client, rules, webhooks
 from generative_service.errors import InvalidRequest
 from generative_service.jobs import JobRecord, JobStore
 from generative_service.lora_store import get_lora_store
@@ -106,6 +107,9 @@ def check_request(
     """Checks that depend on configuration. Raises InvalidRequest naming the field."""
     _check_metadata(request, settings)
     _check_images(request, settings)
+    rules.check_job_cost(
+        request, default_size=paths.default_size(settings), max_cost=settings.max_job_cost
+    )
     if request.webhook is not None:
         webhooks.validate_url(request.webhook, settings)
     _check_loras(request, settings)

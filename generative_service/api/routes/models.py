@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi import Path as PathParam
 
 import generative_service.engine.paths as paths
+from generative_service import rules
 from generative_service.api import loras
 from generative_service.api.deps import OwnerDep, RedisDep, SettingsDep
 from generative_service.api.responses import LoraInfo, LoraList, ModelsInfo, error_responses
@@ -69,6 +70,9 @@ def get_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> Model
     if isinstance(published, dict):
         info = {**info, **published, "source": "worker"}
     info["loras"] = get_lora_store(settings).names()
+    # The cost cap is the gateway's: it holds whatever a worker published.
+    info["limits"] = {**info.get("limits", {}), "max_job_cost": settings.max_job_cost}
+    info["job_cost"] = rules.job_cost_info(settings.max_job_cost)
     return ModelsInfo.model_validate(info)
 
 
