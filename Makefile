@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Extras installed with the package: `test` for development and CI; Dockerfile.gpu runs this same
-# target with EXTRAS=gpu (GPU image: + xformers) or EXTRAS= (CPU image: the package alone).
+# target with EXTRAS=gpu (GPU image: + xformers, onnxruntime-gpu in place of onnxruntime) or EXTRAS= (CPU image: the package alone).
 EXTRAS ?= test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -14,6 +14,7 @@ $(BIN)/gensvc: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.$(if $(strip $(EXTRAS)),[$(EXTRAS)])'
+	$(if $(findstring gpu,$(EXTRAS)),$(BIN)/python -m pip uninstall -q -y onnxruntime && $(BIN)/python -m pip install -q --no-deps --force-reinstall onnxruntime-gpu)
 	touch $(BIN)/gensvc
 
 install: $(BIN)/gensvc

@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     lora_hotswap_rank: int = Field(
         0,
         ge=0,
-        description="If > 0, enable diffusers LoRA hot-swap with this target rank (needed with COMPILE_UNET).",
+        description="If > 0, enable diffusers LoRA hot-swap with this target rank (ENGINE_BACKEND=compile needs it to switch LoRAs without recompiling).",
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Model dtype; auto = float16 on CUDA, float32 on CPU."
@@ -121,8 +121,17 @@ class Settings(BaseSettings):
     attention: Literal["auto", "sdpa", "xformers"] = Field(
         "auto", description="auto = xFormers when installed on CUDA, else PyTorch SDPA."
     )
-    compile_unet: bool = Field(
-        False, description="torch.compile the UNet (slow first call per shape)."
+    # --- Engine backend (how the UNet, ControlNets and VAE decoder run) -------------------------
+    engine_backend: Literal["eager", "compile", "onnxruntime"] = Field(
+        "eager",
+        description="`eager` (PyTorch as loaded), `onnxruntime` (graphs exported once per model and LoRA set, cached under CACHE_DIR/onnx) or `compile` (torch.compile, every served shape compiled at start). A backend that cannot start fails the worker at start.",
+    )
+    onnx_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        "auto",
+        description="ONNX Runtime execution provider for ENGINE_BACKEND=onnxruntime; auto = CUDA on a CUDA device, else CPU. CUDA and TensorRT need `onnxruntime-gpu`.",
+    )
+    onnx_lora_graphs: int = Field(
+        2, ge=1, description="LoRA-set UNet graphs kept loaded by the onnxruntime backend (LRU)."
     )
     default_size: int | None = Field(
         None,
@@ -283,11 +292,25 @@ class Settings(BaseSettings):
         0, ge=0, description="If > 0, a GPU worker serves Prometheus metrics on this port."
     )
 
+    # --- Tenancy (docs/security.md) --------------------------------------------------------------
+    admin_keys: CommaList = Field(
+        [],
+        description="API keys that manage shared LoRA adapters (also valid API keys). Without "
+        "GENSVC_API_KEYS the single anonymous tenant is the admin.",
+    )
+    max_job_cost: int = Field(
+        1_000_000_000,
+        ge=1,
+        description="Largest job cost accepted: width x height x steps x num_images x 1.5 with a "
+        "ControlNet x the upscale factor (2 or 4); 422 past it.",
+    )
+
     @field_validator(
         "queues",
         "queue_routes",
         "redis_sentinels",
         "api_keys",
+        "admin_keys",
         "cors_origins",
         "webhook_secrets",
         "webhook_allowed_ports",
