@@ -285,6 +285,20 @@ class Settings(BaseSettings):
         256, ge=0, description="Upscaler tile size in input pixels (0 = no tiling)."
     )
 
+    # --- Evaluation studies (/v1/evals) -----------------------------------------------------------
+    eval_retention_s: int = Field(
+        90 * 86400,
+        ge=60,
+        description="A study and its votes are kept this long after their last vote (or creation). Its images follow RETENTION_S.",
+    )
+    eval_max_images: int = Field(
+        512, ge=2, description="Most images one study may ask for (arms x prompts x seeds)."
+    )
+    eval_prompts_file: Path | None = Field(
+        None,
+        description="Prompt set of a study that names none (one prompt a line, `#` comments); None = `benchmarks/prompts.txt` of the source checkout.",
+    )
+
     # --- Observability ---------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level of gateway and workers."

@@ -24,6 +24,7 @@ import generative_service.engine.paths as paths
 from generative_service import events, redis_client, rules, webhooks
 from generative_service.errors import InvalidRequest
 from generative_service.jobs import JobRecord, JobStore
+from generative_service.lora_store import get_lora_store
 from generative_service.schemas import ControlSpec, GenerationRequest
 from generative_service.settings import Settings
 
@@ -176,7 +177,7 @@ def _check_images(request: GenerationRequest, settings: Settings) -> None:
 def _check_loras(request: GenerationRequest, settings: Settings) -> None:
     if not request.loras:
         return
-    known = paths.list_lora_names(settings)
+    known = get_lora_store(settings).names()
     for index, lora in enumerate(request.loras):
         if lora.name not in known:
             listing = ", ".join(known) if known else "none installed"

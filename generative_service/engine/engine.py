@@ -196,7 +196,7 @@ class Engine:
             "control_types": [kind for kind in CONTROL_TYPES if kind in self.models.control_pipes],
             "samplers": list(SAMPLERS),
             "default_sampler": DEFAULT_SAMPLER,
-            "loras": paths.list_lora_names(self.settings),
+            "loras": self.loras.store.names(),
             "default_size": self.default_size,
             "default_steps": info.get("default_steps", 30),
             "prompt_hint": info.get("prompt_hint"),
