@@ -28,6 +28,9 @@ P is the key prefix (GENSVC_KEY_PREFIX). RETENTION is GENSVC_RETENTION_S.
   P:webhooks (RQ queue name)     -        RQ: list rq:queue:P:webhooks   webhooks/outbox.py
   P:webhook:throttle:{id}        string   WEBHOOK_PROGRESS_INTERVAL      webhooks/outbox.py
   P:webhook:log:{id}             list     RETENTION, renewed             webhooks/attempts.py
+  P:eval:{id}                    string   EVAL_RETENTION after a vote    evals/store.py
+  P:eval:{id}:votes              hash     EVAL_RETENTION after a vote    evals/store.py
+  P:evals:{owner}                zset     EVAL_RETENTION after a vote    evals/store.py
   P:replication-probe            string   60 s                           redis_client.py
   P:hub:{token}                  stream   120 s, renewed                 api/stream_hub.py
 """
@@ -138,6 +141,15 @@ class Keys:
 
     def webhook_log(self, job_id: str) -> str:
         return self._key("webhook", "log", job_id)
+
+    def eval_study(self, study_id: str) -> str:
+        return self._key("eval", study_id)
+
+    def eval_votes(self, study_id: str) -> str:
+        return self._key("eval", study_id, "votes")
+
+    def eval_owner(self, owner: str) -> str:
+        return self._key("evals", owner)
 
     @property
     def replication_probe(self) -> str:

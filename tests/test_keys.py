@@ -27,7 +27,7 @@ from generative_service.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 SEGMENTS = (
     "job|cancel|events|owner|idem|admitting|stats|epoch|worker|models|running|maintenance|emb"
-    "|metrics|counter|hist|webhooks?|throttle|log|hub"
+    "|metrics|counter|hist|webhooks?|throttle|log|hub|evals?|votes|replication-probe"
 )
 KEY_SEGMENT = re.compile(rf":(?:{SEGMENTS})(?::|$)|rq:queue:")
 

@@ -80,6 +80,10 @@ class LoraInfo(BaseModel):
 
     name: str = Field(description="Adapter name; use it in a request's `loras[].name`.")
     size_bytes: int | None = None
+    sha256: str | None = Field(
+        None,
+        description="Content hash of the current version (known for adapters in object storage and fresh uploads).",
+    )
 
 
 class LoraList(BaseModel):

@@ -13,6 +13,7 @@ from generative_service import rules
 from generative_service.api import loras
 from generative_service.api.deps import OwnerDep, RedisDep, SettingsDep
 from generative_service.api.responses import LoraInfo, LoraList, ModelsInfo, error_responses
+from generative_service.lora_store import get_lora_store
 from generative_service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -58,7 +59,10 @@ def get_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> Model
     info = {**settings_info(settings), "source": "settings"}
     if isinstance(published, dict):
         info = {**info, **published, "source": "worker"}
-    info["loras"] = paths.list_lora_names(settings)
+    info["loras"] = get_lora_store(settings).names()
+    # The cost cap is the gateway's: it holds whatever a worker published.
+    info["limits"] = {**info.get("limits", {}), "max_job_cost": settings.max_job_cost}
+    info["job_cost"] = rules.job_cost_info(settings.max_job_cost)
     return ModelsInfo.model_validate(info)
 
 
