@@ -13,7 +13,15 @@ from redis.asyncio import Redis as AsyncRedis
 
 from generative_service.api import errors
 from generative_service.api.limits import BodySizeLimit
-from generative_service.api.routes import events, health, jobs, metrics, models, openai_compat
+from generative_service.api.routes import (
+    a1111,
+    events,
+    health,
+    jobs,
+    metrics,
+    models,
+    openai_compat,
+)
 from generative_service.jobs import JobStore
 from generative_service.redis_client import async_redis, sync_redis
 from generative_service.settings import Settings, get_settings
@@ -36,6 +44,10 @@ TAGS = [
     {
         "name": "openai",
         "description": "OpenAI Images API (`base_url=http://HOST:PORT/openai/v1`): one job per call, answered when done.",
+    },
+    {
+        "name": "automatic1111",
+        "description": "AUTOMATIC1111 web UI API (`/sdapi/v1`): txt2img with `<lora:name:scale>` prompts, answered when done.",
     },
 ]
 REDIS_CONNECT_TIMEOUT_S = 2.0
@@ -106,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, events, models, health, metrics):
         app.include_router(module.router)
     openai_compat.install(app)
+    a1111.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
