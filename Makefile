@@ -3,17 +3,18 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Extras installed with the package: `test` for development and CI; Dockerfile.gpu runs this same
-# target with EXTRAS=gpu (GPU image: + xformers) or EXTRAS= (CPU image: the package alone).
+# target with EXTRAS=gpu (GPU image: + xformers, onnxruntime-gpu in place of onnxruntime) or EXTRAS= (CPU image: the package alone).
 EXTRAS ?= test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-all test-deps lint openapi bench redis clean
+.PHONY: install demo test test-all test-deps lint openapi bench redis clean gpu-check gpu-check-smoke
 
 $(BIN)/gensvc: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.$(if $(strip $(EXTRAS)),[$(EXTRAS)])'
+	$(if $(findstring gpu,$(EXTRAS)),$(BIN)/python -m pip uninstall -q -y onnxruntime && $(BIN)/python -m pip install -q --no-deps --force-reinstall onnxruntime-gpu)
 	touch $(BIN)/gensvc
 
 install: $(BIN)/gensvc
@@ -46,6 +47,15 @@ openapi: install
 
 bench: install redis
 	$(BIN)/python -m benchmarks.run_all
+
+# One command for whoever has a CUDA machine for ten minutes: full-size SDXL (random weights),
+# the service's own configuration and every engine backend, the upscaler, 10 jobs through the
+# API; writes the gpu-check section of benchmarks/REPORT.md. The smoke run checks it on the CPU.
+gpu-check: install redis
+	$(BIN)/python benchmarks/gpu_check.py
+
+gpu-check-smoke: install redis
+	$(BIN)/python benchmarks/gpu_check.py --smoke --no-report
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -21,9 +21,10 @@ from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
 import generative_service.engine.paths as paths
-from generative_service import events, redis_client, webhooks
+from generative_service import events, redis_client, rules, webhooks
 from generative_service.errors import InvalidRequest
 from generative_service.jobs import JobRecord, JobStore
+from generative_service.lora_store import get_lora_store
 from generative_service.schemas import ControlSpec, GenerationRequest
 from generative_service.settings import Settings
 
@@ -111,6 +112,9 @@ def check_request(
     """Checks that depend on configuration. Raises InvalidRequest naming the field."""
     _check_metadata(request, settings)
     _check_images(request, settings)
+    rules.check_job_cost(
+        request, default_size=paths.default_size(settings), max_cost=settings.max_job_cost
+    )
     if request.webhook is not None:
         webhooks.validate_url(request.webhook, settings)
     _check_loras(request, settings)
@@ -178,7 +182,7 @@ def _check_images(request: GenerationRequest, settings: Settings) -> None:
 def _check_loras(request: GenerationRequest, settings: Settings) -> None:
     if not request.loras:
         return
-    known = paths.list_lora_names(settings)
+    known = get_lora_store(settings).names()
     for index, lora in enumerate(request.loras):
         if lora.name not in known:
             listing = ", ".join(known) if known else "none installed"
