@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from importlib import metadata
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from redis.asyncio import Redis as AsyncRedis
 
@@ -55,6 +56,10 @@ TAGS = [
         "description": "AUTOMATIC1111 web UI API (`/sdapi/v1`): txt2img with `<lora:name:scale>` prompts, answered when done.",
     },
 ]
+# What a web page on a GENSVC_CORS_ORIGINS origin may send and read (EventSource needs only GET).
+CORS_METHODS = ["GET", "POST", "DELETE"]
+CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "Last-Event-ID"]
+CORS_EXPOSED = ["Location", "Retry-After", "Preference-Applied"]
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
 
@@ -120,6 +125,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = get_storage(settings)
     errors.install(app)
     app.add_middleware(BodySizeLimit, settings=settings)
+    if settings.cors_origins:  # added last: outermost, so errors and 413s carry CORS headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=CORS_METHODS,
+            allow_headers=CORS_HEADERS,
+            expose_headers=CORS_EXPOSED,
+            max_age=600,
+        )
     for module in (jobs, events, models, health, metrics, evals):
         app.include_router(module.router)
     openai_compat.install(app)
