@@ -10,6 +10,8 @@ from importlib import metadata
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from redis.asyncio import Redis as AsyncRedis
 
 from generative_service.api import errors
@@ -60,6 +62,15 @@ TAGS = [
 CORS_METHODS = ["GET", "POST", "DELETE"]
 CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "Last-Event-ID"]
 CORS_EXPOSED = ["Location", "Retry-After", "Preference-Applied"]
+# operationIds (the method names SDK generators make): camelCase of the route function, except these.
+OPERATION_IDS = {
+    "job_events": "streamJobEvents",
+    "get_image": "getJobImage",
+    "upload_lora_form": "uploadLora",
+    "upload_lora_raw": "uploadLoraBytes",
+    "healthz": "getHealth",
+    "readyz": "getReadiness",
+}
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
 
@@ -69,6 +80,13 @@ def _version() -> str:
         return metadata.version("generative-service")
     except metadata.PackageNotFoundError:
         return "0.0.0"
+
+
+def operation_id(route: APIRoute) -> str:
+    """`submit_job` -> `submitJob`; a route's own `operation_id` wins (FastAPI asks only without)."""
+    name = OPERATION_IDS.get(route.name, route.name)
+    head, *rest = name.split("_")
+    return head + "".join(word[:1].upper() + word[1:] for word in rest)
 
 
 def async_redis_for(app: FastAPI) -> AsyncRedis:
@@ -106,12 +124,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the gateway. `settings` defaults to the environment (`GENSVC_*`)."""
     settings = settings or get_settings()
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the service itself (the
+    # fastapi-offline package ships them), so the pages work on a host without internet.
+    app = FastAPIOffline(
         title="generative-service",
         version=_version(),
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=_lifespan,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.redis = sync_redis(
