@@ -32,7 +32,7 @@ from generative_service.engine.interrupt import (
     vae_decoder_blocks,
 )
 from generative_service.engine.loader import CONTROL_TYPES, LoadedModels, load_models
-from generative_service.engine.lora import LoraManager
+from generative_service.engine.lora import LoraManager, target_layers
 from generative_service.engine.previews import latent_preview
 from generative_service.engine.prompts import PromptEncoder
 from generative_service.engine.reproducibility import model_fingerprint, reproducibility_record
@@ -90,6 +90,7 @@ class Engine:
         self.pipe = models.pipe
         self.hasher = hasher
         self.scheduler_config = dict(self.pipe.scheduler.config)
+        self.lora_layers = target_layers(self.pipe)  # NOTE: before any adapter adds its layers
         self.loras = LoraManager(self.pipe, settings, hasher=hasher)
         self.prompts = PromptEncoder(
             self.pipe,
@@ -316,7 +317,7 @@ class Engine:
     def _cancel_points(self, pipe) -> list:
         """Modules checked for cancel inside one step and during the VAE decode."""
         modules = vae_decoder_blocks(pipe.vae)
-        if not self.settings.compile_unet:  # NOTE: hooks would break the compiled graph
+        if self.settings.engine_backend != "compile":  # NOTE: hooks would break the graph
             modules += unet_blocks(pipe.unet)
             controlnet = getattr(pipe, "controlnet", None)
             if controlnet is not None:
