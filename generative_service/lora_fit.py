@@ -1,6 +1,6 @@
 """Does a LoRA file fit the served base model? Checked at upload, in the gateway, without torch.
 
-A GPU worker publishes the weight shape of every layer a LoRA can target (`layers_key`, written
+A GPU worker publishes the weight shape of every layer a LoRA can target (`Keys.model_layers`, written
 from `engine.lora.target_layers`). An upload is accepted only when each of its tensors names such
 a layer and has the shape that layer needs:
 
@@ -27,10 +27,6 @@ _ROLE = re.compile(
     r"(?:\.[A-Za-z0-9_-]+)?\.weight$"
 )
 _DOWN = {"lora_A", "lora.down", "lora_down"}
-
-
-def layers_key(prefix: str) -> str:
-    return f"{prefix}:models:layers"
 
 
 def check_fit(

@@ -9,7 +9,6 @@ import pytest
 from api_helpers import check_error
 from safetensors.numpy import save
 
-from generative_service.lora_fit import layers_key
 
 LAYER = "mid_block.attentions.0.to_q"
 LAYERS = {
@@ -20,7 +19,7 @@ LAYERS = {
 
 @pytest.fixture
 def served(api_client, settings, redis):
-    redis.set(layers_key(settings.key_prefix), json.dumps(LAYERS))
+    redis.set(settings.keys.model_layers, json.dumps(LAYERS))
     return api_client
 
 
