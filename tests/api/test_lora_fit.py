@@ -9,7 +9,6 @@ import pytest
 from api_helpers import check_error
 from safetensors.numpy import save
 
-
 LAYER = "mid_block.attentions.0.to_q"
 LAYERS = {
     "unet": {LAYER: [32, 32], "conv_in": [32, 4, 3, 3]},

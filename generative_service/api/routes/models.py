@@ -10,7 +10,7 @@ from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
 import generative_service.engine.paths as paths
-from generative_service import lora_fit, rules
+from generative_service import rules
 from generative_service.api import loras
 from generative_service.api.deps import OwnerDep, RedisDep, SettingsDep
 from generative_service.api.responses import LoraInfo, LoraList, ModelsInfo, error_responses
