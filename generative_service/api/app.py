@@ -22,6 +22,7 @@ from generative_service.api.routes import (
     models,
     openai_compat,
 )
+from generative_service.api.security import SecurityHeaders
 from generative_service.jobs import JobStore
 from generative_service.redis_client import async_redis, sync_redis
 from generative_service.settings import Settings, get_settings
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = get_storage(settings)
     errors.install(app)
     app.add_middleware(BodySizeLimit, settings=settings)
+    app.add_middleware(SecurityHeaders)  # added last: outermost, so error answers get them too
     for module in (jobs, events, models, health, metrics, evals):
         app.include_router(module.router)
     openai_compat.install(app)
