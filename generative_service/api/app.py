@@ -26,6 +26,7 @@ from generative_service.api.routes import (
     models,
     openai_compat,
 )
+from generative_service.api.security import SecurityHeaders
 from generative_service.jobs import JobStore
 from generative_service.redis_client import async_redis, sync_redis
 from generative_service.settings import Settings, get_settings
@@ -146,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = get_storage(settings)
     errors.install(app)
     app.add_middleware(BodySizeLimit, settings=settings)
+    app.add_middleware(SecurityHeaders)  # outside all but CORS: error answers get them too
     if settings.cors_origins:  # added last: outermost, so errors and 413s carry CORS headers too
         app.add_middleware(
             CORSMiddleware,
