@@ -41,7 +41,11 @@ class CancelCheck:
 @contextlib.contextmanager
 def interrupt_points(modules: Iterable[Any], check: Callable[[], None]) -> Iterator[None]:
     """Run `check()` before the forward of each of `modules` while the block is active."""
-    handles = [module.register_forward_pre_hook(lambda *_: check()) for module in modules]
+    handles = [
+        module.register_forward_pre_hook(lambda *_: check())
+        for module in modules
+        if hasattr(module, "register_forward_pre_hook")  # an exported graph stands in for some
+    ]
     try:
         yield
     finally:
@@ -57,10 +61,10 @@ def unet_blocks(unet: Any) -> list[Any]:
 
 
 def vae_decoder_blocks(vae: Any) -> list[Any]:
-    """The VAE decoder's mid and up blocks (decoding a large image takes seconds on a CPU)."""
-    decoder = vae.decoder
-    mid = getattr(decoder, "mid_block", None)
-    return ([mid] if mid is not None else []) + list(getattr(decoder, "up_blocks", []))
+    """Every convolution of the VAE decoder: one full-resolution up block alone takes tens of
+    seconds on a CPU at 1536 px, so block boundaries are too coarse here."""
+    decoder = getattr(vae, "decoder", None)
+    return conv_layers(decoder) if decoder is not None else []
 
 
 def conv_layers(model: Any) -> list[Any]:
