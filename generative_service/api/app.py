@@ -21,6 +21,7 @@ from generative_service.api.routes import (
     metrics,
     models,
     openai_compat,
+    web,
 )
 from generative_service.jobs import JobStore
 from generative_service.redis_client import async_redis, sync_redis
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, events, models, health, metrics, evals):
         app.include_router(module.router)
     openai_compat.install(app)
+    web.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
