@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 from rq import worker_registration
 
+from generative_service.keys import Ttl
 from generative_service.logs import get_logger
 from generative_service.schemas import utcnow
 
@@ -37,14 +38,6 @@ if TYPE_CHECKING:
     from workers.runner import BatchState, Slot
 
 log = get_logger(__name__)
-
-
-def liveness_key(settings: Settings, worker_id: str) -> str:
-    return f"{settings.key_prefix}:worker:{worker_id}"
-
-
-def models_key(settings: Settings) -> str:
-    return f"{settings.key_prefix}:models"
 
 
 class Heartbeat(threading.Thread):
@@ -94,7 +87,7 @@ class Heartbeat(threading.Thread):
         self.stopped.set()
         if remove:
             try:
-                self.redis.delete(liveness_key(self.settings, self.worker_id))
+                self.redis.delete(self.settings.keys.worker(self.worker_id))
             except RedisError:
                 pass
 
@@ -125,7 +118,7 @@ class Heartbeat(threading.Thread):
         worker = self.get_worker()
         if worker is not None and getattr(worker, "dead", False):
             worker = None  # between RQ work loops: only the liveness key is renewed
-        ttl = self.settings.worker_dead_after_s
+        ttl = Ttl.worker(self.settings)
         _, _, slots = self.state.snapshot()
         try:
             models = json.dumps(self.describe(), default=str)
@@ -139,11 +132,9 @@ class Heartbeat(threading.Thread):
                     slot.execution.heartbeat(
                         slot.rq_job.started_job_registry, ttl, pipeline=pipeline
                     )
-            pipeline.set(
-                liveness_key(self.settings, self.worker_id), json.dumps(self.info()), ex=ttl
-            )
+            pipeline.set(self.settings.keys.worker(self.worker_id), json.dumps(self.info()), ex=ttl)
             if models is not None:
-                pipeline.set(models_key(self.settings), models)
+                pipeline.set(self.settings.keys.models, models)
             results = pipeline.execute()
         if worker is not None and results and results[0] == 1:
             self._register_again(worker)

@@ -12,19 +12,18 @@ import hashlib
 import json
 import math
 import os
-import re
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from anyio import to_thread
 
+from generative_service import rules
 from generative_service.api.responses import LoraInfo
 from generative_service.errors import Conflict, InvalidRequest, LoraError, NotFound, PayloadTooLarge
 from generative_service.lora_store import get_lora_store
 from generative_service.settings import Settings
 
-NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SUFFIX = ".safetensors"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own header limit
 DTYPE_BYTES = {
@@ -39,11 +38,8 @@ def check_name(name: str, field: str = "name") -> str:
         raise InvalidRequest(
             field, f"give the adapter name without the {SUFFIX} extension, got {name!r}"
         )
-    if not NAME_RULE.match(name):
-        raise InvalidRequest(
-            field,
-            f"must be 1-128 letters, digits, '_', '.' or '-' starting with a letter or digit, got {name!r}",
-        )
+    if not rules.lora_name_ok(name):
+        raise InvalidRequest(field, f"must be {rules.LORA_NAME_RULE}, got {name!r}")
     return name
 
 

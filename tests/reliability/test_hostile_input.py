@@ -226,7 +226,7 @@ def test_gateway_stays_healthy_after_the_whole_barrage(client, hostile_settings,
     # Nothing was queued or stored for a rejected request ...
     assert client.get("/v1/jobs").json()["data"] == []
     store = JobStore(redis, hostile_settings)
-    assert store.waiting_count() == 0
+    assert store.queue.waiting_count() == 0
     # ... and normal work goes on: a job is accepted, readable and listed; an adapter uploads.
     accepted = client.post("/v1/jobs", json=OK)
     assert accepted.status_code == 202, accepted.text
@@ -243,7 +243,7 @@ def _finish_with_image(redis, settings, job_id: str) -> None:
     from generative_service.schemas import BatchInfo
 
     store = JobStore(redis, settings)
-    store.rq_queue("default").remove(job_id)
+    store.queue.rq_queue("default").remove(job_id)
     store.mark_started(job_id, batch=BatchInfo(id="batch_x", size=1), worker_id="test")
     data, content_type = encode_image(Image.new("RGB", (64, 64)), "png")
     LocalStorage(settings.storage_dir).put(job_id, 0, data, content_type)

@@ -14,7 +14,6 @@ from generative_service.api import loras
 from generative_service.api.deps import OwnerDep, RedisDep, SettingsDep
 from generative_service.api.responses import LoraInfo, LoraList, ModelsInfo, error_responses
 from generative_service.lora_store import get_lora_store
-from generative_service.schemas import MAX_IMAGES, SAMPLERS
 from generative_service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -37,19 +36,10 @@ def settings_info(settings: Settings) -> dict:
     return {
         "base_model": settings.model,
         "controlnets": controlnets,
-        "samplers": list(SAMPLERS),
+        "samplers": list(rules.SAMPLERS),
         "default_size": paths.default_size(settings),
         "backend": {"name": settings.engine_backend},
-        "limits": {
-            "max_side": settings.max_side,
-            "max_batch_images": settings.max_batch_images,
-            "max_images_per_job": min(MAX_IMAGES, settings.max_batch_images),
-            "max_steps": 150,
-            "max_prompt_chars": 4000,
-            "max_metadata_bytes": settings.max_metadata_bytes,
-            "max_request_bytes": settings.max_request_bytes,
-            "max_lora_bytes": settings.max_lora_bytes,
-        },
+        "limits": rules.limits(settings),
     }
 
 
@@ -61,7 +51,7 @@ def settings_info(settings: Settings) -> dict:
 )
 def get_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> ModelsInfo:
     """What a GPU worker published at start (base model, ControlNets, samplers, limits); LoRAs are live."""
-    raw = redis.get(f"{settings.key_prefix}:models")
+    raw = redis.get(settings.keys.models)
     try:
         published = json.loads(raw) if raw else None
     except ValueError:
