@@ -18,7 +18,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-API_KEY = "browser-key"
+API_KEY = "browser-key"  # the key of the web_service fixture (tests/web/conftest.py)
 TIMEOUT_S = 120
 
 
@@ -92,8 +92,8 @@ def test_playground_generates_an_image_with_live_progress(
     assert console_errors(browser) == []
 
 
-def test_playground_shows_errors_in_the_api_words(start_service, make_settings, browser) -> None:
-    service = start_service(make_settings(api_keys=[API_KEY]), workers=0)
+def test_playground_shows_errors_in_the_api_words(web_service, browser) -> None:
+    service = web_service
     browser.get(f"{service.base_url}/playground")
     wait = WebDriverWait(browser, 30)
     wait.until(EC.text_to_be_present_in_element((By.ID, "error"), "Bearer API key is required"))
