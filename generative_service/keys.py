@@ -19,6 +19,7 @@ P is the key prefix (GENSVC_KEY_PREFIX). RETENTION is GENSVC_RETENTION_S.
   P:{queue} (RQ queue name)      -        RQ: list rq:queue:P:{queue}    queue.JobQueue (RQ)
   P:worker:{id}                  string   WORKER_DEAD_AFTER, renewed     workers/liveness.py
   P:models                       string   none (overwritten)             workers/liveness.py
+  P:models:layers                string   none (written when missing)    workers/liveness.py
   P:running                      hash     none (entries removed)         workers/runner.py
   P:maintenance:{rq queue}       string   max(5 s, WORKER_MAINTENANCE)   workers/recovery.py
   P:maintenance:purge-images     string   min(1 h, RETENTION)            workers/recovery.py
@@ -118,6 +119,11 @@ class Keys:
     @property
     def models(self) -> str:
         return self._key("models")
+
+    @property
+    def model_layers(self) -> str:
+        """Layer shapes of the served model, which LoRA uploads are checked against (lora_fit.py)."""
+        return self._key("models", "layers")
 
     @property
     def running(self) -> str:

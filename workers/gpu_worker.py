@@ -197,6 +197,7 @@ class WorkerContext:
         self.heartbeat = Heartbeat(
             redis=side, settings=settings, worker_id=worker_id, queues=queues, state=self.state,
             get_worker=lambda: self.worker, describe=models.engine.describe,
+            layers=getattr(models.engine, "lora_layers", None),
         )  # fmt: skip
         self.maintenance = Maintenance(
             redis=side, store=side_store, queue_names=rq_queues, get_worker=lambda: self.worker

@@ -8,7 +8,8 @@ thread is doing (CUDA calls release the GIL):
     retries or fails the jobs (see recovery.py);
   - `P:worker:{id}` (JSON: queues, pid, host, incarnation, current batch), TTL WORKER_DEAD_AFTER_S,
     which /readyz and the workers gauge read;
-  - `P:models`: `Engine.describe()`, which GET /v1/models serves.
+  - `P:models`: `Engine.describe()`, which GET /v1/models serves;
+  - `P:models:layers`: the layer shapes LoRA uploads are checked against (written when missing).
 The watchdog ends a batch that runs longer than GENSVC_JOB_TIMEOUT_S. A hung CUDA call cannot be
 interrupted, so it fails the batch's jobs with a reason and exits the process; the supervisor
 (`gensvc up`, compose `restart:`) starts a fresh one.
@@ -53,6 +54,7 @@ class Heartbeat(threading.Thread):
         state: BatchState,
         get_worker: Callable,
         describe: Callable[[], dict],
+        layers: dict | None = None,
     ) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.redis = redis
@@ -62,6 +64,7 @@ class Heartbeat(threading.Thread):
         self.state = state
         self.get_worker = get_worker
         self.describe = describe
+        self.layers_json = json.dumps(layers, separators=(",", ":")) if layers else None
         self.started_at = utcnow().isoformat()
         self.stopped = threading.Event()
         self._failing = False
@@ -135,7 +138,12 @@ class Heartbeat(threading.Thread):
             pipeline.set(self.settings.keys.worker(self.worker_id), json.dumps(self.info()), ex=ttl)
             if models is not None:
                 pipeline.set(self.settings.keys.models, models)
+            if self.layers_json is not None:
+                pipeline.exists(self.settings.keys.model_layers)
             results = pipeline.execute()
+        if self.layers_json is not None and results and not results[-1]:
+            # Large (SDXL: ~2000 layers), so written only when missing (first beat, Redis restart).
+            self.redis.set(self.settings.keys.model_layers, self.layers_json)
         if worker is not None and results and results[0] == 1:
             self._register_again(worker)
 

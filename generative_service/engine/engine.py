@@ -33,7 +33,7 @@ from generative_service.engine.interrupt import (
     vae_decoder_blocks,
 )
 from generative_service.engine.loader import CONTROL_TYPES, LoadedModels, load_models
-from generative_service.engine.lora import LoraManager
+from generative_service.engine.lora import LoraManager, target_layers
 from generative_service.engine.previews import latent_preview
 from generative_service.engine.prompts import PromptEncoder
 from generative_service.engine.reproducibility import model_fingerprint, reproducibility_record
@@ -93,6 +93,7 @@ class Engine:
         self.pipe = models.pipe
         self.hasher = hasher
         self.scheduler_config = dict(self.pipe.scheduler.config)
+        self.lora_layers = target_layers(self.pipe)  # NOTE: before any adapter adds its layers
         self.loras = LoraManager(self.pipe, settings, hasher=hasher)
         self.prompts = PromptEncoder(
             self.pipe,
