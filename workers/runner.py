@@ -26,6 +26,7 @@ from generative_service.schemas import BatchInfo
 from workers import lifecycle
 from workers.outputs import deliver
 from workers.progress import ProgressPublisher, preview_data_url
+from workers.step_hooks import CancelPoller, Outcome, StepTimer
 
 if TYPE_CHECKING:
     from rq.executions import Execution
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
     from workers.batcher import Batch
 
 log = get_logger(__name__)
-SUCCEEDED, FAILED, CANCELED, HANDED_BACK = "succeeded", "failed", "canceled", "handed_back"
-CANCEL_POLL_S = 0.025
 
 
 @dataclass
@@ -60,7 +59,7 @@ class Slot:
     rq_job: Job
     record: JobRecord
     execution: Execution | None = None
-    outcome: str | None = None
+    outcome: Outcome | None = None
 
     @property
     def id(self) -> str:
@@ -180,7 +179,7 @@ class BatchRunner:
         started = self.store.mark_started(record.id, batch=info, worker_id=self.worker_id)
         if started is None:  # canceled while it was being claimed
             lifecycle.cancel(self.worker, job, queue, slot.execution)
-            slot.outcome = CANCELED
+            slot.outcome = Outcome.canceled
             return None
         slot.record = started
         owner = {"worker": self.worker_id, "incarnation": self.worker.name}
@@ -213,8 +212,7 @@ class BatchRunner:
 
         by_id = {slot.id: slot for slot in slots}
         first = slots[0].id
-        timing = {"last": time.perf_counter(), "steps": []}
-        canceled: set[str] = set()
+        timer = StepTimer()
 
         def on_step(info: Any) -> None:
             request = by_id[info.job_id].record.request
@@ -227,39 +225,24 @@ class BatchRunner:
             self.publisher.submit(
                 lambda: self._progress(info.job_id, info.step, info.total_steps, image, request)
             )
-            if info.job_id == first:
-                now = time.perf_counter()
-                step_ms = (now - timing["last"]) * 1000.0
-                timing["last"] = now
-                if info.step > 1:  # the first interval also holds prompt encoding
-                    timing["steps"].append(step_ms / 1000.0)
-                    self.publisher.submit(
-                        lambda: self.store.queue.record_step_time(
-                            request.width, request.height, step_ms
-                        )
+            step_ms = timer.tick(info.step) if info.job_id == first else None
+            if step_ms is not None:
+                self.publisher.submit(
+                    lambda: self.store.queue.record_step_time(
+                        request.width, request.height, step_ms
                     )
+                )
 
-        cancel_keys = [self.store.keys.cancel(slot.id) for slot in slots]
-        polled = {"at": 0.0}
-
-        def is_canceled(job_id: str) -> bool:
-            if self.abort.is_set():
-                return True
-            # One MGET for the whole batch at most every CANCEL_POLL_S, not a round trip per
-            # job per step: a cancel is seen within one step (or CANCEL_POLL_S) either way.
-            now = time.monotonic()
-            if now - polled["at"] >= CANCEL_POLL_S:
-                polled["at"] = now
-                try:
-                    flags = self.store.redis.mget(cancel_keys)
-                except RedisError:
-                    flags = []
-                for slot, flag in zip(slots, flags, strict=False):
-                    if flag is not None and slot.id not in canceled:
-                        canceled.add(slot.id)
-                        # NOTE: ordered after the job's progress events; terminal at once.
-                        self.publisher.submit(partial(self.store.mark_canceled, slot.id))
-            return job_id in canceled
+        is_canceled = CancelPoller(
+            self.store.redis,
+            [slot.id for slot in slots],
+            [self.store.keys.cancel(slot.id) for slot in slots],
+            aborted=self.abort.is_set,
+            # NOTE: ordered after the job's progress events; terminal at once.
+            on_cancel=lambda job_id: self.publisher.submit(
+                partial(self.store.mark_canceled, job_id)
+            ),
+        )
 
         jobs = [EngineJob(job_id=slot.id, request=slot.record.request) for slot in slots]
         outputs = self.models.engine.run(jobs, on_step=on_step, is_canceled=is_canceled)
@@ -267,7 +250,7 @@ class BatchRunner:
             self.store.redis,
             self.settings,
             sum(images_in(s.record.request) for s in slots),
-            timing["steps"] or None,
+            timer.steps_s or None,
         )
         return outputs
 
@@ -284,7 +267,7 @@ class BatchRunner:
             code, message = error_code(exc)
             self._mark(self.store.mark_failed, slot.id, code=code, message=message)
             lifecycle.fail(self.worker, slot.rq_job, queue, slot.execution, exc)
-            slot.outcome = FAILED
+            slot.outcome = Outcome.failed
         finally:
             self._forget(slot.id)
         log.info(
@@ -292,7 +275,7 @@ class BatchRunner:
             extra={"job_id": slot.id, "worker_id": self.worker_id, "batch_id": self.state.batch_id},
         )
 
-    def _outcome(self, slot: Slot, result: Any, queue: Queue) -> str:
+    def _outcome(self, slot: Slot, result: Any, queue: Queue) -> Outcome:
         worker, job = self.worker, slot.rq_job
         if result is None:
             result = RuntimeError("the engine returned no output for this job")
@@ -300,7 +283,7 @@ class BatchRunner:
             code, message = error_code(result)
             self._mark(self.store.mark_failed, slot.id, code=code, message=message)
             lifecycle.fail(worker, job, queue, slot.execution, result)
-            return FAILED
+            return Outcome.failed
         if (
             result.canceled
             and self.abort.is_set()
@@ -313,7 +296,7 @@ class BatchRunner:
                 reason=f"worker {self.worker_id} stopped; the job went back to the queue",
             )
             lifecycle.hand_back(worker, job, queue, slot.execution)
-            return HANDED_BACK
+            return Outcome.handed_back
         if result.canceled or self._ended(slot.id) or self.store.is_cancel_requested(slot.id):
             return self._canceled(slot, queue)
         try:
@@ -334,7 +317,7 @@ class BatchRunner:
         )
         if done is None and self._ended(slot.id):  # canceled while post-processing
             lifecycle.cancel(worker, job, queue, slot.execution)
-            return CANCELED
+            return Outcome.canceled
         lifecycle.succeed(
             worker,
             job,
@@ -342,12 +325,12 @@ class BatchRunner:
             slot.execution,
             {"status": "succeeded", "images": len(delivered.images)},
         )
-        return SUCCEEDED
+        return Outcome.succeeded
 
-    def _canceled(self, slot: Slot, queue: Queue) -> str:
+    def _canceled(self, slot: Slot, queue: Queue) -> Outcome:
         self._mark(self.store.mark_canceled, slot.id)
         lifecycle.cancel(self.worker, slot.rq_job, queue, slot.execution)
-        return CANCELED
+        return Outcome.canceled
 
     def _ended(self, job_id: str) -> bool:
         return self.store.get(job_id).status.is_terminal

@@ -1,0 +1,87 @@
+"""What a running batch does between denoising steps, apart from progress: the step timer and the
+cancel poller, plus the outcome a job leaves its batch with. No torch here.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Sequence
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+CANCEL_POLL_S = 0.025
+
+
+class Outcome(enum.StrEnum):
+    """How a job left its batch (the log event is `job.{outcome}`)."""
+
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+    handed_back = "handed_back"  # the worker stopped; the job went back to the front of its queue
+
+
+class StepTimer:
+    """Times the denoising steps of one job of the batch (every job steps together).
+
+    The first interval also holds prompt encoding, so it is not a step time.
+    """
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.steps_s: list[float] = []
+
+    def tick(self, step: int) -> float | None:
+        """Mark step `step` done; its duration in ms, or None for the first interval."""
+        now = time.perf_counter()
+        step_ms = (now - self.last) * 1000.0
+        self.last = now
+        if step <= 1:
+            return None
+        self.steps_s.append(step_ms / 1000.0)
+        return step_ms
+
+
+class CancelPoller:
+    """Answers "is this job canceled?" at every step with one MGET of the batch's cancel flags at
+    most every CANCEL_POLL_S, not a round trip per job per step: a cancel is seen within one step
+    (or CANCEL_POLL_S) either way. A set `abort` cancels every job (the worker is stopping).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        job_ids: Sequence[str],
+        cancel_keys: Sequence[str],
+        *,
+        aborted: Callable[[], bool],
+        on_cancel: Callable[[str], None],
+    ) -> None:
+        self.redis = redis
+        self.job_ids = list(job_ids)
+        self.cancel_keys = list(cancel_keys)
+        self.aborted = aborted
+        self.on_cancel = on_cancel
+        self.canceled: set[str] = set()
+        self._polled_at = 0.0
+
+    def __call__(self, job_id: str) -> bool:
+        if self.aborted():
+            return True
+        now = time.monotonic()
+        if now - self._polled_at >= CANCEL_POLL_S:
+            self._polled_at = now
+            self._poll()
+        return job_id in self.canceled
+
+    def _poll(self) -> None:
+        try:
+            flags = self.redis.mget(self.cancel_keys)
+        except RedisError:
+            flags = []
+        for job_id, flag in zip(self.job_ids, flags, strict=False):
+            if flag is not None and job_id not in self.canceled:
+                self.canceled.add(job_id)
+                self.on_cancel(job_id)
