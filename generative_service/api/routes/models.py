@@ -39,6 +39,7 @@ def settings_info(settings: Settings) -> dict:
         "controlnets": controlnets,
         "samplers": list(rules.SAMPLERS),
         "default_size": paths.default_size(settings),
+        "default_steps": rules.DEFAULT_STEPS,
         "backend": {"name": settings.engine_backend},
         "limits": rules.limits(settings),
     }
@@ -63,6 +64,8 @@ def get_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> Model
     info["loras"] = [
         item.name for item in lora_scope.visible(owner, get_lora_store(settings).names())
     ]
+    # The request schema's default, never a bundle's own number: it is what a job without `steps` runs.
+    info["default_steps"] = rules.DEFAULT_STEPS
     # The cost cap is the gateway's: it holds whatever a worker published.
     info["limits"] = {**info.get("limits", {}), "max_job_cost": settings.max_job_cost}
     info["job_cost"] = rules.job_cost_info(settings.max_job_cost)
