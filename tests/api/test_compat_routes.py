@@ -106,3 +106,10 @@ def test_a1111_blocked_or_failed_job_is_an_error(api_client, fake_worker):
     thread.join()
     assert response.status_code == 500
     assert response.json()["error"] == "generation_failed" and "boom" in response.json()["detail"]
+
+
+def test_a1111_lora_list_answers(api_client):
+    """GET /sdapi/v1/loras lists the adapters the caller may use (it once raised a TypeError)."""
+    response = api_client.get("/sdapi/v1/loras")
+    assert response.status_code == 200, response.text
+    assert isinstance(response.json(), list)

@@ -340,7 +340,7 @@ def schedulers(owner: SdapiOwner) -> list[dict[str, Any]]:
 def list_loras(settings: SettingsDep, owner: SdapiOwner) -> list[dict[str, Any]]:
     return [
         {"name": lora.name, "alias": lora.name, "path": f"{lora.name}.safetensors", "metadata": {}}
-        for lora in loras.list_all(settings)
+        for lora in loras.list_all(settings, owner=owner)
     ]
 
 
