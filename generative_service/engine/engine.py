@@ -26,7 +26,6 @@ from generative_service.engine.batch import BatchPlan, GuidanceScales, plan_batc
 from generative_service.engine.batching import batch_key, images_in
 from generative_service.engine.hashing import FileHasher
 from generative_service.engine.loader import CONTROL_TYPES, LoadedModels, load_models
-from generative_service.engine.lora import LoraManager
 from generative_service.engine.previews import latent_preview
 from generative_service.engine.prompts import PromptEncoder
 from generative_service.engine.reproducibility import model_fingerprint, reproducibility_record
@@ -83,7 +82,10 @@ class Engine:
         self.pipe = models.pipe
         self.hasher = hasher
         self.scheduler_config = dict(self.pipe.scheduler.config)
-        self.loras = LoraManager(self.pipe, settings, hasher=hasher)
+        # NOTE: the backend first: it decides how LoRA layers are held (the compile backend needs
+        # fixed hot-swap slots in the UNet before compiling it).
+        self.backend = start_backend(settings, models)
+        self.loras = self.backend.make_loras(hasher=hasher)
         self.prompts = PromptEncoder(
             self.pipe,
             fingerprint=model_fingerprint(models),
@@ -92,9 +94,8 @@ class Engine:
             ttl_s=settings.embedding_cache_ttl_s,
         )
         self._lock = threading.Lock()
-        # NOTE: after the LoraManager (hot-swap must be prepared before compiling); the ControlNet
-        # pipelines share these module objects, so they run through the backend too.
-        self.backend = start_backend(settings, models, loras=self.loras)
+        # The ControlNet pipelines share these module objects, so they run through the backend too.
+        self.backend.start(self)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, redis=None) -> Engine:
@@ -264,7 +265,8 @@ class Engine:
             plan, on_step=on_step, is_canceled=is_canceled, canceled=canceled
         )
         started = time.perf_counter()
-        images = self._call(pipe, plan, callback)
+        with self.backend.running():
+            images = self._call(pipe, plan, callback)
         elapsed_ms = (time.perf_counter() - started) * 1000
         # 3. Split the images back to their jobs.
         outputs = []
