@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from generative_service import metrics
 from generative_service.engine.batching import images_in
+from generative_service.engine.interrupt import Interrupted
 from generative_service.errors import ServiceError
 from generative_service.logs import get_logger
 from generative_service.schemas import BatchInfo
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
     from rq.queue import Queue
     from rq.worker import BaseWorker
 
-    from generative_service.jobs import JobRecord, JobStore
+    from generative_service.jobs import JobStore
+    from generative_service.record import JobRecord
     from generative_service.settings import Settings
     from generative_service.storage import Storage
     from workers.batcher import Batch
@@ -131,7 +133,7 @@ class BatchRunner:
         self.state = state
         self.abort = abort
         self.publisher = publisher
-        self.running_key = f"{settings.key_prefix}:running"
+        self.running_key = settings.keys.running
 
     # --- one batch ------------------------------------------------------------------------------
     def run(self, batch: Batch) -> None:
@@ -232,10 +234,12 @@ class BatchRunner:
                 if info.step > 1:  # the first interval also holds prompt encoding
                     timing["steps"].append(step_ms / 1000.0)
                     self.publisher.submit(
-                        lambda: self.store.record_step_time(request.width, request.height, step_ms)
+                        lambda: self.store.queue.record_step_time(
+                            request.width, request.height, step_ms
+                        )
                     )
 
-        cancel_keys = [self.store.cancel_key(slot.id) for slot in slots]
+        cancel_keys = [self.store.keys.cancel(slot.id) for slot in slots]
         polled = {"at": 0.0}
 
         def is_canceled(job_id: str) -> bool:
@@ -311,13 +315,15 @@ class BatchRunner:
             lifecycle.hand_back(worker, job, queue, slot.execution)
             return HANDED_BACK
         if result.canceled or self._ended(slot.id) or self.store.is_cancel_requested(slot.id):
-            self._mark(self.store.mark_canceled, slot.id)
-            lifecycle.cancel(worker, job, queue, slot.execution)
-            return CANCELED
-        delivered = deliver(
-            job_id=slot.id, request=slot.record.request, images=result.images, seeds=result.seeds, inference_ms=result.inference_ms,
-            store=self.store, storage=self.storage, safety=self.models.safety, upscaler=self.models.upscaler,
-        )  # fmt: skip
+            return self._canceled(slot, queue)
+        try:
+            delivered = deliver(
+                job_id=slot.id, request=slot.record.request, images=result.images, seeds=result.seeds, inference_ms=result.inference_ms,
+                store=self.store, storage=self.storage, safety=self.models.safety, upscaler=self.models.upscaler,
+                is_canceled=partial(self.store.is_cancel_requested, slot.id),
+            )  # fmt: skip
+        except Interrupted:  # canceled during safety, upscaling or storing
+            return self._canceled(slot, queue)
         metrics.nsfw_flagged(self.store.redis, self.settings, delivered.flagged)
         done = self._mark(
             self.store.mark_succeeded,
@@ -337,6 +343,11 @@ class BatchRunner:
             {"status": "succeeded", "images": len(delivered.images)},
         )
         return SUCCEEDED
+
+    def _canceled(self, slot: Slot, queue: Queue) -> str:
+        self._mark(self.store.mark_canceled, slot.id)
+        lifecycle.cancel(self.worker, slot.rq_job, queue, slot.execution)
+        return CANCELED
 
     def _ended(self, job_id: str) -> bool:
         return self.store.get(job_id).status.is_terminal

@@ -30,7 +30,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     logs.configure(get_settings(), "gateway")
     uvicorn.run("generative_service.api:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_config=None, timeout_graceful_shutdown=5)  # fmt: skip
+                log_config=None, timeout_graceful_shutdown=5, server_header=False)  # fmt: skip
     return 0
 
 

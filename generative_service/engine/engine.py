@@ -20,18 +20,28 @@ from typing import Any
 import torch
 from PIL import Image
 
+from generative_service import rules
 from generative_service.engine import paths
 from generative_service.engine.backends import start_backend
 from generative_service.engine.batch import BatchPlan, GuidanceScales, plan_batch
 from generative_service.engine.batching import batch_key, images_in
 from generative_service.engine.hashing import FileHasher
+from generative_service.engine.interrupt import (
+    Interrupted,
+    interrupt_points,
+    unet_blocks,
+    vae_decoder_blocks,
+)
 from generative_service.engine.loader import CONTROL_TYPES, LoadedModels, load_models
+from generative_service.engine.lora import target_layers
 from generative_service.engine.previews import latent_preview
 from generative_service.engine.prompts import PromptEncoder
 from generative_service.engine.reproducibility import model_fingerprint, reproducibility_record
 from generative_service.engine.schedulers import DEFAULT_SAMPLER, make_scheduler, x0_prediction
 from generative_service.errors import GenerationFailed, InvalidRequest, ServiceError
-from generative_service.schemas import MAX_SEED, SAMPLERS, GenerationRequest
+from generative_service.keys import Ttl
+from generative_service.rules import MAX_SEED, SAMPLERS
+from generative_service.schemas import GenerationRequest
 from generative_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,8 +77,9 @@ class JobOutput:
     reproducibility: dict[str, Any]
 
 
-class _AllCanceled(Exception):
-    """Raised from the step callback: diffusers stops at once, without decoding latents."""
+class _AllCanceled(Interrupted):
+    """Every job of the call was canceled: raised from the step callback or a cancel point
+    inside the UNet/VAE, so the pipeline call stops within one block of work."""
 
 
 class Engine:
@@ -85,13 +96,14 @@ class Engine:
         # NOTE: the backend first: it decides how LoRA layers are held (the compile backend needs
         # fixed hot-swap slots in the UNet before compiling it).
         self.backend = start_backend(settings, models)
+        self.lora_layers = target_layers(self.pipe)  # NOTE: before any adapter adds its layers
         self.loras = self.backend.make_loras(hasher=hasher)
         self.prompts = PromptEncoder(
             self.pipe,
             fingerprint=model_fingerprint(models),
             redis=redis,
             key_prefix=settings.key_prefix,
-            ttl_s=settings.embedding_cache_ttl_s,
+            ttl_s=Ttl.embedding(settings),
         )
         self._lock = threading.Lock()
         # The ControlNet pipelines share these module objects, so they run through the backend too.
@@ -124,26 +136,17 @@ class Engine:
     def validate(self, request: GenerationRequest) -> None:
         """Check what only the engine knows (sizes, sampler, LoRAs, control). Raises InvalidRequest."""
         width, height = self._size(request)
-        for name, value in (("width", width), ("height", height)):
-            if value % 8:
-                raise InvalidRequest(name, f"must be a multiple of 8, got {value}")
-            if not 64 <= value <= self.settings.max_side:
-                raise InvalidRequest(
-                    name, f"must be between 64 and {self.settings.max_side}, got {value}"
-                )
-        if request.sampler not in SAMPLERS:
-            raise InvalidRequest(
-                "sampler", f"unknown sampler {request.sampler!r}; known: {', '.join(SAMPLERS)}"
-            )
-        if not 1 <= request.steps <= 150:
-            raise InvalidRequest("steps", f"must be between 1 and 150, got {request.steps}")
-        if images_in(request) > self.settings.max_batch_images:
-            raise InvalidRequest(
-                "num_images",
-                f"at most {self.settings.max_batch_images} images per job on this server",
-            )
-        if request.seed is not None and not 0 <= request.seed < MAX_SEED:
-            raise InvalidRequest("seed", f"must be in [0, 2**63), got {request.seed}")
+        problems = {
+            "width": rules.side_problem(width, self.settings.max_side),
+            "height": rules.side_problem(height, self.settings.max_side),
+            "sampler": rules.sampler_problem(request.sampler),
+            "steps": rules.steps_problem(request.steps),
+            "num_images": rules.images_problem(images_in(request), self.settings.max_batch_images),
+            "seed": rules.seed_problem(request.seed),
+        }
+        for field, problem in problems.items():
+            if problem:
+                raise InvalidRequest(field, problem)
         self.loras.check_known(request.loras)
         if request.control is not None:
             if request.control.type not in self.models.control_pipes:
@@ -190,23 +193,15 @@ class Engine:
             "control_types": [kind for kind in CONTROL_TYPES if kind in self.models.control_pipes],
             "samplers": list(SAMPLERS),
             "default_sampler": DEFAULT_SAMPLER,
-            "loras": paths.list_lora_names(self.settings),
+            "loras": self.loras.store.names(),
             "default_size": self.default_size,
-            "default_steps": info.get("default_steps", 30),
+            "default_steps": info.get("default_steps", rules.DEFAULT_STEPS),
             "prompt_hint": info.get("prompt_hint"),
-            "limits": {
-                "min_side": 64,
-                "max_side": self.settings.max_side,
-                "side_multiple": 8,
-                "max_batch_images": self.settings.max_batch_images,
-                "max_images_per_job": min(4, self.settings.max_batch_images),
-                "max_steps": 150,
-                "max_control_pixels": self.settings.max_control_pixels,
-                "max_active_loras": self.settings.lora_cache_size,
-            },
+            "limits": rules.limits(self.settings),
             "device": str(self.models.device),
             "dtype": str(self.models.dtype).removeprefix("torch."),
             "attention": self.models.attention,
+            "runtime": self.models.runtime,
             "backend": self.backend.describe(),
             "lora_hotswap": self.settings.lora_hotswap_rank > 0,
         }
@@ -225,7 +220,10 @@ class Engine:
         groups: list[list[EngineJob]] = []
         open_groups: dict[str, list[EngineJob]] = {}
         for job in jobs:
-            key = batch_key(job.request)
+            request = job.request
+            negative = request.negative_prompt if request.uses_cfg else ""
+            # prompts of different lengths (75-token windows) cannot share one call
+            key = f"{batch_key(request)}|{self.prompts.chunk_count(request.prompt, negative)}"
             group = open_groups.get(key)
             if (
                 group is None
@@ -261,12 +259,11 @@ class Engine:
         # 2. One pipeline call.
         pipe = self.models.control_pipes[plan.control_type] if plan.control_type else self.pipe
         pipe.scheduler = make_scheduler(plan.sampler, self.scheduler_config)  # fresh per call
-        callback = self._step_callback(
-            plan, on_step=on_step, is_canceled=is_canceled, canceled=canceled
-        )
+        check = _all_canceled_check(plan, is_canceled, canceled)
+        callback = self._step_callback(plan, on_step=on_step, check=check, canceled=canceled)
         started = time.perf_counter()
         with self.backend.running():
-            images = self._call(pipe, plan, callback)
+            images = self._call(pipe, plan, callback, check=check)
         elapsed_ms = (time.perf_counter() - started) * 1000
         # 3. Split the images back to their jobs.
         outputs = []
@@ -290,10 +287,11 @@ class Engine:
             )
         return outputs
 
-    def _call(self, pipe, plan: BatchPlan, callback) -> list[Image.Image] | None:
+    def _call(self, pipe, plan: BatchPlan, callback, *, check) -> list[Image.Image] | None:
         kwargs = plan.pipeline_kwargs()
         try:
-            return pipe(**kwargs, callback_on_step_end=callback, output_type="pil").images
+            with interrupt_points(self._cancel_points(pipe), check):
+                return pipe(**kwargs, callback_on_step_end=callback, output_type="pil").images
         except _AllCanceled:
             return None
         except ServiceError:
@@ -308,17 +306,20 @@ class Engine:
                 f"the diffusion pipeline failed: {type(exc).__name__}: {str(exc)[:300]}"
             ) from exc
 
-    def _step_callback(self, plan: BatchPlan, *, on_step, is_canceled, canceled: set[str]):
+    def _cancel_points(self, pipe) -> list:
+        """Modules checked for cancel inside one step and during the VAE decode."""
+        modules = vae_decoder_blocks(pipe.vae)
+        if self.backend.name == "eager":  # NOTE: hooks would break a compiled or exported graph
+            modules += unet_blocks(pipe.unet)
+            controlnet = getattr(pipe, "controlnet", None)
+            if controlnet is not None:
+                modules += unet_blocks(controlnet)
+        return modules
+
+    def _step_callback(self, plan: BatchPlan, *, on_step, check, canceled: set[str]):
         def callback(pipe, index: int, timestep, tensors: dict) -> dict:
             step, total = index + 1, pipe.num_timesteps
-            if is_canceled is not None:
-                canceled.update(
-                    job_id
-                    for job_id in plan.slices
-                    if job_id not in canceled and is_canceled(job_id)
-                )
-                if all(job_id in canceled for job_id in plan.slices):
-                    raise _AllCanceled()
+            check()
             if on_step is None:
                 return {}
             x0 = None
@@ -349,6 +350,21 @@ class Engine:
 
     def _canceled(self, job: EngineJob, elapsed_ms: float) -> JobOutput:
         return JobOutput(job.job_id, [], [], True, elapsed_ms, {})
+
+
+def _all_canceled_check(plan: BatchPlan, is_canceled, canceled: set[str]) -> Callable[[], None]:
+    """A check that records newly canceled jobs and raises _AllCanceled once all of them are."""
+
+    def check(*_: Any) -> None:
+        if is_canceled is None:
+            return
+        canceled.update(
+            job_id for job_id in plan.slices if job_id not in canceled and is_canceled(job_id)
+        )
+        if all(job_id in canceled for job_id in plan.slices):
+            raise _AllCanceled()
+
+    return check
 
 
 __all__ = ["Engine", "EngineJob", "JobOutput", "StepInfo", "GuidanceScales"]

@@ -2,7 +2,9 @@
 
 - Adapters are never fused: disabling them gives the base model's output bit-exactly, and
   switching costs a `set_adapters` call (milliseconds), never a base-model reload.
-- A changed file (same name, new mtime/size, e.g. re-uploaded) is reloaded on next use.
+- Every batch asks the LoRA store for the adapter's current file (`lora_store.py`): a changed
+  file (same name, new content: a new cached file, or a new mtime/size locally) is reloaded, a
+  deleted one is unknown at once; no batch runs a stale adapter.
 - Hot-swap mode (GENSVC_LORA_HOTSWAP_RANK > 0, needed with a compiled UNet): adapters live in a
   fixed set of slots padded to that rank; a new adapter replaces the least recently used slot's
   weights in place, so the compiled graph is reused.
@@ -21,8 +23,8 @@ from pathlib import Path
 from safetensors import safe_open
 
 from generative_service.engine.hashing import FileHasher
-from generative_service.engine.paths import list_lora_names, lora_path
-from generative_service.errors import LoraError
+from generative_service.errors import LoraError, NotFound
+from generative_service.lora_store import get_lora_store
 from generative_service.schemas import LoraSpec
 from generative_service.settings import Settings
 
@@ -35,7 +37,7 @@ _B_SUFFIXES = (".lora_B.weight", ".lora.up.weight")
 class _Adapter:
     name: str
     slot: str
-    stamp: tuple[int, int]
+    stamp: tuple[str, int, int]
     sha256: str
     touches_text: bool
 
@@ -47,6 +49,7 @@ class LoraManager:
         self.pipe = pipe
         self.settings = settings
         self.hasher = hasher
+        self.store = get_lora_store(settings)
         self.capacity = settings.lora_cache_size
         self.hotswap_rank = settings.lora_hotswap_rank
         self._adapters: OrderedDict[str, _Adapter] = OrderedDict()
@@ -105,8 +108,8 @@ class LoraManager:
     def check_known(self, specs: list[LoraSpec]) -> None:
         """Raise LoraError for a name with no file in the LoRA directory."""
         for index, spec in enumerate(specs):
-            if not lora_path(self.settings, spec.name).is_file():
-                known = list_lora_names(self.settings)
+            if self.store.head(spec.name) is None:
+                known = self.store.names()
                 raise LoraError(
                     f"loras[{index}].name",
                     f"unknown LoRA {spec.name!r}; known: {', '.join(known) or 'none'}",
@@ -129,13 +132,16 @@ class LoraManager:
         return {a for names in self.pipe.get_list_adapters().values() for a in names}
 
     def _ensure(self, index: int, name: str, *, pinned: set[str]) -> _Adapter:
-        path = lora_path(self.settings, name)
         field = f"loras[{index}].name"
-        if not path.is_file():
-            known = list_lora_names(self.settings)
-            raise LoraError(field, f"unknown LoRA {name!r}; known: {', '.join(known) or 'none'}")
-        stat = path.stat()
-        stamp = (stat.st_size, stat.st_mtime_ns)
+        try:
+            path = self.store.fetch(name)
+            stat = path.stat()
+        except (NotFound, FileNotFoundError):
+            known = self.store.names()
+            raise LoraError(
+                field, f"unknown LoRA {name!r}; known: {', '.join(known) or 'none'}"
+            ) from None
+        stamp = (str(path), stat.st_size, stat.st_mtime_ns)
         current = self._adapters.get(name)
         if current is not None and current.stamp == stamp:
             self._adapters.move_to_end(name)
@@ -165,7 +171,7 @@ class LoraManager:
         return _slot_name(name)
 
     def _load(
-        self, path: Path, *, name: str, slot: str, stamp: tuple[int, int], field: str
+        self, path: Path, *, name: str, slot: str, stamp: tuple[str, int, int], field: str
     ) -> _Adapter:
         present = self._present()
         hotswap = bool(self.hotswap_rank) and slot in present
@@ -261,6 +267,24 @@ class LoraManager:
                     f"layer {module_name} expects {expected} features, file has {actual}"
                 )
         return problems
+
+
+def target_layers(pipe) -> dict[str, dict[str, list[int]]]:
+    """Weight shape of every layer a LoRA can target, per pipeline part (published for the
+    gateway's upload check, generative_service/lora_fit.py). Call before any adapter is loaded."""
+    import torch
+
+    layers: dict[str, dict[str, list[int]]] = {}
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        model = getattr(pipe, part, None)
+        if not isinstance(model, torch.nn.Module):
+            continue
+        layers[part] = {
+            name: list(module.weight.shape)
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear | torch.nn.Conv2d)
+        }
+    return layers
 
 
 @contextlib.contextmanager
