@@ -6,7 +6,8 @@ Redis layout (prefix P = settings.key_prefix):
   P:events:{id}             the job's event stream (events.py)
   P:owner:{owner}           sorted set of the owner's job ids by creation time (listing)
   P:idem:{owner}:{key}      Idempotency-Key -> {job_id, hash}                        (queue.py)
-  P:admitting               admission reservations (token -> time)                  (queue.py)
+  P:counts                  waiting jobs in all and per owner, running per owner  (queue.py)
+  P:order:{queue}           waiting job ids by submission sequence (positions)     (queue.py)
   P:stats:step_ms           hash: pixel class -> EWMA ms per denoising step (ETAs)  (queue.py)
   P:epoch                   when this Redis's data begins (a restart without persistence starts anew)
   rq:queue:P:{queue}        the RQ queue the job waits in (RQ job id == our job id)  (queue.py)
@@ -18,7 +19,9 @@ idempotency, enqueueing, positions and ETAs) lives in queue.py.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import math
 import secrets
 import time
@@ -27,11 +30,20 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 from redis import Redis, WatchError
+from redis.asyncio import Redis as AsyncRedis
 from rq import Queue
+from rq.job import Job as RQJob
 
 from generative_service import events, logs, metrics, webhooks
 from generative_service.errors import Conflict, InvalidRequest, NotFound
-from generative_service.queue import GENERATE_FUNC, JobQueue, body_hash, resolve
+from generative_service.queue import (
+    GENERATE_FUNC,
+    POSITION_PLACEHOLDER,
+    JobQueue,
+    Submission,
+    body_hash,
+    resolve,
+)
 from generative_service.schemas import (
     BatchInfo,
     Event,
@@ -99,6 +111,10 @@ class JobStore:
         self.queue = JobQueue(redis, settings)
 
     # --- keys -----------------------------------------------------------------------------------
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.prefix}:epoch"
+
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
 
@@ -136,27 +152,15 @@ class JobStore:
         """Fill every server-side default (see queue.resolve)."""
         return resolve(request, self.settings)
 
-    def create(
+    def prepare(
         self,
         request: GenerationRequest,
         *,
         owner: str = ANONYMOUS,
         idempotency_key: str | None = None,
         raw_body: dict | None = None,
-    ) -> tuple[JobRecord, bool]:
-        """Accept a job: store it, enqueue it, emit `queued`. Returns (record, created).
-
-        Raises:
-            Conflict: the idempotency key was used with another body.
-            QueueFull: more than MAX_QUEUED jobs wait.
-        """
-        idem_key = self.queue.idempotency_key(owner, idempotency_key)
-        digest = body_hash(raw_body if raw_body is not None else request.model_dump(mode="json"))
-        if idem_key:
-            existing = self._idempotent_replay(idem_key, digest)
-            if existing is not None:
-                return existing, False
-        token = self.queue.admit()
+    ) -> Submission:
+        """The new job's record and what the submit script writes for it (no Redis I/O)."""
         resolved = self.resolve(request)
         record = JobRecord(
             id=new_job_id(),
@@ -169,37 +173,116 @@ class JobStore:
             request=resolved,
             progress=Progress(stage=Stage.queued, total_steps=resolved.steps),
         )
-        if idem_key and not self.queue.remember(idem_key, record.id, digest):
-            existing = self._idempotent_replay(idem_key, digest)  # lost a race with the same key
-            if existing is not None:
-                self.queue.release(token)
-                return existing, False
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(f"{self.prefix}:epoch", repr(time.time()), nx=True)
-        pipe.set(self.job_key(record.id), record.model_dump_json())
-        pipe.zadd(self.owner_key(owner), {record.id: record.created_at.timestamp()})
-        pipe.execute()
-        self.queue.enqueue(record)
-        self.queue.release(token)  # now counted by its queue's length
-        metrics.job_submitted(self.redis, self.settings, record.queue)
+        digest = body_hash(raw_body if raw_body is not None else request.model_dump(mode="json"))
+        idem_key = self.queue.idempotency_key(owner, idempotency_key)
+        event = Event(type="queued", job_id=record.id, position=0).to_payload()
+        event["position"] = POSITION_PLACEHOLDER
+        queue, rq_queue = self.queue, self.queue.rq_queue(record.queue)
+        keys = [
+            idem_key or "", queue.counts_key, self.job_key(record.id), self.owner_key(owner),
+            self.epoch_key, _text(RQJob.key_for(record.id)), rq_queue.key, rq_queue.redis_queues_keys,
+            queue.order_key(record.queue), queue.sequence_key(record.queue), events.stream_key(self.prefix, record.id),
+            metrics.submitted_counter_key(self.settings), queue.step_ms_key,
+        ]  # fmt: skip
+        args = [
+            record.id, owner, record.model_dump_json(), record.created_at.timestamp(), repr(time.time()),
+            self.settings.max_queued, self.settings.max_queued_per_key, queue.idempotency_value(record.id, digest),
+            self.settings.retention_s, json.dumps(event), events.STREAM_MAXLEN, self.settings.retention_s + 3600,
+            record.queue, *queue.rq_job_fields(record),
+        ]  # fmt: skip
+        return Submission(record=record, keys=keys, args=args, digest=digest)
+
+    def create(
+        self,
+        request: GenerationRequest,
+        *,
+        owner: str = ANONYMOUS,
+        idempotency_key: str | None = None,
+        raw_body: dict | None = None,
+    ) -> tuple[JobRecord, bool]:
+        """Accept a job: store it, enqueue it, emit `queued`. Returns (record, created).
+
+        Raises:
+            Conflict: the idempotency key was used with another body.
+            QueueFull: MAX_QUEUED jobs wait, or MAX_QUEUED_PER_KEY of this owner.
+        """
+        submission = self.prepare(
+            request, owner=owner, idempotency_key=idempotency_key, raw_body=raw_body
+        )
+        for _ in range(2):
+            replayed = self._accepted(submission, self.queue.submit(submission))
+            if replayed is None:
+                if submission.record.request.webhook:
+                    self._emit_webhook(submission)
+                return submission.record, True
+            try:
+                return self.get(replayed), False
+            except NotFound:  # the replayed job expired: its key may be used afresh
+                self.redis.delete(submission.keys[0])
+        raise Conflict("Idempotency-Key is being reused concurrently; retry")
+
+    async def create_async(
+        self,
+        redis: AsyncRedis,
+        request: GenerationRequest,
+        *,
+        owner: str = ANONYMOUS,
+        idempotency_key: str | None = None,
+        raw_body: dict | None = None,
+    ) -> tuple[JobResource, JobRecord, bool]:
+        """`create` on the gateway's async client: (resource, record, created), one round trip."""
+        submission = self.prepare(
+            request, owner=owner, idempotency_key=idempotency_key, raw_body=raw_body
+        )
+        for _ in range(2):
+            reply = await self.queue.submit_async(redis, submission)
+            replayed = self._accepted(submission, reply)
+            if replayed is None:
+                if submission.record.request.webhook:
+                    await asyncio.to_thread(self._emit_webhook, submission)
+                steps = _pairs(reply[3])
+                resource = self.resource_from(
+                    submission.record, int(reply[1]), steps, base_url=self.settings.public_url
+                )
+                return resource, submission.record, True
+            try:
+                record = await self.get_async(redis, replayed)
+            except NotFound:
+                await redis.delete(submission.keys[0])
+                continue
+            return await self.resource_async(redis, record), record, False
+        raise Conflict("Idempotency-Key is being reused concurrently; retry")
+
+    def _accepted(self, submission: Submission, reply: list) -> str | None:
+        """None when the script accepted the job; the replayed job id for an idempotent replay.
+
+        Raises:
+            QueueFull: a bound refused the job. Conflict: the key was used with another body.
+        """
+        kind = _text(reply[0])
+        if kind == "replay":
+            return self.queue.replayed_id(reply[1], submission.digest)
+        if kind in ("full", "key_full"):
+            raise self.queue.queue_full(reply, owner_bound=kind == "key_full")
+        record, request = submission.record, submission.record.request
+        metrics.job_submitted_here(record.queue)
         log.info(
             "job.submitted",
-            extra={"job_id": record.id, "queue": record.queue, "owner": owner, "width": resolved.width, "height": resolved.height,
-                   "steps": resolved.steps, "images": resolved.num_images, "prompt": logs.prompt_field(self.settings, resolved.prompt)},
+            extra={"job_id": record.id, "queue": record.queue, "owner": record.owner, "width": request.width,
+                   "height": request.height, "steps": request.steps, "images": request.num_images,
+                   "prompt": logs.prompt_field(self.settings, request.prompt)},
         )  # fmt: skip
-        self._emit(
-            record, Event(type="queued", job_id=record.id, position=self.queue_position(record))
-        )
-        return record, True
+        return None
 
-    def _idempotent_replay(self, idem_key: str, digest: str) -> JobRecord | None:
-        job_id = self.queue.replayed_id(idem_key, digest)
-        if job_id is None:
-            return None
-        try:
-            return self.get(job_id)
-        except NotFound:
-            return None
+    def _emit_webhook(self, submission: Submission) -> None:
+        record = submission.record
+        position = self.queue_position(record)
+        webhooks.on_event(
+            self.redis,
+            self.settings,
+            record,
+            Event(type="queued", job_id=record.id, position=position),
+        )
 
     # --- read -----------------------------------------------------------------------------------
     def get(self, job_id: str, *, owner: str | None = None) -> JobRecord:
@@ -212,21 +295,75 @@ class JobStore:
             raise NotFound(f"job {job_id!r} not found")  # never the note: it exists, just not yours
         return record
 
+    async def get_async(
+        self, redis: AsyncRedis, job_id: str, *, owner: str | None = None
+    ) -> JobRecord:
+        """`get` on the gateway's async client."""
+        raw = await redis.get(self.job_key(job_id)) if _plausible_id(job_id) else None
+        if raw is None:
+            pipe = redis.pipeline(transaction=False)
+            pipe.set(self.epoch_key, repr(time.time()), nx=True)
+            pipe.get(self.epoch_key)
+            epoch = float((await pipe.execute())[1])
+            raise NotFound(f"job {job_id!r} not found" + self._lost_note(job_id, epoch))
+        record = JobRecord.model_validate_json(raw)
+        if owner is not None and record.owner != owner:
+            raise NotFound(f"job {job_id!r} not found")
+        return record
+
+    async def read_async(
+        self, redis: AsyncRedis, job_id: str, *, owner: str | None = None
+    ) -> JobResource:
+        """The public resource of one job in one round trip (record, step times, queue ranks)."""
+        if not _plausible_id(job_id):
+            return await self.resource_async(
+                redis, await self.get_async(redis, job_id, owner=owner)
+            )
+        queues = self.known_queues()
+        pipe = redis.pipeline(transaction=False)
+        pipe.get(self.job_key(job_id))
+        pipe.hgetall(self.queue.step_ms_key)
+        for queue in queues:
+            pipe.zrank(self.queue.order_key(queue), job_id)
+        raw, steps, *ranks = await pipe.execute()
+        if raw is None:
+            await self.get_async(redis, job_id)  # raises NotFound, with the note
+        record = JobRecord.model_validate_json(raw)
+        if owner is not None and record.owner != owner:
+            raise NotFound(f"job {job_id!r} not found")
+        if record.queue not in queues:  # a queue no longer routed to: ask for its rank alone
+            return await self.resource_async(redis, record)
+        rank = ranks[queues.index(record.queue)]
+        position = rank + 1 if rank is not None and record.status == JobStatus.queued else None
+        return self.resource_from(
+            record, position, _decode_map(steps), base_url=self.settings.public_url
+        )
+
+    async def resource_async(self, redis: AsyncRedis, record: JobRecord) -> JobResource:
+        pipe = redis.pipeline(transaction=False)
+        pipe.hgetall(self.queue.step_ms_key)
+        pipe.zrank(self.queue.order_key(record.queue), record.id)
+        steps, rank = await pipe.execute()
+        position = rank + 1 if rank is not None and record.status == JobStatus.queued else None
+        return self.resource_from(
+            record, position, _decode_map(steps), base_url=self.settings.public_url
+        )
+
     def epoch(self) -> float:
         """When this Redis's data begins (set once, on first use; never expires). A Redis that
         restarted without persistence starts a new epoch: every job created before it is gone."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(f"{self.prefix}:epoch", repr(time.time()), nx=True)
-        pipe.get(f"{self.prefix}:epoch")
+        pipe.set(self.epoch_key, repr(time.time()), nx=True)
+        pipe.get(self.epoch_key)
         return float(pipe.execute()[1])
 
-    def _lost_note(self, job_id: str) -> str:
+    def _lost_note(self, job_id: str, epoch: float | None = None) -> str:
         """For a missing job whose id says it was created within retention but before the epoch."""
         try:
             created = int(job_id[4:12], 16)
         except ValueError:
             return ""
-        epoch = self.epoch()
+        epoch = self.epoch() if epoch is None else epoch
         if not epoch - self.settings.retention_s <= created < int(epoch):
             return ""
         since = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
@@ -276,9 +413,22 @@ class JobStore:
 
     def to_resource(self, record: JobRecord, *, base_url: str = "") -> JobResource:
         """The public job resource, with queue position, ETA and links filled in."""
+        return self.resource_from(
+            record, self.queue_position(record), self.queue.step_times(), base_url=base_url
+        )
+
+    def resource_from(
+        self,
+        record: JobRecord,
+        position: int | None,
+        step_times: dict[str, float],
+        *,
+        base_url: str = "",
+    ) -> JobResource:
+        """The public job resource from what was read (no Redis I/O)."""
         data = record.model_dump(exclude={"owner", "worker_id"})
-        data["queue_position"] = self.queue_position(record)
-        data["progress"] = self.queue.with_eta(record, data["queue_position"])
+        data["queue_position"] = position if record.status == JobStatus.queued else None
+        data["progress"] = self.queue.with_eta(record, data["queue_position"], step_times)
         root = f"{base_url}/v1/jobs/{record.id}"
         data["links"] = Links(
             self=root, events=f"{root}/events", cancel=f"{root}/cancel", webhooks=f"{root}/webhooks"
@@ -300,11 +450,15 @@ class JobStore:
                     if raw is None:
                         raise NotFound(f"job {job_id!r} not found")
                     record = JobRecord.model_validate_json(raw)
+                    old = record.status
                     if change(record) is False:
                         pipe.unwatch()
                         return record
+                    entering_queue = record.status == JobStatus.queued != old
+                    front = self.queue.front_score(record.queue) if entering_queue else 0.0
                     pipe.multi()
                     pipe.set(key, record.model_dump_json(), keepttl=True)
+                    self.queue.status_change(pipe, record, old, front)
                     if record.status.is_terminal:
                         pipe.expire(key, self.settings.retention_s)
                     pipe.execute()
@@ -466,7 +620,11 @@ class JobStore:
 
         record = self._transition(job_id, change, make_event)
         if record is not None:
-            self.redis.delete(self.cancel_key(job_id))
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(self.cancel_key(job_id))
+            if record.started_at is not None:
+                self.queue.record_finished(pipe)
+            pipe.execute()
             # Counted here, once, wherever the job ended (worker, recovery, watchdog, gateway cancel).
             latency = (
                 (record.finished_at - record.created_at).total_seconds()
@@ -508,6 +666,19 @@ class JobStore:
 
 def _total_ms(record: JobRecord) -> float:
     return round((utcnow() - record.created_at).total_seconds() * 1000, 1)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(flat: list) -> dict[str, float]:
+    """A Lua HGETALL answer (field, value, field, value, ...) as step times."""
+    return {_text(flat[i]): float(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+def _decode_map(raw: dict) -> dict[str, float]:
+    return {_text(key): float(value) for key, value in raw.items()}
 
 
 def _plausible_id(job_id: str) -> bool:

@@ -156,6 +156,16 @@ def _record(redis: Redis, what: str, fill) -> None:
         log.warning("metrics.record_failed", extra={"metric": what, "error": repr(exc)})
 
 
+def submitted_counter_key(settings: Settings) -> str:
+    """The Redis hash the submit script increments (field: the queue) for each accepted job."""
+    return _counter_key(settings, "jobs_submitted")
+
+
+def job_submitted_here(queue: str) -> None:
+    """Mirror a submit the submit script already counted in Redis into this process's registry."""
+    _local_counters["jobs_submitted"].labels(queue).inc()
+
+
 def job_submitted(redis: Redis, settings: Settings, queue: str) -> None:
     """A gateway accepted a new job into `queue` (not an idempotent replay)."""
     _record(redis, "jobs_submitted", lambda pipe: _inc(pipe, settings, "jobs_submitted", queue))

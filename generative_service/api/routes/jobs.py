@@ -117,17 +117,19 @@ async def submit_job(
     models_info = (
         await run_in_threadpool(_models_info, redis, settings.key_prefix) if body.control else {}
     )
-    await run_in_threadpool(submit.check_request, body, settings, models_info)
-    record, created = await run_in_threadpool(
-        store.create, body, owner=owner, idempotency_key=idempotency_key
+    if body.loras or body.control:  # these read the LoRA directory or decode an image header
+        await run_in_threadpool(submit.check_request, body, settings, models_info)
+    else:
+        submit.check_request(body, settings, models_info)
+    resource, record, created = await store.create_async(
+        aredis, body, owner=owner, idempotency_key=idempotency_key
     )
     if wait_s and not record.status.is_terminal:
         response.headers["Preference-Applied"] = f"wait={wait_s}"
         if await submit.wait_for_end(aredis, settings.key_prefix, record.id, wait_s):
-            record = await run_in_threadpool(store.get, record.id)
-    resource = await run_in_threadpool(store.to_resource, record, base_url=settings.public_url)
+            resource = await store.read_async(aredis, record.id)
     response.headers["Location"] = resource.links.self
-    response.status_code = 200 if not created or record.status.is_terminal else 202
+    response.status_code = 200 if not created or resource.status.is_terminal else 202
     return resource
 
 
@@ -160,8 +162,10 @@ def list_jobs(
     summary="Get a job",
     responses={200: {"content": _JOB_JSON}, **error_responses(401, 404, 503)},
 )
-def get_job(job_id: JobId, store: StoreDep, settings: SettingsDep, owner: OwnerDep) -> JobResource:
-    return store.to_resource(store.get(job_id, owner=owner), base_url=settings.public_url)
+async def get_job(
+    job_id: JobId, store: StoreDep, aredis: AsyncRedisDep, owner: OwnerDep
+) -> JobResource:
+    return await store.read_async(aredis, job_id, owner=owner)
 
 
 @router.post(
