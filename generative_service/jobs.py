@@ -37,6 +37,7 @@ from rq.job import Job as RQJob
 from generative_service import events, logs, metrics, webhooks
 from generative_service.errors import Conflict, InvalidRequest, NotFound
 from generative_service.queue import (
+    ANONYMOUS,
     GENERATE_FUNC,
     POSITION_PLACEHOLDER,
     JobQueue,
@@ -64,7 +65,6 @@ from generative_service.settings import Settings
 __all__ = ["GENERATE_FUNC", "JobRecord", "JobStore", "owner_for_key"]
 
 log = logs.get_logger(__name__)
-ANONYMOUS = "anonymous"
 
 
 class JobRecord(BaseModel):
@@ -131,6 +131,9 @@ class JobStore:
     def rq_queue(self, queue: str) -> Queue:
         return self.queue.rq_queue(queue)
 
+    def rq_queue_of(self, record: JobRecord) -> Queue:
+        return self.queue.rq_queue_of(record)
+
     def known_queues(self) -> list[str]:
         return self.queue.known_queues()
 
@@ -177,18 +180,19 @@ class JobStore:
         idem_key = self.queue.idempotency_key(owner, idempotency_key)
         event = Event(type="queued", job_id=record.id, position=0).to_payload()
         event["position"] = POSITION_PLACEHOLDER
-        queue, rq_queue = self.queue, self.queue.rq_queue(record.queue)
+        queue, rq_queue = self.queue, self.queue.rq_queue_of(record)
         keys = [
             idem_key or "", queue.counts_key, self.job_key(record.id), self.owner_key(owner),
             self.epoch_key, _text(RQJob.key_for(record.id)), rq_queue.key, rq_queue.redis_queues_keys,
             queue.order_key(record.queue), queue.sequence_key(record.queue), events.stream_key(self.prefix, record.id),
-            metrics.submitted_counter_key(self.settings), queue.step_ms_key,
+            metrics.submitted_counter_key(self.settings), queue.step_ms_key, queue.tenants_key(record.queue),
+            queue.burst_key(record.queue), queue.bell_key(record.queue),
         ]  # fmt: skip
         args = [
             record.id, owner, record.model_dump_json(), record.created_at.timestamp(), repr(time.time()),
             self.settings.max_queued, self.settings.max_queued_per_key, queue.idempotency_value(record.id, digest),
             self.settings.retention_s, json.dumps(event), events.STREAM_MAXLEN, self.settings.retention_s + 3600,
-            record.queue, *queue.rq_job_fields(record),
+            record.queue, self.settings.batch_window_ms, *queue.rq_job_fields(record),
         ]  # fmt: skip
         return Submission(record=record, keys=keys, args=args, digest=digest)
 

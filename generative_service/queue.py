@@ -9,10 +9,14 @@ Redis keys (prefix P = settings.key_prefix; the full layout is in jobs.py):
   P:counts                  hash: `queued` (all waiting jobs), `queued:{owner}`, `running:{owner}`
   P:order:{queue}           sorted set: waiting job ids by submission sequence (queue positions)
   P:seq:{queue}             the queue's submission sequence counter
+  P:tenants:{queue}         set of the RQ queue keys (one per API key) the queue's jobs wait in
+  P:bell:{queue}            doorbell: an idle worker serving several RQ queues sleeps on it
+  P:burst:{queue}           submits less than GENSVC_BATCH_WINDOW_MS apart (the batcher waits only then)
   P:idem:{owner}:{key}      Idempotency-Key -> {job_id, hash}
   P:stats:step_ms           hash: pixel class -> EWMA milliseconds per denoising step (ETAs)
   P:stats:finished:{bucket} jobs finished in a 10 s bucket (throughput, for Retry-After)
-  rq:queue:P:{queue}        the RQ queue the job waits in (RQ job id == our job id)
+  rq:queue:P:{queue}        the RQ queue anonymous jobs wait in (RQ job id == our job id)
+  rq:queue:P:{queue}@{owner} the RQ queue of one API key's jobs (fair share, workers/fairshare.py)
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
 GENERATE_FUNC = "workers.gpu_worker.generate"
 # Fields of the counts hash (P:counts): waiting jobs in all, and per owner waiting and running.
 QUEUED = "queued"
+ANONYMOUS = "anonymous"  # the owner of jobs submitted without API keys (jobs.owner_for_key)
 POSITION_PLACEHOLDER = "__POSITION__"
 # Throughput (for Retry-After): jobs finished per bucket of this many seconds, over this many.
 THROUGHPUT_BUCKET_S = 10
@@ -57,10 +62,13 @@ THROUGHPUT_BUCKETS = 6
 # KEYS: 1 idempotency key ('' = none), 2 counts hash, 3 job record, 4 owner's job index,
 #   5 epoch, 6 RQ job hash, 7 RQ queue list, 8 RQ's set of queues, 9 queue order (zset),
 #   10 its sequence counter, 11 the job's event stream, 12 submitted-jobs metric hash,
-#   13 step times hash (read only, for the ETA of the answer)
+#   13 step times hash (read only, for the ETA of the answer), 14 the queue's set of RQ queues,
+#   15 the queue's burst counter (submits less than a batch window apart; the batcher reads it),
+#   16 the queue's doorbell list (wakes an idle worker serving several RQ queues)
 # ARGV: 1 job id, 2 owner, 3 record JSON, 4 created (epoch s), 5 now, 6 MAX_QUEUED,
 #   7 MAX_QUEUED_PER_KEY, 8 idempotency value, 9 retention s, 10 `queued` event JSON (position
-#   placeholder), 11 stream maxlen, 12 stream TTL s, 13 metric label, 14.. RQ job field/value pairs
+#   placeholder), 11 stream maxlen, 12 stream TTL s, 13 metric label, 14 batch window ms,
+#   15.. RQ job field/value pairs
 # Returns {'replay', saved idempotency value} | {'full', waiting} | {'key_full', waiting of the
 #   owner} | {'ok', position, event id, step times as field/value pairs}
 _SUBMIT_SCRIPT = """
@@ -79,9 +87,12 @@ redis.call('SET', KEYS[5], ARGV[5], 'NX')
 redis.call('SET', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
 local fields = {}
-for i = 14, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 15, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[6], unpack(fields))
 redis.call('SADD', KEYS[8], KEYS[7])
+redis.call('SADD', KEYS[14], KEYS[7])
+redis.call('RPUSH', KEYS[16], '1')
+redis.call('LTRIM', KEYS[16], -1, -1)
 redis.call('RPUSH', KEYS[7], ARGV[1])
 redis.call('ZADD', KEYS[9], redis.call('INCR', KEYS[10]), ARGV[1])
 local position = redis.call('ZRANK', KEYS[9], ARGV[1]) + 1
@@ -89,6 +100,10 @@ local event = string.gsub(ARGV[10], '"__POSITION__"', tostring(position), 1)
 local event_id = redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[11], '*', 'data', event)
 redis.call('EXPIRE', KEYS[11], ARGV[12])
 redis.call('HINCRBYFLOAT', KEYS[12], ARGV[13], 1)
+if tonumber(ARGV[14]) > 0 then
+  redis.call('INCR', KEYS[15])
+  redis.call('PEXPIRE', KEYS[15], ARGV[14])
+end
 return {'ok', position, event_id, redis.call('HGETALL', KEYS[13])}
 """
 
@@ -160,9 +175,43 @@ class JobQueue:
             self._queues[queue] = Queue(self.rq_queue_name(queue), connection=self.redis)
         return self._queues[queue]
 
+    def tenant_queue_name(self, queue: str, owner: str) -> str:
+        """The RQ queue a job of `owner` waits in: one per API key and logical queue, so a
+        worker's round-robin dequeue serves keys in turn (fair share). Anonymous jobs (no API
+        keys configured) wait in the logical queue's own RQ queue."""
+        base = self.rq_queue_name(queue)
+        return base if owner == ANONYMOUS else f"{base}@{owner}"
+
+    def rq_queue_of(self, record: JobRecord) -> Queue:
+        """The RQ queue `record` waits in."""
+        name = self.tenant_queue_name(record.queue, record.owner)
+        if name not in self._queues:
+            self._queues[name] = Queue(name, connection=self.redis)
+        return self._queues[name]
+
+    def tenants_key(self, queue: str) -> str:
+        """Set of the RQ queue keys jobs of logical `queue` were ever put in (one per key)."""
+        return f"{self.prefix}:tenants:{queue}"
+
+    def served_queue_names(self, queue: str) -> list[str]:
+        """Every RQ queue of logical `queue`: its own first, then each key's, in a stable order."""
+        base = self.rq_queue_name(queue)
+        prefix = Queue.redis_queue_namespace_prefix  # the set holds RQ queue keys
+        keys = self.redis.smembers(self.tenants_key(queue))
+        members = sorted(_text(key).removeprefix(prefix) for key in keys)
+        return [base, *(name for name in members if name != base)]
+
     def order_key(self, queue: str) -> str:
         """Sorted set of the queue's waiting job ids by submission sequence (positions)."""
         return f"{self.prefix}:order:{queue}"
+
+    def burst_key(self, queue: str) -> str:
+        """Submits to `queue` less than a batch window apart (expires a window after the last)."""
+        return f"{self.prefix}:burst:{queue}"
+
+    def bell_key(self, queue: str) -> str:
+        """A list of at most one element the submit script pushes to (workers/fairshare.py)."""
+        return f"{self.prefix}:bell:{queue}"
 
     def sequence_key(self, queue: str) -> str:
         return f"{self.prefix}:seq:{queue}"
@@ -177,7 +226,7 @@ class JobQueue:
     def rq_job_fields(self, record: JobRecord) -> list:
         """RQ's job hash for `record`, field/value pairs, exactly as `Queue.enqueue_job` saves it."""
         retry = Retry(max=self.settings.job_retries) if self.settings.job_retries else None
-        queue = self.rq_queue(record.queue)
+        queue = self.rq_queue_of(record)
         job = queue.create_job(
             func=GENERATE_FUNC,
             args=(record.id,),
@@ -221,7 +270,7 @@ class JobQueue:
 
     def remove(self, record: JobRecord) -> bool:
         """Take a job out of its RQ queue. True if it was still waiting there."""
-        return bool(self.rq_queue(record.queue).remove(record.id))
+        return bool(self.rq_queue_of(record).remove(record.id))
 
     def cancel_rq_job(self, job_id: str) -> None:
         from rq.job import Job

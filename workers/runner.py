@@ -57,6 +57,7 @@ class Slot:
 
     rq_job: Job
     record: JobRecord
+    queue: Queue | None = None  # the RQ queue the job was taken from (its key's)
     execution: Execution | None = None
     outcome: str | None = None
 
@@ -143,7 +144,8 @@ class BatchRunner:
             slots = [
                 slot
                 for slot in (
-                    self._start(job, record, batch.queue, info) for job, record in batch.jobs
+                    self._start(job, record, batch.queue_of(job), info)
+                    for job, record in batch.jobs
                 )
                 if slot
             ]
@@ -161,7 +163,7 @@ class BatchRunner:
                 self.publisher.flush()
                 # Handed-back jobs go to the front of the queue one by one: last first keeps their order.
                 for slot in reversed(slots) if self.abort.is_set() else slots:
-                    self._finish(slot, results.get(slot.id), batch.queue)
+                    self._finish(slot, results.get(slot.id), slot.queue or batch.queue)
         finally:
             self.state.end()
 
@@ -172,7 +174,7 @@ class BatchRunner:
         lifecycle.fail(self.worker, job, queue, execution, error)
 
     def _start(self, job: Job, record: JobRecord, queue: Queue, info: BatchInfo) -> Slot | None:
-        slot = Slot(rq_job=job, record=record)
+        slot = Slot(rq_job=job, record=record, queue=queue)
         slot.execution = lifecycle.start(self.worker, job)
         self.state.add(slot)
         started = self.store.mark_started(record.id, batch=info, worker_id=self.worker_id)
