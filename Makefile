@@ -3,17 +3,18 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Extras installed with the package: `test` for development and CI; Dockerfile.gpu runs this same
-# target with EXTRAS=gpu (GPU image: + xformers) or EXTRAS= (CPU image: the package alone).
+# target with EXTRAS=gpu (GPU image: + xformers, onnxruntime-gpu in place of onnxruntime) or EXTRAS= (CPU image: the package alone).
 EXTRAS ?= test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-all lint openapi bench redis clean
+.PHONY: install demo test test-all test-deps lint openapi bench redis clean
 
 $(BIN)/gensvc: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.$(if $(strip $(EXTRAS)),[$(EXTRAS)])'
+	$(if $(findstring gpu,$(EXTRAS)),$(BIN)/python -m pip uninstall -q -y onnxruntime && $(BIN)/python -m pip install -q --no-deps --force-reinstall onnxruntime-gpu)
 	touch $(BIN)/gensvc
 
 install: $(BIN)/gensvc
@@ -21,16 +22,20 @@ install: $(BIN)/gensvc
 redis:
 	@scripts/ensure-redis
 
+# Servers the tests start themselves (redis-server, redis-sentinel), apt-installed when missing.
+test-deps:
+	@scripts/ensure-test-deps
+
 # Starts Redis (if none answers), the gateway and a worker on the embedded demo model,
 # generates one image into ./demo.png, then stops everything.
 demo: install
 	$(BIN)/gensvc demo --out demo.png
 
-test: install redis
+test: install test-deps redis
 	@$(BIN)/python -m pytest -q -m "not slow and not gpu"; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
-test-all: install redis
+test-all: install test-deps redis
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 lint: install

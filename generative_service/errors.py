@@ -64,10 +64,14 @@ class QueueFull(ServiceError):
 
 
 class Unavailable(ServiceError):
-    """Redis or workers unavailable."""
+    """Redis or workers unavailable; `retry_after_s` becomes the Retry-After header."""
 
     status_code = 503
     code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after_s = retry_after_s
 
 
 class ModelLoadError(ServiceError):

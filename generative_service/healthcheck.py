@@ -15,9 +15,8 @@ import socket
 import sys
 import urllib.request
 
-from redis import Redis
-
 from generative_service.metrics import live_workers
+from generative_service.redis_client import describe, sync_redis
 from generative_service.settings import get_settings
 
 
@@ -34,9 +33,9 @@ def check_redis() -> str | None:
     """None when Redis answers PING."""
     settings = get_settings()
     try:
-        Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3).ping()
+        sync_redis(settings, socket_timeout=3, socket_connect_timeout=3).ping()
     except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
-        return f"redis {settings.redis_url}: {exc}"
+        return f"{describe(settings)}: {exc}"
     return None
 
 
@@ -51,7 +50,7 @@ def check_worker(hostname: str | None = None) -> str | None:
         return reason
     settings = get_settings()
     host = hostname or socket.gethostname()
-    redis = Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    redis = sync_redis(settings, socket_timeout=3, socket_connect_timeout=3)
     for worker_id, info in live_workers(redis, settings).items():
         if host in worker_id or info.get("hostname") == host or info.get("host") == host:
             return None

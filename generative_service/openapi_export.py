@@ -28,7 +28,12 @@ OPENAPI_PATH = Path("openapi/openapi.json")
 POSTMAN_PATH = Path("openapi/postman_collection.json")
 POSTMAN_SCHEMA = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
 # Path parameters become collection variables so requests chain (submit, then get/cancel/...).
-PATH_VARIABLES = {"job_id": "{{jobId}}", "name": "{{loraName}}", "index": "0"}
+PATH_VARIABLES = {
+    "job_id": "{{jobId}}",
+    "name": "{{loraName}}",
+    "index": "0",
+    "model": "{{modelId}}",
+}
 METHODS = ("get", "post", "put", "patch", "delete")
 # Values for parameters the document gives no example for ({{$guid}} is Postman's random UUID).
 PARAM_HINTS = {"idempotency-key": "{{$guid}}", "prefer": "wait=30", "last-event-id": "0-0"}
@@ -150,6 +155,12 @@ def build_postman(spec: dict) -> dict:
                 "description": "Set by the test script of 'Submit a generation job'.",
             },
             {"key": "loraName", "value": lora_example_name(spec), "type": "string"},
+            {
+                "key": "modelId",
+                "value": "tiny",
+                "type": "string",
+                "description": "The served model (GET /openai/v1/models).",
+            },
         ],
         "item": [
             {"name": tag, "description": tag_text.get(tag, ""), "item": items}

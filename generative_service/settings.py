@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -44,6 +45,46 @@ class Settings(BaseSettings):
         description="Prefix of every Redis key the service writes (lets tests and tenants share a Redis).",
     )
 
+    # --- Running across machines: Redis Sentinel and object storage ---------------------------
+    redis_sentinels: CommaList = Field(
+        [],
+        description="`host:port,...` of Redis Sentinels; set, clients follow the master named REDIS_SENTINEL_MASTER through failovers (REDIS_URL then gives only db and password).",
+    )
+    redis_sentinel_master: str = Field(
+        "mymaster", description="Sentinel name of the Redis master (`sentinel monitor NAME ...`)."
+    )
+    redis_sentinel_password: str | None = Field(
+        None, description="Password of the sentinels themselves (`requirepass` in sentinel.conf)."
+    )
+    redis_min_replicas: int = Field(
+        0,
+        ge=0,
+        description="Replicas that must confirm a new job (Redis WAIT) before submit answers 202; 1 with Sentinel keeps accepted jobs through a failover.",
+    )
+    redis_replica_wait_ms: int = Field(
+        1000, ge=1, description="How long submit waits for REDIS_MIN_REPLICAS (else 503)."
+    )
+
+    storage_url: str = Field(
+        "",
+        description="`s3://BUCKET/PREFIX`: images and LoRA adapters in an S3-compatible bucket (credentials from the standard AWS chain); empty = local STORAGE_DIR and LORA_DIR.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="S3 API endpoint of a non-AWS server (MinIO: `http://minio:9000`); unset = AWS.",
+    )
+    image_urls: Literal["proxy", "presigned"] = Field(
+        "proxy",
+        description="With STORAGE_URL: `proxy` = the gateway streams images (auth checked on every download); `presigned` = it redirects (307) to a time-limited bucket URL (less gateway traffic; the URL works for anyone holding it until it expires).",
+    )
+    presigned_url_ttl_s: int = Field(
+        900, ge=1, le=7 * 86400, description="Lifetime of a presigned image URL."
+    )
+    lora_cache_dir: Path | None = Field(
+        None,
+        description="With STORAGE_URL: where a worker keeps adapters fetched from the bucket, by content hash. Default: CACHE_DIR/lora-objects.",
+    )
+
     # --- Models -------------------------------------------------------------------------------
     model: str = Field(
         "demo",
@@ -71,7 +112,7 @@ class Settings(BaseSettings):
     lora_hotswap_rank: int = Field(
         0,
         ge=0,
-        description="If > 0, enable diffusers LoRA hot-swap with this target rank (needed with COMPILE_UNET).",
+        description="If > 0, enable diffusers LoRA hot-swap with this target rank (ENGINE_BACKEND=compile needs it to switch LoRAs without recompiling).",
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Model dtype; auto = float16 on CUDA, float32 on CPU."
@@ -80,8 +121,17 @@ class Settings(BaseSettings):
     attention: Literal["auto", "sdpa", "xformers"] = Field(
         "auto", description="auto = xFormers when installed on CUDA, else PyTorch SDPA."
     )
-    compile_unet: bool = Field(
-        False, description="torch.compile the UNet (slow first call per shape)."
+    # --- Engine backend (how the UNet, ControlNets and VAE decoder run) -------------------------
+    engine_backend: Literal["eager", "compile", "onnxruntime"] = Field(
+        "eager",
+        description="`eager` (PyTorch as loaded), `onnxruntime` (graphs exported once per model and LoRA set, cached under CACHE_DIR/onnx) or `compile` (torch.compile, every served shape compiled at start). A backend that cannot start fails the worker at start.",
+    )
+    onnx_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        "auto",
+        description="ONNX Runtime execution provider for ENGINE_BACKEND=onnxruntime; auto = CUDA on a CUDA device, else CPU. CUDA and TensorRT need `onnxruntime-gpu`.",
+    )
+    onnx_lora_graphs: int = Field(
+        2, ge=1, description="LoRA-set UNet graphs kept loaded by the onnxruntime backend (LRU)."
     )
     default_size: int | None = Field(
         None,
@@ -172,6 +222,17 @@ class Settings(BaseSettings):
         description="Bound of the gateway's async Redis pool shared by SSE streams and `Prefer: wait` (a stream waits for a free connection).",
     )
 
+    # --- Client compatibility (OpenAI / AUTOMATIC1111 APIs, browsers) ---------------------------
+    compat_wait_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long `/openai/v1/images/generations` and `/sdapi/v1/txt2img` wait for their job before answering 504 (the job keeps running; `/v1/jobs` has it).",
+    )
+    cors_origins: CommaList = Field(
+        [],
+        description="Origins whose web pages may call the API and open event streams (`https://app.example.com`, or `*`); empty = none.",
+    )
+
     # --- Webhooks ------------------------------------------------------------------------------
     webhook_secrets: CommaList = Field(
         [],
@@ -228,10 +289,26 @@ class Settings(BaseSettings):
         0, ge=0, description="If > 0, a GPU worker serves Prometheus metrics on this port."
     )
 
+    # --- Tenancy (docs/security.md) --------------------------------------------------------------
+    admin_keys: CommaList = Field(
+        [],
+        description="API keys that manage shared LoRA adapters (also valid API keys). Without "
+        "GENSVC_API_KEYS the single anonymous tenant is the admin.",
+    )
+    max_job_cost: int = Field(
+        1_000_000_000,
+        ge=1,
+        description="Largest job cost accepted: width x height x steps x num_images x 1.5 with a "
+        "ControlNet x the upscale factor (2 or 4); 422 past it.",
+    )
+
     @field_validator(
         "queues",
         "queue_routes",
+        "redis_sentinels",
         "api_keys",
+        "admin_keys",
+        "cors_origins",
         "webhook_secrets",
         "webhook_allowed_ports",
         "webhook_retry_schedule",
@@ -272,6 +349,22 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"webhook retry schedule entries must be non-negative seconds, got {item!r}"
                 ) from None
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: list[str]) -> list[str]:
+        for item in value:
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"each sentinel must look like HOST:PORT, got {item!r}")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str) -> str:
+        if value and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", value):
+            raise ValueError(f"storage URL must look like s3://BUCKET/PREFIX, got {value!r}")
         return value
 
     @field_validator("queue_routes")

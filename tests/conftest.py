@@ -206,7 +206,9 @@ class RunningService:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def live_workers(self) -> int:
-        redis = Redis.from_url(self.settings.redis_url)
+        from generative_service.redis_client import sync_redis
+
+        redis = sync_redis(self.settings)  # the same Redis the service uses (Sentinel included)
         try:
             return sum(1 for _ in redis.scan_iter(match=f"{self.settings.key_prefix}:worker:*"))
         finally:

@@ -33,6 +33,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 from generative_service import logs, metrics
 from generative_service.errors import GenerationFailed, ModelLoadError, NotFound
 from generative_service.jobs import JobStore
+from generative_service.redis_client import sync_redis
 from generative_service.settings import Settings, get_settings
 from generative_service.storage import get_storage
 from workers import lifecycle
@@ -230,7 +231,7 @@ class WorkerContext:
         self.worker: GpuWorker | None = None
         # Background threads get their own client with short timeouts: a stuck socket must not
         # silence heartbeats (the main client blocks in BLMOVE for minutes by design).
-        side = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        side = sync_redis(settings, socket_timeout=5, socket_connect_timeout=5)
         side_store = JobStore(side, settings)
         rq_queues = [side_store.rq_queue_name(name) for name in queues]
         self.heartbeat = Heartbeat(
@@ -244,6 +245,7 @@ class WorkerContext:
         self.maintenance.served = lambda: [
             name for queue in queues for name in side_store.queue.served_queue_names(queue)
         ]
+        self.maintenance.storage = self.storage
         self.watchdog = Watchdog(
             state=self.state, timeout_s=settings.job_timeout_s, on_hung=self.on_hung
         )
@@ -397,7 +399,7 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
         if name.strip()
     ]
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    redis = Redis.from_url(settings.redis_url)
+    redis = sync_redis(settings)
     wait_for_redis(redis)
     try:
         models = load_models(settings, redis)

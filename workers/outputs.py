@@ -1,7 +1,8 @@
 """After denoising: safety filter, optional upscaling, storage; the job's images and timings.
 
 Stages run in the order the job resource shows them (`safety` -> `upscaling` -> `storing`), each
-announced with a `stage` event. The safety verdict is taken on the generated image; a flagged
+announced with a `stage` event. A cancel is checked before each stage, between images and inside
+the upscaler; it raises `Interrupted`, and the caller marks the job canceled. The safety verdict is taken on the generated image; a flagged
 image is blurred (or blocked: not stored, `url` null) before it is upscaled or stored. Writes are
 idempotent per job and image index, so a retried job overwrites rather than duplicates.
 """
@@ -9,9 +10,11 @@ idempotent per job and image index, so a retried job overwrites rather than dupl
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from generative_service.engine.interrupt import CancelCheck
 from generative_service.schemas import ImageInfo, NsfwVerdict, Stage, Timings
 from generative_service.storage import encode_image, image_url
 
@@ -47,11 +50,18 @@ def deliver(
     storage: Storage,
     safety: Any,
     upscaler: Any,
+    is_canceled: Callable[[], bool] = lambda: False,
 ) -> Delivered:
-    """Filter, upscale (when asked) and store a job's images; returns their ImageInfo entries."""
+    """Filter, upscale (when asked) and store a job's images; returns their ImageInfo entries.
+
+    Raises:
+        Interrupted: `is_canceled()` turned true; nothing more is done for the job.
+    """
     timings = Timings(inference_ms=round(inference_ms, 1))
+    check = CancelCheck(is_canceled)
 
     # 1. Safety: one verdict per image; a flagged image never fails the others.
+    check()
     store.set_stage(job_id, Stage.safety)
     start = time.perf_counter()
     verdicts = safety.check(images)
@@ -61,15 +71,22 @@ def deliver(
     # 2. Upscaling (only when asked); blocked images are not upscaled.
     factor = request.upscale or 1
     if request.upscale:
+        check()
         store.set_stage(job_id, Stage.upscaling)
         start = time.perf_counter()
         shown = [
-            (upscaler.upscale(image, request.upscale) if image is not None else None, blurred)
+            (
+                upscaler.upscale(image, request.upscale, check=check)
+                if image is not None
+                else None,
+                blurred,
+            )
             for image, blurred in shown
         ]
         timings.upscale_ms = _ms(start)
 
     # 3. Storing: encode in the requested format, write atomically per index.
+    check()
     store.set_stage(job_id, Stage.storing)
     start = time.perf_counter()
     infos = []
@@ -93,6 +110,7 @@ def deliver(
                 )
             )
             continue
+        check()
         data, content_type = encode_image(image, request.output_format)
         storage.put(job_id, index, data, content_type)
         infos.append(

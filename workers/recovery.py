@@ -35,11 +35,14 @@ from generative_service.errors import NotFound
 from generative_service.logs import get_logger
 from generative_service.schemas import JobStatus
 
+PURGE_EVERY_S = 3600
+
 if TYPE_CHECKING:
     from redis import Redis
 
     from generative_service.jobs import JobStore
     from generative_service.settings import Settings
+    from generative_service.storage import Storage
 
 log = get_logger(__name__)
 
@@ -121,6 +124,7 @@ class Maintenance(threading.Thread):
         self.handler = abandoned_handler(store)
         self.dead_since: dict[str, float] = {}
         self.stopped = threading.Event()
+        self.storage: Storage | None = None  # set: images past GENSVC_RETENTION_S are purged
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -159,6 +163,18 @@ class Maintenance(threading.Thread):
             finally:
                 self.redis.delete(lock)
         self.scan_running()
+        self.purge_images()
+
+    def purge_images(self) -> None:
+        """Delete stored images older than the retention, at most once an hour across all workers."""
+        if self.storage is None:
+            return
+        every_s = min(PURGE_EVERY_S, self.settings.retention_s)
+        lock = f"{self.settings.key_prefix}:maintenance:purge-images"
+        if self.redis.set(lock, "1", nx=True, ex=every_s):
+            removed = self.storage.purge_older_than(self.settings.retention_s)
+            if removed:
+                log.info("storage.purged", extra={"jobs": removed})
 
     def scan_running(self) -> None:
         """Settle running jobs whose worker's liveness key has been gone for two heartbeats."""

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from generative_service import metrics
 from generative_service.engine.batching import images_in
+from generative_service.engine.interrupt import Interrupted
 from generative_service.errors import ServiceError
 from generative_service.logs import get_logger
 from generative_service.schemas import BatchInfo
@@ -313,13 +314,15 @@ class BatchRunner:
             lifecycle.hand_back(worker, job, queue, slot.execution)
             return HANDED_BACK
         if result.canceled or self._ended(slot.id) or self.store.is_cancel_requested(slot.id):
-            self._mark(self.store.mark_canceled, slot.id)
-            lifecycle.cancel(worker, job, queue, slot.execution)
-            return CANCELED
-        delivered = deliver(
-            job_id=slot.id, request=slot.record.request, images=result.images, seeds=result.seeds, inference_ms=result.inference_ms,
-            store=self.store, storage=self.storage, safety=self.models.safety, upscaler=self.models.upscaler,
-        )  # fmt: skip
+            return self._canceled(slot, queue)
+        try:
+            delivered = deliver(
+                job_id=slot.id, request=slot.record.request, images=result.images, seeds=result.seeds, inference_ms=result.inference_ms,
+                store=self.store, storage=self.storage, safety=self.models.safety, upscaler=self.models.upscaler,
+                is_canceled=partial(self.store.is_cancel_requested, slot.id),
+            )  # fmt: skip
+        except Interrupted:  # canceled during safety, upscaling or storing
+            return self._canceled(slot, queue)
         metrics.nsfw_flagged(self.store.redis, self.settings, delivered.flagged)
         done = self._mark(
             self.store.mark_succeeded,
@@ -339,6 +342,11 @@ class BatchRunner:
             {"status": "succeeded", "images": len(delivered.images)},
         )
         return SUCCEEDED
+
+    def _canceled(self, slot: Slot, queue: Queue) -> str:
+        self._mark(self.store.mark_canceled, slot.id)
+        lifecycle.cancel(self.worker, slot.rq_job, queue, slot.execution)
+        return CANCELED
 
     def _ended(self, job_id: str) -> bool:
         return self.store.get(job_id).status.is_terminal

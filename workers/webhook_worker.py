@@ -16,6 +16,7 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 
 from generative_service import logs, webhooks
+from generative_service.redis_client import sync_redis
 from generative_service.settings import get_settings
 
 log = logs.get_logger("workers.webhook_worker")
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 "hint": "set GENSVC_WEBHOOK_SECRETS=whsec_...; until then submit refuses webhooks"
             },
         )
-    redis = Redis.from_url(settings.redis_url)
+    redis = sync_redis(settings)
     queue_name = webhooks.queue_name(settings)
     worker = build_worker(redis, queue_name, name=args.name)
     log.info("webhook_worker.started", extra={"queue": queue_name, "worker_id": worker.name})

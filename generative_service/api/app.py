@@ -9,14 +9,13 @@ from importlib import metadata
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from redis import Redis
-from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 
 from generative_service.api import errors
 from generative_service.api.limits import BodySizeLimit
-from generative_service.api.routes import events, health, jobs, metrics, models
+from generative_service.api.routes import events, health, jobs, metrics, models, openai_compat
 from generative_service.jobs import JobStore
+from generative_service.redis_client import async_redis, sync_redis
 from generative_service.settings import Settings, get_settings
 from generative_service.storage import get_storage
 
@@ -34,6 +33,10 @@ TAGS = [
     {"name": "jobs", "description": "Submit, follow, cancel and download generation jobs."},
     {"name": "models", "description": "What the workers serve; LoRA adapter files."},
     {"name": "health", "description": "Liveness and readiness probes."},
+    {
+        "name": "openai",
+        "description": "OpenAI Images API (`base_url=http://HOST:PORT/openai/v1`): one job per call, answered when done.",
+    },
 ]
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
@@ -58,14 +61,12 @@ def async_redis_for(app: FastAPI) -> AsyncRedis:
 def _async_redis(settings: Settings) -> AsyncRedis:
     # Bounded pool: SSE streams and Prefer-wait borrow a connection for at most ~1 s at a time
     # and wait for a free one instead of opening more.
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
+    return async_redis(
+        settings,
         max_connections=settings.gateway_redis_connections,
-        timeout=REDIS_SOCKET_TIMEOUT_S,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
         socket_timeout=REDIS_SOCKET_TIMEOUT_S,
     )
-    return AsyncRedis(connection_pool=pool)
 
 
 @asynccontextmanager
@@ -91,8 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.settings = settings
-    app.state.redis = Redis.from_url(
-        settings.redis_url,
+    app.state.redis = sync_redis(
+        settings,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
         socket_timeout=REDIS_SOCKET_TIMEOUT_S,
     )
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, settings=settings)
     for module in (jobs, events, models, health, metrics):
         app.include_router(module.router)
+    openai_compat.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -52,8 +52,9 @@ def get_owner(
     Raises:
         Unauthorized: API keys are configured and the request has none or a wrong one.
     """
-    keys: list[str] = request.app.state.settings.api_keys
-    if not keys:
+    settings = request.app.state.settings
+    keys: list[str] = [*settings.api_keys, *settings.admin_keys]
+    if not settings.api_keys:
         return owner_for_key(None)
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("Authorization: a Bearer API key is required")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import redis.exceptions
@@ -17,7 +18,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from generative_service.errors import QueueFull, ServiceError, Unauthorized
+from generative_service.errors import (
+    InvalidRequest,
+    QueueFull,
+    ServiceError,
+    Unauthorized,
+    Unavailable,
+)
 
 log = logging.getLogger("generative_service.api")
 
@@ -38,12 +45,40 @@ _SHOULD = re.compile(r"^(Input|String|List|Value|Dictionary|Object|Tuple|Set) sh
 _SOURCES = ("body", "query", "path", "header", "cookie")
 
 
+# A compatibility API answers errors in its own clients' shape:
+# (status, code, message, details, field or None) -> (body, extra headers).
+ErrorShape = Callable[[int, str, str, Any, str | None], tuple[dict, dict[str, str]]]
+
+
 def error_json(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """A response in the common error shape."""
     body = {"error": {"code": code, "message": message, "details": details}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def register_shape(app: FastAPI, prefix: str, shape: ErrorShape) -> None:
+    """Errors on paths under `prefix` (e.g. `/openai/`) are written by `shape`."""
+    app.state.error_shapes = {**getattr(app.state, "error_shapes", {}), prefix: shape}
+
+
+def _respond(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+    field: str | None = None,
+) -> JSONResponse:
+    shapes: dict[str, ErrorShape] = getattr(request.app.state, "error_shapes", {})
+    path = request.url.path
+    for prefix, shape in shapes.items():
+        if path.startswith(prefix):
+            body, extra = shape(status, code, message, details, field)
+            return JSONResponse(body, status_code=status, headers={**(headers or {}), **extra})
+    return error_json(status, code, message, details, headers)
 
 
 def field_name(loc: tuple | list) -> str:
@@ -99,31 +134,38 @@ def validation_details(errors: list[dict]) -> list[dict[str, str]]:
     return out
 
 
-def validation_response(errors: list[dict]) -> JSONResponse:
-    """422 (400 for malformed JSON) naming every bad field; the message carries the first ones."""
+def validation_parts(errors: list[dict]) -> tuple[int, str, str, list[dict[str, str]]]:
+    """(status, code, message, details) of a validation failure: 422, or 400 for malformed JSON."""
     details = validation_details(errors)
     status = 400 if any(e.get("type") == "json_invalid" for e in errors) else 422
     message = "; ".join(f"{item['field']}: {item['message']}" for item in details[:3])
     if len(details) > 3:
         message += f" (and {len(details) - 3} more)"
-    return error_json(
-        status, "bad_request" if status == 400 else "invalid_request", message, details
-    )
+    return status, "bad_request" if status == 400 else "invalid_request", message, details
+
+
+def validation_response(errors: list[dict]) -> JSONResponse:
+    """422 (400 for malformed JSON) naming every bad field; the message carries the first ones."""
+    return error_json(*validation_parts(errors))
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     headers: dict[str, str] = {}
-    if isinstance(exc, QueueFull):
+    if isinstance(exc, QueueFull | Unavailable):
         headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="gensvc"'
-    return error_json(exc.status_code, exc.code, exc.message, exc.details, headers)
+    field = exc.field if isinstance(exc, InvalidRequest) else None
+    return _respond(request, exc.status_code, exc.code, exc.message, exc.details, headers, field)
 
 
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return validation_response(list(exc.errors()))
+    status, code, message, details = validation_parts(list(exc.errors()))
+    return _respond(
+        request, status, code, message, details, None, details[0]["field"] if details else None
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -142,7 +184,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"method {request.method} is not allowed on {request.url.path}" + (
             f"; allowed: {allowed}" if allowed else ""
         )
-    return error_json(status, _HTTP_CODES.get(status, "http_error"), message, None, headers)
+    return _respond(request, status, _HTTP_CODES.get(status, "http_error"), message, None, headers)
 
 
 def _allowed_methods(request: Request) -> str:
@@ -157,15 +199,21 @@ def _allowed_methods(request: Request) -> str:
 
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     log.warning("redis unavailable: %s", exc)
-    return error_json(
-        503, "unavailable", "Redis is unavailable; retry later", None, {"Retry-After": "5"}
+    return _respond(
+        request, 503, "unavailable", "Redis is unavailable; retry later", None, {"Retry-After": "5"}
     )
+
+
+async def _redis_refused(request: Request, exc: Exception) -> JSONResponse:
+    if str(exc).startswith(("NOREPLICAS", "MASTERDOWN", "LOADING", "TRYAGAIN")):
+        return await _redis_down(request, exc)
+    return await _unexpected(request, exc)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_json(
-        500, "internal_error", "internal server error; the gateway log has the details"
+    return _respond(
+        request, 500, "internal_error", "internal server error; the gateway log has the details"
     )
 
 
@@ -176,4 +224,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(redis.exceptions.ConnectionError, _redis_down)
     app.add_exception_handler(redis.exceptions.TimeoutError, _redis_down)
+    # A demoted master during a Sentinel failover refuses writes (READONLY), as does a master
+    # short of replicas (NOREPLICAS, min-replicas-to-write): both are "retry shortly".
+    app.add_exception_handler(redis.exceptions.ReadOnlyError, _redis_down)
+    app.add_exception_handler(redis.exceptions.ResponseError, _redis_refused)
     app.add_exception_handler(Exception, _unexpected)

@@ -1,12 +1,14 @@
 """LoRA adapter files: name rules, safetensors header check, atomic no-clobber save, delete.
 
-Uploads stream into a hidden temp file in the LoRA directory (never a `*.safetensors` name, so
-no worker sees it half-written), are checked, then hard-linked to `NAME.safetensors`, which fails
-instead of overwriting an adapter that exists.
+Uploads stream into a hidden temp file (never a `*.safetensors` name, so no worker sees it
+half-written), are checked and hashed, then handed to the LoRA store (`lora_store.py`): the
+local directory hard-links it to `NAME.safetensors`, which fails instead of overwriting an
+adapter that exists; the bucket store uploads it with its sha256.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -17,9 +19,9 @@ from pathlib import Path
 
 from anyio import to_thread
 
-import generative_service.engine.paths as paths
 from generative_service.api.responses import LoraInfo
 from generative_service.errors import Conflict, InvalidRequest, LoraError, NotFound, PayloadTooLarge
+from generative_service.lora_store import get_lora_store
 from generative_service.settings import Settings
 
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -57,61 +59,53 @@ def name_from_filename(filename: str | None) -> str:
 
 
 def info(settings: Settings, name: str) -> LoraInfo:
-    path = paths.lora_path(settings, check_name(name))
-    if not path.is_file():
+    stored = get_lora_store(settings).head(check_name(name))
+    if stored is None:
         raise NotFound(f"LoRA {name!r} not found")
-    return LoraInfo(name=name, size_bytes=path.stat().st_size)
+    return LoraInfo(name=name, size_bytes=stored.size_bytes, sha256=stored.sha256)
 
 
 def list_all(settings: Settings) -> list[LoraInfo]:
-    out = []
-    for name in paths.list_lora_names(settings):
-        path = paths.lora_path(settings, name)
-        out.append(LoraInfo(name=name, size_bytes=path.stat().st_size if path.is_file() else None))
-    return out
+    return [
+        LoraInfo(name=item.name, size_bytes=item.size_bytes, sha256=item.sha256)
+        for item in get_lora_store(settings).list()
+    ]
 
 
 def delete(settings: Settings, name: str) -> None:
-    path = paths.lora_path(settings, check_name(name))
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        raise NotFound(f"LoRA {name!r} not found") from None
+    get_lora_store(settings).delete(check_name(name))
 
 
 async def save(settings: Settings, name: str, chunks: AsyncIterator[bytes]) -> LoraInfo:
     """Stream `chunks` into adapter `name`. Raises Conflict, PayloadTooLarge or LoraError('file')."""
     check_name(name)
-    paths.seed_lora_dir(settings)  # seed first, so a later seeding never collides with this upload
-    directory = paths.resolve_lora_dir(settings)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = paths.lora_path(settings, name)
-    if target.exists():
+    store = get_lora_store(settings)
+    if await to_thread.run_sync(store.head, name) is not None:
         raise Conflict(f"LoRA {name!r} already exists; delete it first")
+    directory = await to_thread.run_sync(store.staging_dir)
     fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".upload-{name}-", suffix=".part")
     tmp = Path(tmp_name)
     try:
-        size = await _write_all(fd, chunks, settings.max_lora_bytes)
+        size, sha256 = await _write_all(fd, chunks, settings.max_lora_bytes)
         await to_thread.run_sync(check_safetensors, tmp, size)
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            raise Conflict(f"LoRA {name!r} already exists; delete it first") from None
+        stored = await to_thread.run_sync(lambda: store.put(name, tmp, sha256=sha256))
     finally:
         tmp.unlink(missing_ok=True)
-    return LoraInfo(name=name, size_bytes=size)
+    return LoraInfo(name=name, size_bytes=stored.size_bytes, sha256=stored.sha256)
 
 
-async def _write_all(fd: int, chunks: AsyncIterator[bytes], limit: int) -> int:
+async def _write_all(fd: int, chunks: AsyncIterator[bytes], limit: int) -> tuple[int, str]:
     size = 0
+    digest = hashlib.sha256()
     with os.fdopen(fd, "wb") as handle:
         async for chunk in chunks:
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"file: larger than GENSVC_MAX_LORA_BYTES ({limit} bytes)")
             if chunk:
+                digest.update(chunk)
                 await to_thread.run_sync(handle.write, chunk)
-    return size
+    return size, digest.hexdigest()
 
 
 def check_safetensors(path: Path, size: int) -> int:

@@ -78,6 +78,10 @@ class LoraInfo(BaseModel):
 
     name: str = Field(description="Adapter name; use it in a request's `loras[].name`.")
     size_bytes: int | None = None
+    sha256: str | None = Field(
+        None,
+        description="Content hash of the current version (known for adapters in object storage and fresh uploads).",
+    )
 
 
 class LoraList(BaseModel):
@@ -125,6 +129,10 @@ class ModelsInfo(BaseModel):
     loras: list[str] = []
     default_size: int | None = None
     limits: dict[str, Any] = {}
+    backend: dict[str, Any] | None = Field(
+        None,
+        description="How the worker runs the model: `name` (`eager`, `compile`, `onnxruntime`) and its details (execution provider, graph keys, compiled shapes).",
+    )
 
 
 class Health(BaseModel):

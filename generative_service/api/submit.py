@@ -14,17 +14,23 @@ import io
 import json
 import re
 import time
+from dataclasses import dataclass
 
+from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from starlette.concurrency import run_in_threadpool
 
 import generative_service.engine.paths as paths
-from generative_service import events, webhooks
+from generative_service import events, redis_client, rules, webhooks
 from generative_service.errors import InvalidRequest
-from generative_service.schemas import ControlSpec, GenerationRequest
+from generative_service.jobs import JobRecord, JobStore
+from generative_service.lora_store import get_lora_store
+from generative_service.schemas import ControlSpec, GenerationRequest, JobResource
 from generative_service.settings import Settings
 
 _WAIT = re.compile(r"^\s*wait\s*=\s*(\S*)\s*$", re.IGNORECASE)
 _DATA_URL = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
+MAX_METADATA_DEPTH = 32  # levels of objects/arrays in `metadata`
 WAIT_SLICE_S = 1.0  # re-read at least this often, should a wake-up be missed (Redis trouble)
 
 
@@ -47,12 +53,69 @@ def parse_prefer_wait(header: str | None, settings: Settings) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class Submitted:
+    record: JobRecord  # as it stands when the answer is made (after any wait)
+    created: bool  # False: an idempotent replay of an earlier job
+    waited: bool  # True: the answer waited (Prefer: wait, or a compatibility route)
+    resource: JobResource  # the public resource of `record` (position and ETA filled in)
+
+
+async def submit(
+    body: GenerationRequest,
+    *,
+    store: JobStore,
+    redis: Redis,
+    aredis: AsyncRedis,
+    settings: Settings,
+    owner: str,
+    idempotency_key: str | None = None,
+    wait_s: float | None = None,
+) -> Submitted:
+    """Check, enqueue and (for `wait_s`) wait for the job to end: the one submit path of every API.
+
+    `/v1/jobs`, `/openai/v1/images/generations` and `/sdapi/v1/txt2img` all come through here, so
+    admission, quotas, idempotency and batching behave the same whichever API a client speaks.
+    After a wait the job is read again, so an unfinished job is answered as it stands then.
+    """
+    models_info = await run_in_threadpool(models_info_of, redis, settings) if body.control else {}
+    if body.loras or body.control:  # these read the LoRA directory or decode an image header
+        await run_in_threadpool(check_request, body, settings, models_info)
+    else:
+        check_request(body, settings, models_info)
+    # One Redis round trip on the event loop's own client (JobStore.create_async).
+    resource, record, created = await store.create_async(
+        aredis, body, owner=owner, idempotency_key=idempotency_key
+    )
+    if created and settings.redis_min_replicas > 0:  # accepted only once replicas hold the job
+        await run_in_threadpool(redis_client.confirm_replicated, redis, settings)
+    waited = bool(wait_s) and not record.status.is_terminal
+    if waited:
+        await wait_for_end(aredis, settings.key_prefix, record.id, float(wait_s or 0))
+        record = await store.get_async(aredis, record.id)
+        resource = await store.resource_async(aredis, record)
+    return Submitted(record=record, created=created, waited=waited, resource=resource)
+
+
+def models_info_of(redis: Redis, settings: Settings) -> dict:
+    """What the workers published at start (`GET /v1/models`), or {} when none has."""
+    raw = redis.get(f"{settings.key_prefix}:models")
+    try:
+        info = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def check_request(
     request: GenerationRequest, settings: Settings, models_info: dict | None = None
 ) -> None:
     """Checks that depend on configuration. Raises InvalidRequest naming the field."""
     _check_metadata(request, settings)
     _check_images(request, settings)
+    rules.check_job_cost(
+        request, default_size=paths.default_size(settings), max_cost=settings.max_job_cost
+    )
     if request.webhook is not None:
         webhooks.validate_url(request.webhook, settings)
     _check_loras(request, settings)
@@ -61,16 +124,46 @@ def check_request(
 
 
 def _check_metadata(request: GenerationRequest, settings: Settings) -> None:
+    depth = _depth(request.metadata)
+    if depth > MAX_METADATA_DEPTH:
+        # NOTE: before any json.dumps/model_dump: deep nesting makes those raise (a 500).
+        raise InvalidRequest(
+            "metadata", f"must be nested at most {MAX_METADATA_DEPTH} levels deep, got {depth}"
+        )
     try:
-        size = len(json.dumps(request.metadata, separators=(",", ":"), allow_nan=False).encode())
+        text = json.dumps(request.metadata, separators=(",", ":"), allow_nan=False)
     except ValueError:  # NaN/Infinity parse in Python but could not be echoed back as JSON
         raise InvalidRequest(
             "metadata", "must be plain JSON: NaN and Infinity are not JSON numbers"
         ) from None
+    try:
+        json.dumps(request.metadata, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate ("\udfff") parses from JSON but cannot be stored or echoed back.
+        raise InvalidRequest(
+            "metadata", "strings must be valid Unicode text (a lone surrogate escape is not)"
+        ) from None
+    size = len(text.encode())
     if size > settings.max_metadata_bytes:
         raise InvalidRequest(
             "metadata", f"must be at most {settings.max_metadata_bytes} bytes as JSON, got {size}"
         )
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            if level > MAX_METADATA_DEPTH:
+                return level  # deep enough to refuse; no need to walk the rest
+            stack.extend(
+                (child, level) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
 
 
 def _check_images(request: GenerationRequest, settings: Settings) -> None:
@@ -90,7 +183,7 @@ def _check_images(request: GenerationRequest, settings: Settings) -> None:
 def _check_loras(request: GenerationRequest, settings: Settings) -> None:
     if not request.loras:
         return
-    known = paths.list_lora_names(settings)
+    known = get_lora_store(settings).names()
     for index, lora in enumerate(request.loras):
         if lora.name not in known:
             listing = ", ".join(known) if known else "none installed"

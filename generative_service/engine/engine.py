@@ -21,9 +21,16 @@ import torch
 from PIL import Image
 
 from generative_service.engine import paths
+from generative_service.engine.backends import start_backend
 from generative_service.engine.batch import BatchPlan, GuidanceScales, plan_batch
 from generative_service.engine.batching import batch_key, images_in
 from generative_service.engine.hashing import FileHasher
+from generative_service.engine.interrupt import (
+    Interrupted,
+    interrupt_points,
+    unet_blocks,
+    vae_decoder_blocks,
+)
 from generative_service.engine.loader import CONTROL_TYPES, LoadedModels, load_models
 from generative_service.engine.lora import LoraManager
 from generative_service.engine.previews import latent_preview
@@ -67,8 +74,9 @@ class JobOutput:
     reproducibility: dict[str, Any]
 
 
-class _AllCanceled(Exception):
-    """Raised from the step callback: diffusers stops at once, without decoding latents."""
+class _AllCanceled(Interrupted):
+    """Every job of the call was canceled: raised from the step callback or a cancel point
+    inside the UNet/VAE, so the pipeline call stops within one block of work."""
 
 
 class Engine:
@@ -91,10 +99,9 @@ class Engine:
             ttl_s=settings.embedding_cache_ttl_s,
         )
         self._lock = threading.Lock()
-        if settings.compile_unet:
-            # NOTE: after enable_lora_hotswap (LoraManager) and in place, so the ControlNet
-            # pipelines, which share this UNet object, run the compiled module too.
-            self.pipe.unet.compile()
+        # NOTE: after the LoraManager (hot-swap must be prepared before compiling); the ControlNet
+        # pipelines share these module objects, so they run through the backend too.
+        self.backend = start_backend(settings, models, loras=self.loras)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, redis=None) -> Engine:
@@ -189,7 +196,7 @@ class Engine:
             "control_types": [kind for kind in CONTROL_TYPES if kind in self.models.control_pipes],
             "samplers": list(SAMPLERS),
             "default_sampler": DEFAULT_SAMPLER,
-            "loras": paths.list_lora_names(self.settings),
+            "loras": self.loras.store.names(),
             "default_size": self.default_size,
             "default_steps": info.get("default_steps", 30),
             "prompt_hint": info.get("prompt_hint"),
@@ -206,7 +213,7 @@ class Engine:
             "device": str(self.models.device),
             "dtype": str(self.models.dtype).removeprefix("torch."),
             "attention": self.models.attention,
-            "compiled": self.settings.compile_unet,
+            "backend": self.backend.describe(),
             "lora_hotswap": self.settings.lora_hotswap_rank > 0,
         }
 
@@ -256,14 +263,14 @@ class Engine:
             pick_seed=lambda: secrets.randbelow(MAX_SEED - 8),
             control=self._control_inputs,
         )
+        backend_record = self.backend.prepare(plan, loras=lora_records)
         # 2. One pipeline call.
         pipe = self.models.control_pipes[plan.control_type] if plan.control_type else self.pipe
         pipe.scheduler = make_scheduler(plan.sampler, self.scheduler_config)  # fresh per call
-        callback = self._step_callback(
-            plan, on_step=on_step, is_canceled=is_canceled, canceled=canceled
-        )
+        check = _all_canceled_check(plan, is_canceled, canceled)
+        callback = self._step_callback(plan, on_step=on_step, check=check, canceled=canceled)
         started = time.perf_counter()
-        images = self._call(pipe, plan, callback)
+        images = self._call(pipe, plan, callback, check=check)
         elapsed_ms = (time.perf_counter() - started) * 1000
         # 3. Split the images back to their jobs.
         outputs = []
@@ -272,7 +279,9 @@ class Engine:
                 outputs.append(self._canceled(job, elapsed_ms))
                 continue
             start, stop = plan.slices[job.job_id]
-            record = reproducibility_record(self, job=job, plan=plan, pipe=pipe, loras=lora_records)
+            record = reproducibility_record(
+                self, job=job, plan=plan, pipe=pipe, loras=lora_records, backend=backend_record
+            )
             outputs.append(
                 JobOutput(
                     job.job_id,
@@ -285,10 +294,11 @@ class Engine:
             )
         return outputs
 
-    def _call(self, pipe, plan: BatchPlan, callback) -> list[Image.Image] | None:
+    def _call(self, pipe, plan: BatchPlan, callback, *, check) -> list[Image.Image] | None:
         kwargs = plan.pipeline_kwargs()
         try:
-            return pipe(**kwargs, callback_on_step_end=callback, output_type="pil").images
+            with interrupt_points(self._cancel_points(pipe), check):
+                return pipe(**kwargs, callback_on_step_end=callback, output_type="pil").images
         except _AllCanceled:
             return None
         except ServiceError:
@@ -303,17 +313,20 @@ class Engine:
                 f"the diffusion pipeline failed: {type(exc).__name__}: {str(exc)[:300]}"
             ) from exc
 
-    def _step_callback(self, plan: BatchPlan, *, on_step, is_canceled, canceled: set[str]):
+    def _cancel_points(self, pipe) -> list:
+        """Modules checked for cancel inside one step and during the VAE decode."""
+        modules = vae_decoder_blocks(pipe.vae)
+        if not self.settings.compile_unet:  # NOTE: hooks would break the compiled graph
+            modules += unet_blocks(pipe.unet)
+            controlnet = getattr(pipe, "controlnet", None)
+            if controlnet is not None:
+                modules += unet_blocks(controlnet)
+        return modules
+
+    def _step_callback(self, plan: BatchPlan, *, on_step, check, canceled: set[str]):
         def callback(pipe, index: int, timestep, tensors: dict) -> dict:
             step, total = index + 1, pipe.num_timesteps
-            if is_canceled is not None:
-                canceled.update(
-                    job_id
-                    for job_id in plan.slices
-                    if job_id not in canceled and is_canceled(job_id)
-                )
-                if all(job_id in canceled for job_id in plan.slices):
-                    raise _AllCanceled()
+            check()
             if on_step is None:
                 return {}
             x0 = None
@@ -344,6 +357,21 @@ class Engine:
 
     def _canceled(self, job: EngineJob, elapsed_ms: float) -> JobOutput:
         return JobOutput(job.job_id, [], [], True, elapsed_ms, {})
+
+
+def _all_canceled_check(plan: BatchPlan, is_canceled, canceled: set[str]) -> Callable[[], None]:
+    """A check that records newly canceled jobs and raises _AllCanceled once all of them are."""
+
+    def check(*_: Any) -> None:
+        if is_canceled is None:
+            return
+        canceled.update(
+            job_id for job_id in plan.slices if job_id not in canceled and is_canceled(job_id)
+        )
+        if all(job_id in canceled for job_id in plan.slices):
+            raise _AllCanceled()
+
+    return check
 
 
 __all__ = ["Engine", "EngineJob", "JobOutput", "StepInfo", "GuidanceScales"]

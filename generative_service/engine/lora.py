@@ -2,7 +2,9 @@
 
 - Adapters are never fused: disabling them gives the base model's output bit-exactly, and
   switching costs a `set_adapters` call (milliseconds), never a base-model reload.
-- A changed file (same name, new mtime/size, e.g. re-uploaded) is reloaded on next use.
+- Every batch asks the LoRA store for the adapter's current file (`lora_store.py`): a changed
+  file (same name, new content: a new cached file, or a new mtime/size locally) is reloaded, a
+  deleted one is unknown at once; no batch runs a stale adapter.
 - Hot-swap mode (GENSVC_LORA_HOTSWAP_RANK > 0, needed with a compiled UNet): adapters live in a
   fixed set of slots padded to that rank; a new adapter replaces the least recently used slot's
   weights in place, so the compiled graph is reused.
@@ -21,8 +23,8 @@ from pathlib import Path
 from safetensors import safe_open
 
 from generative_service.engine.hashing import FileHasher
-from generative_service.engine.paths import list_lora_names, lora_path
-from generative_service.errors import LoraError
+from generative_service.errors import LoraError, NotFound
+from generative_service.lora_store import get_lora_store
 from generative_service.schemas import LoraSpec
 from generative_service.settings import Settings
 
@@ -35,7 +37,7 @@ _B_SUFFIXES = (".lora_B.weight", ".lora.up.weight")
 class _Adapter:
     name: str
     slot: str
-    stamp: tuple[int, int]
+    stamp: tuple[str, int, int]
     sha256: str
     touches_text: bool
 
@@ -47,6 +49,7 @@ class LoraManager:
         self.pipe = pipe
         self.settings = settings
         self.hasher = hasher
+        self.store = get_lora_store(settings)
         self.capacity = settings.lora_cache_size
         self.hotswap_rank = settings.lora_hotswap_rank
         self._adapters: OrderedDict[str, _Adapter] = OrderedDict()
@@ -78,15 +81,22 @@ class LoraManager:
                 f"at most {self.capacity} adapters can be active at once (GENSVC_LORA_CACHE_SIZE)",
             )
         pinned = {spec.name for spec in specs}
-        adapters = [
-            self._ensure(index, spec.name, pinned=pinned) for index, spec in enumerate(specs)
-        ]
-        if not self._enabled:
-            self.pipe.enable_lora()
-            self._enabled = True
-        self.pipe.set_adapters(
-            [adapter.slot for adapter in adapters], adapter_weights=[spec.scale for spec in specs]
-        )
+        try:
+            adapters = [
+                self._ensure(index, spec.name, pinned=pinned) for index, spec in enumerate(specs)
+            ]
+            if not self._enabled:
+                self.pipe.enable_lora()
+                self._enabled = True
+            self.pipe.set_adapters(
+                [adapter.slot for adapter in adapters],
+                adapter_weights=[spec.scale for spec in specs],
+            )
+        except BaseException:
+            # NOTE: whatever failed (a bad file, an evicted slot, set_adapters), the next job must
+            # see the exact base model, never the adapters of an earlier job.
+            self._disable()
+            raise
         self._active = list(zip(adapters, [spec.scale for spec in specs], strict=True))
         return [{"name": a.name, "scale": s, "sha256": a.sha256} for a, s in self._active]
 
@@ -98,8 +108,8 @@ class LoraManager:
     def check_known(self, specs: list[LoraSpec]) -> None:
         """Raise LoraError for a name with no file in the LoRA directory."""
         for index, spec in enumerate(specs):
-            if not lora_path(self.settings, spec.name).is_file():
-                known = list_lora_names(self.settings)
+            if self.store.head(spec.name) is None:
+                known = self.store.names()
                 raise LoraError(
                     f"loras[{index}].name",
                     f"unknown LoRA {spec.name!r}; known: {', '.join(known) or 'none'}",
@@ -108,19 +118,30 @@ class LoraManager:
     # --- loading ---------------------------------------------------------------------------------
 
     def _disable(self) -> None:
-        if self._adapters and self._enabled:
-            self.pipe.disable_lora()  # LoRA layers then call only their base layer: exact base output
+        """Turn every adapter layer off: the pipeline computes exactly the base model.
+
+        NOTE: decided from what the pipeline holds, not from `_enabled`: after a failed load that
+        flag no longer says whether layers are active (the adapter-leak bug).
+        """
+        if self._adapters or self._present():
+            self.pipe.disable_lora()  # LoRA layers then call only their base layer
         self._enabled = False
         self._active = []
 
+    def _present(self) -> set[str]:
+        return {a for names in self.pipe.get_list_adapters().values() for a in names}
+
     def _ensure(self, index: int, name: str, *, pinned: set[str]) -> _Adapter:
-        path = lora_path(self.settings, name)
         field = f"loras[{index}].name"
-        if not path.is_file():
-            known = list_lora_names(self.settings)
-            raise LoraError(field, f"unknown LoRA {name!r}; known: {', '.join(known) or 'none'}")
-        stat = path.stat()
-        stamp = (stat.st_size, stat.st_mtime_ns)
+        try:
+            path = self.store.fetch(name)
+            stat = path.stat()
+        except (NotFound, FileNotFoundError):
+            known = self.store.names()
+            raise LoraError(
+                field, f"unknown LoRA {name!r}; known: {', '.join(known) or 'none'}"
+            ) from None
+        stamp = (str(path), stat.st_size, stat.st_mtime_ns)
         current = self._adapters.get(name)
         if current is not None and current.stamp == stamp:
             self._adapters.move_to_end(name)
@@ -150,9 +171,9 @@ class LoraManager:
         return _slot_name(name)
 
     def _load(
-        self, path: Path, *, name: str, slot: str, stamp: tuple[int, int], field: str
+        self, path: Path, *, name: str, slot: str, stamp: tuple[str, int, int], field: str
     ) -> _Adapter:
-        present = {a for names in self.pipe.get_list_adapters().values() for a in names}
+        present = self._present()
         hotswap = bool(self.hotswap_rank) and slot in present
         if self.hotswap_rank and not hotswap and present:
             # A new slot in hot-swap mode: pad it to the target rank too.
@@ -195,12 +216,9 @@ class LoraManager:
             self.pipe.unload_lora_weights()
             self._adapters.clear()
             self.pipe.enable_lora_hotswap(target_rank=self.hotswap_rank, check_compiled="ignore")
-        else:
-            present = {a for names in self.pipe.get_list_adapters().values() for a in names}
-            if slot in present:
-                self.pipe.delete_adapters(slot)
-        self._active = []
-        self._enabled = False
+        elif slot in self._present():
+            self.pipe.delete_adapters(slot)
+        self._disable()
 
     def _check_file(self, path: Path, *, field: str, name: str) -> None:
         """Refuse unreadable files and UNet layers that this model lacks or has another shape."""

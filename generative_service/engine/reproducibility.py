@@ -40,14 +40,15 @@ def static_record(engine) -> dict[str, Any]:
         "dtype": str(models.dtype).removeprefix("torch."),
         "device": models.device.type,
         "attention": models.attention,
-        "compiled_unet": engine.settings.compile_unet,
         "software": {name: _version(name) for name in _PACKAGES},
     }
     engine._static_record = record
     return record
 
 
-def reproducibility_record(engine, *, job, plan, pipe, loras: list[dict]) -> dict[str, Any]:
+def reproducibility_record(
+    engine, *, job, plan, pipe, loras: list[dict], backend: dict[str, Any]
+) -> dict[str, Any]:
     """Everything needed to regenerate `job`'s images."""
     request = job.request
     start, stop = plan.slices[job.job_id]
@@ -60,6 +61,7 @@ def reproducibility_record(engine, *, job, plan, pipe, loras: list[dict]) -> dic
     record = {
         **static_record(engine),
         "pipeline": type(pipe).__name__,
+        "backend": backend,
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt,
         "negative_conditioning": negative_mode,

@@ -43,10 +43,12 @@ def upscale_tiled(
     tile: int,
     context: int = CONTEXT,
     prepad: int = PREPAD,
+    before_tile: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Run an SR `model` over (1, C, H, W) `x` in [0, 1]; returns (1, C, H*scale, W*scale) on CPU.
 
     The output is assembled in float32 on the CPU so device memory holds only one tile at a time.
+    `before_tile` runs before each tile (a cancel check may raise there).
     """
     if tile > 0 and max(x.shape[-2:]) <= tile:
         tile = 0  # fits in one tile (the tile size counts image pixels, not the padding)
@@ -55,6 +57,8 @@ def upscale_tiled(
     out = torch.empty((1, channels, height * scale, width * scale), dtype=torch.float32)
     for y0, y1, wy0, wy1 in tile_spans(height, tile, context):
         for x0, x1, wx0, wx1 in tile_spans(width, tile, context):
+            if before_tile is not None:
+                before_tile()
             result = model(padded[:, :, wy0:wy1, wx0:wx1])
             top, left = (y0 - wy0) * scale, (x0 - wx0) * scale
             core = result[:, :, top : top + (y1 - y0) * scale, left : left + (x1 - x0) * scale]

@@ -12,6 +12,7 @@ torch and spandrel are imported on first use, never at package import.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,13 @@ class Upscaler:
                 self._model = self._load_model()
         return self
 
-    def upscale(self, image: Image.Image, factor: int) -> Image.Image:
+    def upscale(
+        self, image: Image.Image, factor: int, *, check: Callable[[], None] | None = None
+    ) -> Image.Image:
         """Return `image` upscaled `factor` (2 or 4) times, RGB (alpha, if any, is dropped).
+
+        `check` runs between tiles and before each convolution (one tile of a large image takes
+        many seconds on a CPU); a cancel check raises there and the upscale stops.
 
         Raises:
             ValueError: factor is not 2 or 4.
@@ -106,21 +112,26 @@ class Upscaler:
         if factor not in FACTORS:
             raise ValueError(f"upscale factor must be one of {FACTORS}, got {factor}")
         self.load()
-        x4 = self._run(image.convert("RGB"))
+        x4 = self._run(image.convert("RGB"), check)
         if factor == MODEL_SCALE:
             return x4
         return x4.resize((image.width * factor, image.height * factor), Image.Resampling.LANCZOS)
 
     # --- internals -------------------------------------------------------------------------
-    def _run(self, image: Image.Image) -> Image.Image:
+    def _run(self, image: Image.Image, check: Callable[[], None] | None = None) -> Image.Image:
         import torch
 
+        from generative_service.engine.interrupt import conv_layers, interrupt_points
         from generative_service.postprocess.tiling import upscale_tiled
 
         model = self._model
         array = np.asarray(image, dtype=np.float32) / 255.0
         x = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(model.device, model.dtype)
-        out = upscale_tiled(model, x, scale=MODEL_SCALE, tile=self.tile)
+        if check is None:
+            out = upscale_tiled(model, x, scale=MODEL_SCALE, tile=self.tile)
+        else:
+            with interrupt_points(conv_layers(model.model), check):
+                out = upscale_tiled(model, x, scale=MODEL_SCALE, tile=self.tile, before_tile=check)
         pixels = out[0].permute(1, 2, 0).mul(255.0).round().clamp(0, 255).to(torch.uint8).numpy()
         return Image.fromarray(pixels, "RGB")
 

@@ -32,6 +32,7 @@ from rq.timeouts import JobTimeoutException
 
 from generative_service.errors import InvalidRequest
 from generative_service.logs import get_logger
+from generative_service.redis_client import sync_redis
 from generative_service.settings import Settings, get_settings
 from generative_service.webhooks import attempts, guard, outbox, signing
 
@@ -58,7 +59,7 @@ def deliver(message: dict, attempt: int = 1) -> str:
     """RQ entry point: run attempt `attempt` of `message` with this process's settings."""
     settings = get_settings()
     job = get_current_job()
-    redis = job.connection if job is not None else Redis.from_url(settings.redis_url)
+    redis = job.connection if job is not None else sync_redis(settings)
     return run_attempt(redis, settings, message, attempt)
 
 

@@ -12,7 +12,7 @@ from support import check_error  # noqa: F401 - the api tests import it from her
 from generative_service.jobs import JobStore
 from generative_service.schemas import BatchInfo, ImageInfo, NsfwVerdict, Stage, Timings
 from generative_service.settings import Settings
-from generative_service.storage import LocalStorage, encode_image, image_url
+from generative_service.storage import encode_image, get_storage, image_url
 
 
 class FakeWorker:
@@ -20,7 +20,7 @@ class FakeWorker:
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.store = JobStore(redis, settings)
-        self.storage = LocalStorage(settings.storage_dir)
+        self.storage = get_storage(settings)
 
     def start(self, job_id: str) -> None:
         self.store.rq_queue(self.store.get(job_id).queue).remove(job_id)

@@ -3,6 +3,8 @@ could escape the directory, delete."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from api_helpers import check_error
@@ -23,11 +25,12 @@ def test_upload_list_use_delete(api_client, settings):
         "/v1/loras", files={"file": ("ink.safetensors", data, "application/octet-stream")}
     )
     assert response.status_code == 201, response.text
-    assert response.json() == {"name": "ink", "size_bytes": len(data)}
+    sha256 = hashlib.sha256(data).hexdigest()
+    assert response.json() == {"name": "ink", "size_bytes": len(data), "sha256": sha256}
     assert response.headers["location"] == "/v1/loras/ink"
     assert (settings.lora_dir / "ink.safetensors").read_bytes() == data
     assert api_client.get("/v1/loras").json() == {
-        "data": [{"name": "ink", "size_bytes": len(data)}]
+        "data": [{"name": "ink", "size_bytes": len(data), "sha256": sha256}]
     }
     assert api_client.get("/v1/loras/ink").json()["name"] == "ink"
     # The new adapter is usable in a request at once.

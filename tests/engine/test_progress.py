@@ -39,12 +39,10 @@ def test_preview_never_larger_than_the_image(engine):
 
 def test_cancel_one_job_of_a_batch(engine):
     keep, drop = req(seed=21), req(seed=22, prompt="a red dog")
-    polls = {"count": 0}
     reported = []
 
     def is_canceled(job_id: str) -> bool:
-        polls["count"] += 1
-        return job_id == "drop" and polls["count"] > 4  # from step 2 on
+        return job_id == "drop" and any(s.step >= 2 for s in reported)  # from step 2 on
 
     outputs = engine.run(
         [EngineJob("keep", keep), EngineJob("drop", drop)],
@@ -80,3 +78,25 @@ def test_cancel_all_stops_at_once_without_decoding(engine, monkeypatch):
 def test_job_canceled_before_start_is_not_run(engine):
     outputs = engine.run([EngineJob("gone", req())], is_canceled=lambda job_id: True)
     assert outputs[0].canceled and outputs[0].images == []
+
+
+def test_cancel_during_the_vae_decode_stops_the_decode(engine, monkeypatch):
+    entered = []
+    decoder = engine.pipe.vae.decoder
+    monkeypatch.setattr(
+        decoder,
+        "forward",
+        lambda *a, **k: entered.append(1) or type(decoder).forward(decoder, *a, **k),
+    )
+    reported = []
+    # Canceled once the last step was reported: only the decode is left to interrupt.
+    outputs = engine.run(
+        [EngineJob("late", req())],
+        is_canceled=lambda job_id: any(s.step == STEPS for s in reported),
+        on_step=reported.append,
+    )
+    assert entered == [1]  # the decode began ...
+    assert outputs[0].canceled and outputs[0].images == []  # ... and was cut short
+    monkeypatch.undo()
+    assert run_one(engine, req()).images  # no cancel hook is left behind
+    assert not any(block._forward_pre_hooks for block in decoder.up_blocks)

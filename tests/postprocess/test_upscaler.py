@@ -180,3 +180,19 @@ def test_weights_load_lazily_and_a_damaged_cache_heals(tmp_path: Path, x4_weight
     out = upscaler.upscale(Image.new("RGB", (8, 8), (200, 30, 30)), 4)
     assert upscaler.loaded and out.size == (32, 32)
     assert cached.read_bytes() == x4_weights.read_bytes()
+
+
+def test_a_cancel_check_stops_the_upscale_inside_a_tile(upscaler: Upscaler) -> None:
+    from generative_service.engine.interrupt import Interrupted
+
+    calls = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) > 3:  # a few convolutions into the first tile
+            raise Interrupted()
+
+    with pytest.raises(Interrupted):
+        upscaler.upscale(Image.new("RGB", (16, 16), (90, 20, 200)), 4, check=check)
+    assert len(calls) == 4
+    assert upscaler.upscale(Image.new("RGB", (8, 8)), 4).size == (32, 32)  # hooks removed

@@ -7,6 +7,7 @@ submits starts within the next few batches, and it shares a batch with A's compa
 from __future__ import annotations
 
 import httpx
+import pytest
 from worker_helpers import wait_for
 
 from generative_service.jobs import owner_for_key
@@ -17,10 +18,13 @@ FLOOD = 500
 
 
 def _submit(jobs, owner: str, count: int, **fields) -> list[str]:
-    request = GenerationRequest(prompt="a handwritten two", steps=2, width=64, height=64, seed=7, **fields)
+    request = GenerationRequest(
+        prompt="a handwritten two", steps=2, width=64, height=64, seed=7, **fields
+    )
     return [jobs.store.create(request, owner=owner)[0].id for _ in range(count)]
 
 
+@pytest.mark.timeout(900)  # a loaded CI machine: the worker's start alone can take minutes
 def test_a_job_of_key_b_starts_within_a_few_batches_behind_key_a_flood(
     start_service, worker_settings, make_jobs
 ) -> None:
@@ -30,7 +34,9 @@ def test_a_job_of_key_b_starts_within_a_few_batches_behind_key_a_flood(
     jobs = make_jobs(settings)
     flood = _submit(jobs, owner_for_key(KEY_A), FLOOD)
     service = start_service(settings, workers=1, gateway=True)
-    wait_for(lambda: jobs.get(flood[0]).status != "queued", timeout=120, what="A's first job to start")
+    wait_for(
+        lambda: jobs.get(flood[0]).status != "queued", timeout=600, what="A's first job to start"
+    )
 
     answer = httpx.post(
         f"{service.base_url}/v1/jobs",
@@ -41,7 +47,7 @@ def test_a_job_of_key_b_starts_within_a_few_batches_behind_key_a_flood(
     assert answer.status_code == 202, answer.text
     b_job = answer.json()["id"]
     b_record = wait_for(
-        lambda: (r := jobs.get(b_job)).status.is_terminal and r, timeout=120, what="B's job to end"
+        lambda: (r := jobs.get(b_job)).status.is_terminal and r, timeout=600, what="B's job to end"
     )
     assert b_record.status == "succeeded"
 
@@ -55,6 +61,7 @@ def test_a_job_of_key_b_starts_within_a_few_batches_behind_key_a_flood(
     assert any(r.batch and r.batch.id == b_record.batch.id for r in a_records)
 
 
+@pytest.mark.timeout(900)
 def test_running_bound_per_key_leaves_the_rest_of_that_keys_jobs_waiting(
     start_service, worker_settings, make_jobs
 ) -> None:

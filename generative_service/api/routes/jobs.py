@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse, StreamingResponse
 
 from generative_service import webhooks
 from generative_service.api import submit
@@ -66,14 +65,6 @@ _RESOURCE_EXAMPLE = {
 _JOB_JSON = {"application/json": {"example": _RESOURCE_EXAMPLE}}
 
 
-def _models_info(redis, prefix: str) -> dict:
-    raw = redis.get(f"{prefix}:models")
-    try:
-        return json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-
-
 @router.post(
     "",
     status_code=202,
@@ -114,22 +105,21 @@ async def submit_job(
 ) -> JobResource:
     """Validate, enqueue and answer at once (202), unless `Prefer: wait=N` asks to wait for the result."""
     wait_s = submit.parse_prefer_wait(prefer, settings)
-    models_info = (
-        await run_in_threadpool(_models_info, redis, settings.key_prefix) if body.control else {}
+    submitted = await submit.submit(
+        body,
+        store=store,
+        redis=redis,
+        aredis=aredis,
+        settings=settings,
+        owner=owner,
+        idempotency_key=idempotency_key,
+        wait_s=wait_s,
     )
-    if body.loras or body.control:  # these read the LoRA directory or decode an image header
-        await run_in_threadpool(submit.check_request, body, settings, models_info)
-    else:
-        submit.check_request(body, settings, models_info)
-    resource, record, created = await store.create_async(
-        aredis, body, owner=owner, idempotency_key=idempotency_key
-    )
-    if wait_s and not record.status.is_terminal:
+    record, resource = submitted.record, submitted.resource
+    if submitted.waited:
         response.headers["Preference-Applied"] = f"wait={wait_s}"
-        if await submit.wait_for_end(aredis, settings.key_prefix, record.id, wait_s):
-            resource = await store.read_async(aredis, record.id)
     response.headers["Location"] = resource.links.self
-    response.status_code = 200 if not created or resource.status.is_terminal else 202
+    response.status_code = 200 if not submitted.created or record.status.is_terminal else 202
     return resource
 
 
@@ -198,6 +188,9 @@ def cancel_job(
             "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
             "description": "The image bytes.",
         },
+        307: {
+            "description": "With GENSVC_IMAGE_URLS=presigned: a time-limited object-storage URL of the image."
+        },
         **error_responses(401, 404, 422, 503),
     },
 )
@@ -207,6 +200,7 @@ def get_image(
     store: StoreDep,
     storage: StorageDep,
     owner: OwnerDep,
+    settings: SettingsDep,
 ) -> Response:
     """Image `index` of a finished job. Blocked (NSFW policy `block`) and missing images are 404."""
     record = store.get(job_id, owner=owner)
@@ -215,12 +209,19 @@ def get_image(
         state = "" if record.status.is_terminal else f" (the job is {record.status.value})"
         reason = " (blocked by the safety filter)" if image is not None and image.blocked else state
         raise NotFound(f"image {index} of job {job_id} not found{reason}")
-    data, content_type = storage.get(job_id, index)
+    if settings.image_urls == "presigned":
+        url = storage.presigned_url(job_id, index, settings.presigned_url_ttl_s)
+        if url is not None:
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    chunks, content_type, length = storage.stream(job_id, index)
     # Images never change once stored, so clients and proxies may keep them.
-    return Response(
-        content=data,
+    return StreamingResponse(
+        chunks,
         media_type=content_type,
-        headers={"Cache-Control": "private, max-age=86400, immutable"},
+        headers={
+            "Cache-Control": "private, max-age=86400, immutable",
+            "Content-Length": str(length),
+        },
     )
 
 

@@ -9,9 +9,11 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi import Path as PathParam
 
 import generative_service.engine.paths as paths
+from generative_service import rules
 from generative_service.api import loras
 from generative_service.api.deps import OwnerDep, RedisDep, SettingsDep
 from generative_service.api.responses import LoraInfo, LoraList, ModelsInfo, error_responses
+from generative_service.lora_store import get_lora_store
 from generative_service.schemas import MAX_IMAGES, SAMPLERS
 from generative_service.settings import Settings
 
@@ -37,6 +39,7 @@ def settings_info(settings: Settings) -> dict:
         "controlnets": controlnets,
         "samplers": list(SAMPLERS),
         "default_size": paths.default_size(settings),
+        "backend": {"name": settings.engine_backend},
         "limits": {
             "max_side": settings.max_side,
             "max_batch_images": settings.max_batch_images,
@@ -66,7 +69,10 @@ def get_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> Model
     info = {**settings_info(settings), "source": "settings"}
     if isinstance(published, dict):
         info = {**info, **published, "source": "worker"}
-    info["loras"] = paths.list_lora_names(settings)
+    info["loras"] = get_lora_store(settings).names()
+    # The cost cap is the gateway's: it holds whatever a worker published.
+    info["limits"] = {**info.get("limits", {}), "max_job_cost": settings.max_job_cost}
+    info["job_cost"] = rules.job_cost_info(settings.max_job_cost)
     return ModelsInfo.model_validate(info)
 
 
