@@ -159,7 +159,6 @@ class Settings(BaseSettings):
     max_queued: int = Field(
         1000, ge=1, description="Most waiting jobs; past it submit answers 429 with Retry-After."
     )
-    # --- Per-key quotas and fair share (fast service path) --------------------------------------
     max_queued_per_key: int = Field(
         500,
         ge=1,
