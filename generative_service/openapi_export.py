@@ -32,6 +32,9 @@ PATH_VARIABLES = {
     "job_id": "{{jobId}}",
     "name": "{{loraName}}",
     "index": "0",
+    "study_id": "{{studyId}}",
+    "pair_id": "{{pairId}}",
+    "side": "left",
     "model": "{{modelId}}",
 }
 METHODS = ("get", "post", "put", "patch", "delete")

@@ -13,7 +13,15 @@ from redis.asyncio import Redis as AsyncRedis
 
 from generative_service.api import errors
 from generative_service.api.limits import BodySizeLimit
-from generative_service.api.routes import events, health, jobs, metrics, models, openai_compat
+from generative_service.api.routes import (
+    evals,
+    events,
+    health,
+    jobs,
+    metrics,
+    models,
+    openai_compat,
+)
 from generative_service.jobs import JobStore
 from generative_service.redis_client import async_redis, sync_redis
 from generative_service.settings import Settings, get_settings
@@ -33,6 +41,10 @@ TAGS = [
     {"name": "jobs", "description": "Submit, follow, cancel and download generation jobs."},
     {"name": "models", "description": "What the workers serve; LoRA adapter files."},
     {"name": "health", "description": "Liveness and readiness probes."},
+    {
+        "name": "evals",
+        "description": "Blind A/B evaluation studies rated by people (see docs/evaluation.md).",
+    },
     {
         "name": "openai",
         "description": "OpenAI Images API (`base_url=http://HOST:PORT/openai/v1`): one job per call, answered when done.",
@@ -103,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = get_storage(settings)
     errors.install(app)
     app.add_middleware(BodySizeLimit, settings=settings)
-    for module in (jobs, events, models, health, metrics):
+    for module in (jobs, events, models, health, metrics, evals):
         app.include_router(module.router)
     openai_compat.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
