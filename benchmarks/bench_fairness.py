@@ -103,12 +103,20 @@ def run_tree(tree: Path, flood: int) -> dict:
 async def _flood(url: str, count: int) -> list[str]:
     headers = {"Authorization": f"Bearer {KEY_A}"}
     ids: list[str] = []
-    async with httpx.AsyncClient(timeout=60, headers=headers) as http:
-        for start in range(0, count, 25):
-            answers = await asyncio.gather(
-                *(http.post(f"{url}/v1/jobs", json=BODY) for _ in range(min(25, count - start)))
-            )
-            ids += [answer.json()["id"] for answer in answers if answer.status_code == 202]
+    async def one(http: httpx.AsyncClient) -> str | None:
+        for _ in range(5):  # a loaded machine may drop a connection: the submit is retried
+            try:
+                answer = await http.post(f"{url}/v1/jobs", json=BODY)
+            except httpx.TransportError:
+                await asyncio.sleep(0.5)
+                continue
+            return answer.json()["id"] if answer.status_code == 202 else None
+        return None
+
+    async with httpx.AsyncClient(timeout=120, headers=headers) as http:
+        for start in range(0, count, 10):
+            answers = await asyncio.gather(*(one(http) for _ in range(min(10, count - start))))
+            ids += [job_id for job_id in answers if job_id]
     return ids
 
 

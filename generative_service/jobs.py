@@ -536,6 +536,47 @@ class JobStore:
             ),
         )
 
+    def report_progress_many(self, updates: list[tuple[str, int, int, str | None]]) -> None:
+        """`report_progress` for several jobs (job id, step, total, preview) in one transaction:
+        one batch step costs the same few round trips whatever the batch size."""
+        keys = [self.job_key(job_id) for job_id, *_ in updates]
+        ttl_s = self.settings.retention_s + 3600
+        changed: list[tuple[JobRecord, Event]] = []
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(*keys)
+                    changed = []
+                    for (job_id, step, total, preview), raw in zip(
+                        updates, pipe.mget(keys), strict=True
+                    ):
+                        record = JobRecord.model_validate_json(raw) if raw is not None else None
+                        if record is None or record.status.is_terminal:
+                            continue
+                        done = percent(step, total)
+                        record.progress = Progress(
+                            stage=Stage.denoising, step=step, total_steps=total, percent=done
+                        )
+                        changed.append((record, Event(type="progress", job_id=job_id, step=step,
+                                                      total_steps=total, percent=done, preview=preview)))  # fmt: skip
+                    if not changed:
+                        pipe.unwatch()
+                        return
+                    pipe.multi()
+                    for record, event in changed:
+                        pipe.set(self.job_key(record.id), record.model_dump_json(), keepttl=True)
+                        stream = events.stream_key(self.prefix, record.id)
+                        pipe.xadd(stream, {"data": json.dumps(event.to_payload())},
+                                  maxlen=events.STREAM_MAXLEN, approximate=True)  # fmt: skip
+                        pipe.expire(stream, ttl_s)
+                    pipe.execute()
+                    break
+                except WatchError:
+                    continue
+        for record, event in changed:
+            if record.request.webhook:
+                webhooks.on_event(self.redis, self.settings, record, event)
+
     def set_stage(self, job_id: str, stage: Stage) -> JobRecord | None:
         def change(record: JobRecord) -> bool | None:
             if record.progress.stage == stage:
