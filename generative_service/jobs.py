@@ -28,23 +28,21 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from pydantic import BaseModel
 from redis import Redis, WatchError
 from redis.asyncio import Redis as AsyncRedis
-from rq import Queue
 from rq.job import Job as RQJob
 
 from generative_service import events, logs, metrics, webhooks
 from generative_service.errors import Conflict, InvalidRequest, NotFound
+from generative_service.keys import Ttl
 from generative_service.queue import (
-    ANONYMOUS,
-    GENERATE_FUNC,
     POSITION_PLACEHOLDER,
     JobQueue,
     Submission,
     body_hash,
     resolve,
 )
+from generative_service.record import ANONYMOUS, JobRecord
 from generative_service.schemas import (
     BatchInfo,
     Event,
@@ -62,30 +60,9 @@ from generative_service.schemas import (
 )
 from generative_service.settings import Settings
 
-__all__ = ["GENERATE_FUNC", "JobRecord", "JobStore", "owner_for_key"]
+__all__ = ["JobStore", "owner_for_key"]
 
 log = logs.get_logger(__name__)
-
-
-class JobRecord(BaseModel):
-    """What is stored per job: the resource without derived fields, plus internal bookkeeping."""
-
-    id: str
-    owner: str = ANONYMOUS
-    status: JobStatus = JobStatus.queued
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    queue: str = "default"
-    attempts: int = 0
-    progress: Progress = Progress()
-    request: GenerationRequest
-    images: list[ImageInfo] = []
-    timings: Timings = Timings()
-    batch: BatchInfo | None = None
-    error: JobError | None = None
-    reproducibility: dict | None = None
-    worker_id: str | None = None
 
 
 def new_job_id() -> str:
@@ -108,53 +85,10 @@ class JobStore:
         self.redis = redis
         self.settings = settings
         self.prefix = settings.key_prefix
+        self.keys = settings.keys
         self.queue = JobQueue(redis, settings)
 
-    # --- keys -----------------------------------------------------------------------------------
-    @property
-    def epoch_key(self) -> str:
-        return f"{self.prefix}:epoch"
-
-    def job_key(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
-
-    def cancel_key(self, job_id: str) -> str:
-        return f"{self.prefix}:cancel:{job_id}"
-
-    def owner_key(self, owner: str) -> str:
-        return f"{self.prefix}:owner:{owner}"
-
-    # --- the queues (queue.py); kept here for the callers of JobStore ---------------------------
-    def rq_queue_name(self, queue: str) -> str:
-        return self.queue.rq_queue_name(queue)
-
-    def rq_queue(self, queue: str) -> Queue:
-        return self.queue.rq_queue(queue)
-
-    def rq_queue_of(self, record: JobRecord) -> Queue:
-        return self.queue.rq_queue_of(record)
-
-    def known_queues(self) -> list[str]:
-        return self.queue.known_queues()
-
-    def waiting_count(self) -> int:
-        return self.queue.waiting_count()
-
-    def mean_step_ms(self, width: int | None = None, height: int | None = None) -> float | None:
-        return self.queue.mean_step_ms(width, height)
-
-    def queue_position(self, record: JobRecord) -> int | None:
-        """1-based position among waiting jobs of its queue; None unless queued."""
-        return self.queue.position(record)
-
-    def record_step_time(self, width: int, height: int, step_ms: float) -> None:
-        self.queue.record_step_time(width, height, step_ms)
-
     # --- submit ---------------------------------------------------------------------------------
-    def resolve(self, request: GenerationRequest) -> GenerationRequest:
-        """Fill every server-side default (see queue.resolve)."""
-        return resolve(request, self.settings)
-
     def prepare(
         self,
         request: GenerationRequest,
@@ -164,7 +98,7 @@ class JobStore:
         raw_body: dict | None = None,
     ) -> Submission:
         """The new job's record and what the submit script writes for it (no Redis I/O)."""
-        resolved = self.resolve(request)
+        resolved = resolve(request, self.settings)
         record = JobRecord(
             id=new_job_id(),
             owner=owner,
@@ -182,16 +116,16 @@ class JobStore:
         event["position"] = POSITION_PLACEHOLDER
         queue, rq_queue = self.queue, self.queue.rq_queue_of(record)
         keys = [
-            idem_key or "", queue.counts_key, self.job_key(record.id), self.owner_key(owner),
-            self.epoch_key, _text(RQJob.key_for(record.id)), rq_queue.key, rq_queue.redis_queues_keys,
-            queue.order_key(record.queue), queue.sequence_key(record.queue), events.stream_key(self.prefix, record.id),
+            idem_key or "", queue.counts_key, self.keys.job(record.id), self.keys.owner(owner),
+            self.keys.epoch, _text(RQJob.key_for(record.id)), rq_queue.key, rq_queue.redis_queues_keys,
+            queue.order_key(record.queue), queue.sequence_key(record.queue), self.keys.events(record.id),
             metrics.submitted_counter_key(self.settings), queue.step_ms_key, queue.tenants_key(record.queue),
             queue.burst_key(record.queue), queue.bell_key(record.queue),
         ]  # fmt: skip
         args = [
             record.id, owner, record.model_dump_json(), record.created_at.timestamp(), repr(time.time()),
             self.settings.max_queued, self.settings.max_queued_per_key, queue.idempotency_value(record.id, digest),
-            self.settings.retention_s, json.dumps(event), events.STREAM_MAXLEN, self.settings.retention_s + 3600,
+            Ttl.retention(self.settings), json.dumps(event), events.STREAM_MAXLEN, Ttl.events(self.settings),
             record.queue, self.settings.batch_window_ms, *queue.rq_job_fields(record),
         ]  # fmt: skip
         return Submission(record=record, keys=keys, args=args, digest=digest)
@@ -280,7 +214,7 @@ class JobStore:
 
     def _emit_webhook(self, submission: Submission) -> None:
         record = submission.record
-        position = self.queue_position(record)
+        position = self.queue.position(record)
         webhooks.on_event(
             self.redis,
             self.settings,
@@ -291,7 +225,7 @@ class JobStore:
     # --- read -----------------------------------------------------------------------------------
     def get(self, job_id: str, *, owner: str | None = None) -> JobRecord:
         """The job, or NotFound. With `owner`, another owner's job is NotFound too (no leak)."""
-        raw = self.redis.get(self.job_key(job_id)) if _plausible_id(job_id) else None
+        raw = self.redis.get(self.keys.job(job_id)) if _plausible_id(job_id) else None
         if raw is None:
             raise NotFound(f"job {job_id!r} not found" + self._lost_note(job_id))
         record = JobRecord.model_validate_json(raw)
@@ -303,11 +237,11 @@ class JobStore:
         self, redis: AsyncRedis, job_id: str, *, owner: str | None = None
     ) -> JobRecord:
         """`get` on the gateway's async client."""
-        raw = await redis.get(self.job_key(job_id)) if _plausible_id(job_id) else None
+        raw = await redis.get(self.keys.job(job_id)) if _plausible_id(job_id) else None
         if raw is None:
             pipe = redis.pipeline(transaction=False)
-            pipe.set(self.epoch_key, repr(time.time()), nx=True)
-            pipe.get(self.epoch_key)
+            pipe.set(self.keys.epoch, repr(time.time()), nx=True)
+            pipe.get(self.keys.epoch)
             epoch = float((await pipe.execute())[1])
             raise NotFound(f"job {job_id!r} not found" + self._lost_note(job_id, epoch))
         record = JobRecord.model_validate_json(raw)
@@ -323,9 +257,9 @@ class JobStore:
             return await self.resource_async(
                 redis, await self.get_async(redis, job_id, owner=owner)
             )
-        queues = self.known_queues()
+        queues = self.queue.known_queues()
         pipe = redis.pipeline(transaction=False)
-        pipe.get(self.job_key(job_id))
+        pipe.get(self.keys.job(job_id))
         pipe.hgetall(self.queue.step_ms_key)
         for queue in queues:
             pipe.zrank(self.queue.order_key(queue), job_id)
@@ -357,8 +291,8 @@ class JobStore:
         """When this Redis's data begins (set once, on first use; never expires). A Redis that
         restarted without persistence starts a new epoch: every job created before it is gone."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.epoch_key, repr(time.time()), nx=True)
-        pipe.get(self.epoch_key)
+        pipe.set(self.keys.epoch, repr(time.time()), nx=True)
+        pipe.get(self.keys.epoch)
         return float(pipe.execute()[1])
 
     def _lost_note(self, job_id: str, epoch: float | None = None) -> str:
@@ -397,7 +331,7 @@ class JobStore:
         next_cursor = None
         while len(out) < limit:
             ids = self.redis.zrevrangebyscore(
-                self.owner_key(owner), max_score, "-inf", start=0, num=limit * 2, withscores=True
+                self.keys.owner(owner), max_score, "-inf", start=0, num=limit * 2, withscores=True
             )
             if not ids:
                 break
@@ -406,7 +340,7 @@ class JobStore:
                 try:
                     record = self.get(job_id.decode() if isinstance(job_id, bytes) else job_id)
                 except NotFound:
-                    self.redis.zrem(self.owner_key(owner), job_id)  # expired
+                    self.redis.zrem(self.keys.owner(owner), job_id)  # expired
                     continue
                 if status is None or record.status == status:
                     out.append(record)
@@ -418,7 +352,7 @@ class JobStore:
     def to_resource(self, record: JobRecord, *, base_url: str = "") -> JobResource:
         """The public job resource, with queue position, ETA and links filled in."""
         return self.resource_from(
-            record, self.queue_position(record), self.queue.step_times(), base_url=base_url
+            record, self.queue.position(record), self.queue.step_times(), base_url=base_url
         )
 
     def resource_from(
@@ -445,7 +379,7 @@ class JobStore:
     # --- state changes --------------------------------------------------------------------------
     def update(self, job_id: str, change: Callable[[JobRecord], bool | None]) -> JobRecord:
         """Atomically apply `change` to the stored record. `change` returns False to skip writing."""
-        key = self.job_key(job_id)
+        key = self.keys.job(job_id)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -464,16 +398,14 @@ class JobStore:
                     pipe.set(key, record.model_dump_json(), keepttl=True)
                     self.queue.status_change(pipe, record, old, front)
                     if record.status.is_terminal:
-                        pipe.expire(key, self.settings.retention_s)
+                        pipe.expire(key, Ttl.retention(self.settings))
                     pipe.execute()
                     return record
                 except WatchError:
                     continue
 
     def _emit(self, record: JobRecord, event: Event) -> str:
-        event_id = events.publish(
-            self.redis, self.prefix, event, ttl_s=self.settings.retention_s + 3600
-        )
+        event_id = events.publish(self.redis, self.prefix, event, ttl_s=Ttl.events(self.settings))
         if record.request.webhook:
             webhooks.on_event(self.redis, self.settings, record, event)
         return event_id
@@ -539,8 +471,8 @@ class JobStore:
     def report_progress_many(self, updates: list[tuple[str, int, int, str | None]]) -> None:
         """`report_progress` for several jobs (job id, step, total, preview) in one transaction:
         one batch step costs the same few round trips whatever the batch size."""
-        keys = [self.job_key(job_id) for job_id, *_ in updates]
-        ttl_s = self.settings.retention_s + 3600
+        keys = [self.keys.job(job_id) for job_id, *_ in updates]
+        ttl_s = Ttl.events(self.settings)
         changed: list[tuple[JobRecord, Event]] = []
         with self.redis.pipeline() as pipe:
             while True:
@@ -564,8 +496,8 @@ class JobStore:
                         return
                     pipe.multi()
                     for record, event in changed:
-                        pipe.set(self.job_key(record.id), record.model_dump_json(), keepttl=True)
-                        stream = events.stream_key(self.prefix, record.id)
+                        pipe.set(self.keys.job(record.id), record.model_dump_json(), keepttl=True)
+                        stream = self.keys.events(record.id)
                         pipe.xadd(stream, {"data": json.dumps(event.to_payload())},
                                   maxlen=events.STREAM_MAXLEN, approximate=True)  # fmt: skip
                         pipe.expire(stream, ttl_s)
@@ -646,7 +578,7 @@ class JobStore:
         return self._transition(
             job_id,
             change,
-            lambda r: Event(type="queued", job_id=job_id, position=self.queue_position(r)),
+            lambda r: Event(type="queued", job_id=job_id, position=self.queue.position(r)),
         )
 
     def _finish(
@@ -666,7 +598,7 @@ class JobStore:
         record = self._transition(job_id, change, make_event)
         if record is not None:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.delete(self.cancel_key(job_id))
+            pipe.delete(self.keys.cancel(job_id))
             if record.started_at is not None:
                 self.queue.record_finished(pipe)
             pipe.execute()
@@ -695,7 +627,7 @@ class JobStore:
             raise Conflict(
                 f"job {job_id} already {record.status.value}; only queued or running jobs can be canceled"
             )
-        self.redis.set(self.cancel_key(job_id), "1", ex=self.settings.retention_s)
+        self.redis.set(self.keys.cancel(job_id), "1", ex=Ttl.retention(self.settings))
         if record.status == JobStatus.queued:
             removed = self.queue.remove(record)
             if removed or self.get(job_id).status == JobStatus.queued:
@@ -706,7 +638,7 @@ class JobStore:
         return self.get(job_id)
 
     def is_cancel_requested(self, job_id: str) -> bool:
-        return bool(self.redis.exists(self.cancel_key(job_id)))
+        return bool(self.redis.exists(self.keys.cancel(job_id)))
 
 
 def _total_ms(record: JobRecord) -> float:

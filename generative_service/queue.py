@@ -5,7 +5,7 @@ A submit is one Redis round trip (the submit script): it checks both bounds and 
 key and writes everything an accepted job needs, or nothing. The counts it checks are kept by the
 record transitions themselves (JobStore.update), so a failed submit never holds a place.
 
-Redis keys (prefix P = settings.key_prefix; the full layout is in jobs.py):
+Redis keys (named in keys.py):
   P:counts                  hash: `queued` (all waiting jobs), `queued:{owner}`, `running:{owner}`
   P:order:{queue}           sorted set: waiting job ids by submission sequence (queue positions)
   P:seq:{queue}             the queue's submission sequence counter
@@ -27,7 +27,6 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -35,20 +34,19 @@ from rq import Queue, Retry
 from rq.job import JobStatus as RQStatus
 from rq.utils import now as rq_now
 
+from generative_service import rules
 from generative_service.engine import paths
 from generative_service.errors import Conflict, InvalidRequest, QueueFull
+from generative_service.keys import RQ_QUEUE_NAMESPACE, Ttl
+from generative_service.record import ANONYMOUS, JobRecord
 from generative_service.schemas import GenerationRequest, JobStatus, Progress
 from generative_service.settings import Settings
-
-if TYPE_CHECKING:
-    from generative_service.jobs import JobRecord
 
 # The RQ callable of a generation job. The GPU worker batches instead of calling it one by one;
 # see workers/gpu_worker.py.
 GENERATE_FUNC = "workers.gpu_worker.generate"
 # Fields of the counts hash (P:counts): waiting jobs in all, and per owner waiting and running.
 QUEUED = "queued"
-ANONYMOUS = "anonymous"  # the owner of jobs submitted without API keys (jobs.owner_for_key)
 POSITION_PLACEHOLDER = "__POSITION__"
 # Throughput (for Retry-After): jobs finished per bucket of this many seconds, over this many.
 THROUGHPUT_BUCKET_S = 10
@@ -149,8 +147,9 @@ def resolve(request: GenerationRequest, settings: Settings) -> GenerationRequest
         updates["seed"] = secrets.randbelow(2**32)
     resolved = request.model_copy(update=updates)
     for field in ("width", "height"):
-        if getattr(resolved, field) > settings.max_side:
-            raise InvalidRequest(field, f"must be at most {settings.max_side} (GENSVC_MAX_SIDE)")
+        problem = rules.side_problem(getattr(resolved, field), settings.max_side)
+        if problem:
+            raise InvalidRequest(field, problem)
     return resolved
 
 
@@ -161,26 +160,27 @@ class JobQueue:
         self.redis = redis
         self.settings = settings
         self.prefix = settings.key_prefix
-        self.counts_key = f"{self.prefix}:counts"
-        self.step_ms_key = f"{self.prefix}:stats:step_ms"
+        self.keys = settings.keys
+        self.counts_key = self.keys.counts
+        self.step_ms_key = self.keys.step_ms
         self._queues: dict[str, Queue] = {}
         self._submit = redis.register_script(_SUBMIT_SCRIPT)
 
     # --- RQ queues ------------------------------------------------------------------------------
-    def rq_queue_name(self, queue: str) -> str:
-        return f"{self.prefix}:{queue}"
-
     def rq_queue(self, queue: str) -> Queue:
-        if queue not in self._queues:
-            self._queues[queue] = Queue(self.rq_queue_name(queue), connection=self.redis)
-        return self._queues[queue]
+        """The RQ queue of logical `queue` (where anonymous jobs wait)."""
+        name = self.keys.rq_queue_name(queue)
+        if name not in self._queues:
+            self._queues[name] = Queue(name, connection=self.redis)
+        return self._queues[name]
 
     def tenant_queue_name(self, queue: str, owner: str) -> str:
         """The RQ queue a job of `owner` waits in: one per API key and logical queue, so a
         worker's round-robin dequeue serves keys in turn (fair share). Anonymous jobs (no API
         keys configured) wait in the logical queue's own RQ queue."""
-        base = self.rq_queue_name(queue)
-        return base if owner == ANONYMOUS else f"{base}@{owner}"
+        if owner == ANONYMOUS:
+            return self.keys.rq_queue_name(queue)
+        return self.keys.rq_tenant_queue_name(queue, owner)
 
     def rq_queue_of(self, record: JobRecord) -> Queue:
         """The RQ queue `record` waits in."""
@@ -191,30 +191,29 @@ class JobQueue:
 
     def tenants_key(self, queue: str) -> str:
         """Set of the RQ queue keys jobs of logical `queue` were ever put in (one per key)."""
-        return f"{self.prefix}:tenants:{queue}"
+        return self.keys.tenants(queue)
 
     def served_queue_names(self, queue: str) -> list[str]:
         """Every RQ queue of logical `queue`: its own first, then each key's, in a stable order."""
-        base = self.rq_queue_name(queue)
-        prefix = Queue.redis_queue_namespace_prefix  # the set holds RQ queue keys
-        keys = self.redis.smembers(self.tenants_key(queue))
-        members = sorted(_text(key).removeprefix(prefix) for key in keys)
+        base = self.keys.rq_queue_name(queue)
+        keys = self.redis.smembers(self.tenants_key(queue))  # RQ queue keys
+        members = sorted(_text(key).removeprefix(RQ_QUEUE_NAMESPACE) for key in keys)
         return [base, *(name for name in members if name != base)]
 
     def order_key(self, queue: str) -> str:
         """Sorted set of the queue's waiting job ids by submission sequence (positions)."""
-        return f"{self.prefix}:order:{queue}"
+        return self.keys.order(queue)
 
     def burst_key(self, queue: str) -> str:
         """Submits to `queue` less than a batch window apart (expires a window after the last)."""
-        return f"{self.prefix}:burst:{queue}"
+        return self.keys.burst(queue)
 
     def bell_key(self, queue: str) -> str:
         """A list of at most one element the submit script pushes to (workers/fairshare.py)."""
-        return f"{self.prefix}:bell:{queue}"
+        return self.keys.bell(queue)
 
     def sequence_key(self, queue: str) -> str:
-        return f"{self.prefix}:seq:{queue}"
+        return self.keys.sequence(queue)
 
     def known_queues(self) -> list[str]:
         return self.settings.routed_queues
@@ -232,8 +231,8 @@ class JobQueue:
             args=(record.id,),
             job_id=record.id,
             timeout=self.settings.job_timeout_s,
-            result_ttl=self.settings.retention_s,
-            failure_ttl=self.settings.retention_s,
+            result_ttl=Ttl.retention(self.settings),
+            failure_ttl=Ttl.retention(self.settings),
             retry=retry,
         )
         job.origin = queue.name
@@ -318,7 +317,7 @@ class JobQueue:
 
     # --- throughput and Retry-After ---------------------------------------------------------
     def finished_key(self, bucket: int) -> str:
-        return f"{self.prefix}:stats:finished:{bucket}"
+        return self.keys.finished(bucket)
 
     def record_finished(self, pipe) -> None:
         """Count one finished job in the current throughput bucket (queued on `pipe`)."""
@@ -346,7 +345,7 @@ class JobQueue:
 
     # --- idempotency ----------------------------------------------------------------------------
     def idempotency_key(self, owner: str, key: str | None) -> str | None:
-        return f"{self.prefix}:idem:{owner}:{key}" if key else None
+        return self.keys.idempotency(owner, key) if key else None
 
     @staticmethod
     def idempotency_value(job_id: str, digest: str) -> str:

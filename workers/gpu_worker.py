@@ -42,7 +42,7 @@ from workers.fairshare import REFRESH_S as FAIRSHARE_REFRESH_S
 from workers.fairshare import TenantQueues, fair_queue_class
 from workers.liveness import Heartbeat, Watchdog
 from workers.progress import ProgressPublisher
-from workers.recovery import Maintenance, running_key, settle_lost
+from workers.recovery import Maintenance, settle_lost
 from workers.runner import BatchRunner, BatchState, Models
 
 if TYPE_CHECKING:
@@ -233,10 +233,11 @@ class WorkerContext:
         # silence heartbeats (the main client blocks in BLMOVE for minutes by design).
         side = sync_redis(settings, socket_timeout=5, socket_connect_timeout=5)
         side_store = JobStore(side, settings)
-        rq_queues = [side_store.rq_queue_name(name) for name in queues]
+        rq_queues = [settings.keys.rq_queue_name(name) for name in queues]
         self.heartbeat = Heartbeat(
             redis=side, settings=settings, worker_id=worker_id, queues=queues, state=self.state,
             get_worker=lambda: self.worker, describe=models.engine.describe,
+            layers=getattr(models.engine, "lora_layers", None),
         )  # fmt: skip
         self.maintenance = Maintenance(
             redis=side, store=side_store, queue_names=rq_queues, get_worker=lambda: self.worker
@@ -274,7 +275,7 @@ class WorkerContext:
                     lifecycle.fail(
                         worker, slot.rq_job, queue, slot.execution, GenerationFailed(message)
                     )
-                self.redis.hdel(running_key(self.settings), slot.id)
+                self.redis.hdel(self.settings.keys.running, slot.id)
             except Exception:  # noqa: BLE001 - exit regardless
                 log.exception("watchdog.fail_job_failed", extra={"job_id": slot.id})
         self.heartbeat.stop(remove=True)
@@ -332,7 +333,7 @@ def wait_for_redis(redis: Redis, stop: threading.Event | None = None) -> None:
 def serve(context: WorkerContext, *, burst: bool = False) -> int:
     """Run RQ work loops until stopped (or, in burst mode, until the queues are empty)."""
     settings = context.settings
-    rq_queues = [context.store.rq_queue_name(name) for name in context.queues]
+    rq_queues = [settings.keys.rq_queue_name(name) for name in context.queues]
     context.start_threads()
     try:
         while True:

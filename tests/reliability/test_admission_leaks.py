@@ -41,7 +41,7 @@ def test_bad_metadata_is_422_and_holds_no_queue_place(
         check_error(
             client.post("/v1/jobs", content=body, headers=JSON), 422, "invalid_request", message
         )
-    assert JobStore(redis, settings).waiting_count() == 0
+    assert JobStore(redis, settings).queue.waiting_count() == 0
     assert client.post("/v1/jobs", json={"prompt": "a", "steps": 2}).status_code == 202
 
 
@@ -58,7 +58,7 @@ def test_any_failure_in_the_submit_path_holds_no_place(
     for _ in range(2):
         with pytest.raises(RuntimeError):
             store.create(GenerationRequest(prompt="a", steps=2))
-    assert store.waiting_count() == 0
+    assert store.queue.waiting_count() == 0
     monkeypatch.undo()
     record, created = store.create(GenerationRequest(prompt="a", steps=2))
     assert created and record.status == "queued"  # the bound of 1 still has room
