@@ -102,7 +102,7 @@ class Service:
         self.url = f"http://127.0.0.1:{port}"
         argv = [sys.executable, "-m", "generative_service.cli", "api", "--port", str(port)]
         self._spawn([*argv, "--workers", str(api_workers)], workdir / "gateway.log", env)
-        wait_until(lambda: http_ok(f"{self.url}/healthz"), 60, f"gateway of {tree}")
+        wait_until(lambda: http_ok(f"{self.url}/healthz"), 300, f"gateway of {tree}")
 
     def _redis_up(self) -> bool:
         from redis import Redis
