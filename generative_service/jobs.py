@@ -272,7 +272,7 @@ class JobStore:
         if record.queue not in queues:  # a queue no longer routed to: ask for its rank alone
             return await self.resource_async(redis, record)
         rank = ranks[queues.index(record.queue)]
-        position = rank + 1 if rank is not None and record.status == JobStatus.queued else None
+        position = (1 if rank is None else rank + 1) if record.status == JobStatus.queued else None
         return self.resource_from(
             record, position, _decode_map(steps), base_url=self.settings.public_url
         )
@@ -282,7 +282,7 @@ class JobStore:
         pipe.hgetall(self.queue.step_ms_key)
         pipe.zrank(self.queue.order_key(record.queue), record.id)
         steps, rank = await pipe.execute()
-        position = rank + 1 if rank is not None and record.status == JobStatus.queued else None
+        position = (1 if rank is None else rank + 1) if record.status == JobStatus.queued else None
         return self.resource_from(
             record, position, _decode_map(steps), base_url=self.settings.public_url
         )

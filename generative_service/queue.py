@@ -286,7 +286,7 @@ class JobQueue:
         if record.status != JobStatus.queued:
             return None
         rank = self.redis.zrank(self.order_key(record.queue), record.id)
-        return None if rank is None else rank + 1
+        return 1 if rank is None else rank + 1  # queued but not ranked: a worker took it, next
 
     def status_change(self, pipe, record: JobRecord, old: JobStatus, front_score: float) -> None:
         """Queue the counter and order changes of `record` moving from `old` to its status

@@ -307,3 +307,12 @@ def service(start_service: Callable[..., RunningService], settings: Settings) ->
 def process_env() -> Callable[[Settings], dict[str, str]]:
     """`process_env(settings)`: the environment a child process needs to run on `settings`."""
     return child_env
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """A headless Chromium (selenium WebDriver) with a fresh profile; see tests/browser.py."""
+    from browser import chromium
+
+    with chromium() as driver:
+        yield driver

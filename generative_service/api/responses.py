@@ -104,6 +104,7 @@ class ModelsInfo(BaseModel):
                     "samplers": list(rules.SAMPLERS),
                     "loras": ["ink"],
                     "default_size": 64,
+                    "default_steps": rules.DEFAULT_STEPS,
                     "limits": {
                         "max_side": 2048,
                         "max_batch_images": 4,
@@ -123,6 +124,9 @@ class ModelsInfo(BaseModel):
     samplers: list[str] = []
     loras: list[str] = []
     default_size: int | None = None
+    default_steps: int = Field(
+        rules.DEFAULT_STEPS, description="Denoising steps a job without `steps` runs."
+    )
     limits: dict[str, Any] = {}
     backend: dict[str, Any] | None = Field(
         None,

@@ -193,7 +193,7 @@ class Engine:
             "default_sampler": DEFAULT_SAMPLER,
             "loras": self.loras.store.names(),
             "default_size": self.default_size,
-            "default_steps": info.get("default_steps", rules.DEFAULT_STEPS),
+            "default_steps": rules.DEFAULT_STEPS,  # what a job without `steps` runs
             "prompt_hint": info.get("prompt_hint"),
             "limits": rules.limits(self.settings),
             "device": str(self.models.device),

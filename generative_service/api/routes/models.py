@@ -39,6 +39,7 @@ def settings_info(settings: Settings) -> dict:
         "controlnets": controlnets,
         "samplers": list(rules.SAMPLERS),
         "default_size": paths.default_size(settings),
+        "default_steps": rules.DEFAULT_STEPS,
         "backend": {"name": settings.engine_backend},
         "limits": rules.limits(settings),
     }
@@ -61,6 +62,8 @@ def get_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> Model
     if isinstance(published, dict):
         info = {**info, **published, "source": "worker"}
     info["loras"] = get_lora_store(settings).names()
+    # The request schema's default, never a bundle's own number: it is what a job without `steps` runs.
+    info["default_steps"] = rules.DEFAULT_STEPS
     # The cost cap is the gateway's: it holds whatever a worker published.
     info["limits"] = {**info.get("limits", {}), "max_job_cost": settings.max_job_cost}
     info["job_cost"] = rules.job_cost_info(settings.max_job_cost)
