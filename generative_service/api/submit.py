@@ -1,6 +1,6 @@
 """Submission checks that need settings or the filesystem, and the `Prefer: wait=N` wait.
 
-The field table of DESIGN §3 is enforced by `GenerationRequest` itself; what lives here depends on
+The fixed bounds (rules.py) are enforced by `GenerationRequest` itself; what lives here depends on
 configuration: metadata size, webhook destination, known LoRA names, the control image, batch size.
 """
 
