@@ -249,7 +249,7 @@ WALKTHROUGH: list[tuple[str, str, Any, list[str], list[str]]] = [
         "  pm.expect(pm.response.headers.get('Content-Type')).to.include('text/event-stream');",
         "  const text = pm.response.text();",
         "  pm.expect(text).to.include('event: progress');",
-        "  pm.expect(text).to.match(/event: (completed|failed|canceled)/);",
+        "  pm.expect(text).to.match(/event: (succeeded|failed|canceled)/);",
         "});",
     ]),
     ("Wait for success", "getJob", None, [], [
