@@ -177,6 +177,16 @@ class Settings(BaseSettings):
     max_queued: int = Field(
         1000, ge=1, description="Most waiting jobs; past it submit answers 429 with Retry-After."
     )
+    max_queued_per_key: int = Field(
+        500,
+        ge=1,
+        description="Most waiting jobs of one API key (the anonymous caller counts as one key); past it that key's submits answer 429 with Retry-After.",
+    )
+    max_running_per_key: int = Field(
+        0,
+        ge=0,
+        description="Most running jobs of one API key across all workers; a worker leaves further jobs of that key waiting (0 = no bound).",
+    )
     job_timeout_s: int = Field(
         600,
         ge=1,
