@@ -148,6 +148,16 @@ class Settings(BaseSettings):
         "auto",
         description="ONNX Runtime execution provider for ENGINE_BACKEND=onnxruntime; auto = CUDA on a CUDA device, else CPU. CUDA and TensorRT need `onnxruntime-gpu`.",
     )
+    compile_sizes: str = Field(
+        "",
+        description="ENGINE_BACKEND=compile: comma-separated WIDTHxHEIGHT sizes compiled at start (empty: the default size). Other sizes run eagerly, never compiled inside a request.",
+    )
+    compile_lora_slots: int = Field(
+        2,
+        ge=0,
+        le=8,
+        description="ENGINE_BACKEND=compile: LoRA slots in the compiled UNet (the most adapters one job can use; each slot costs a little on every call, used or not). Needs LORA_HOTSWAP_RANK > 0.",
+    )
     onnx_lora_graphs: int = Field(
         2, ge=1, description="LoRA-set UNet graphs kept loaded by the onnxruntime backend (LRU)."
     )
