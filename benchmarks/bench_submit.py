@@ -195,6 +195,46 @@ def depth(tree: Path, api_workers: int, deep: int, seconds: float) -> dict[str, 
     return out
 
 
+def interleaved(trees: list[list[str]], rounds: int, seconds: float) -> dict[str, dict[str, Load]]:
+    """Every tree's gateway up at once and measured in alternating short slices, so the load of a
+    shared machine falls on all trees alike (sequential runs minutes apart see different loads)."""
+    import httpx
+
+    with tempfile.TemporaryDirectory(prefix="gensvc-submit-") as tmp:
+        services = {}
+        try:
+            for label, path in trees:
+                (Path(tmp) / label).mkdir()
+                services[label] = Service(Path(path).resolve(), Path(tmp) / label, 1)
+            out: dict[str, dict[str, Load]] = {label: {} for label in services}
+            ids = {}
+            for label, service in services.items():
+                hey(f"{service.url}/v1/jobs", clients=10, requests=100, post=True)  # warm up
+                ids[label] = httpx.post(f"{service.url}/v1/jobs", json=BODY, timeout=60).json()[
+                    "id"
+                ]
+            for _ in range(rounds):
+                for label, service in services.items():
+                    jobs = f"{service.url}/v1/jobs"
+                    for key, load in (
+                        ("post10", hey(jobs, clients=10, seconds=seconds, post=True)),
+                        ("post100", hey(jobs, clients=100, seconds=seconds, post=True)),
+                        (
+                            "get50",
+                            hey(f"{jobs}/{ids[label]}", clients=50, seconds=seconds, post=False),
+                        ),
+                    ):
+                        total = out[label].setdefault(key, Load())
+                        total.latencies_ms += load.latencies_ms
+                        total.wall_s += load.wall_s
+                        for status, count in load.statuses.items():
+                            total.statuses[status] = total.statuses.get(status, 0) + count
+            return out
+        finally:
+            for service in services.values():
+                service.stop()
+
+
 def figure(results: dict[str, dict[str, Load]]) -> Path | None:
     try:
         import matplotlib
@@ -259,6 +299,13 @@ def main() -> int:
     parser.add_argument("--api-workers", default="1", help="comma-separated uvicorn worker counts")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--deep", type=int, default=100_000, help="0 skips the queue-depth part")
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        help="ROUNDS of alternating slices, all trees up at once",
+    )
+    parser.add_argument("--interleave-only", action="store_true", help="skip the sequential runs")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--json", help="also write the raw numbers here")
     args = parser.parse_args()
@@ -266,7 +313,14 @@ def main() -> int:
         raise SystemExit("hey is not installed (apt-get install hey)")
     trees = [item.split("=", 1) for item in args.tree] or [["this", str(ROOT)]]
     results: dict[str, dict[str, Load]] = {}
-    for workers in [int(w) for w in args.api_workers.split(",")]:
+    if args.interleave:
+        results = {
+            f"{k}, interleaved": v
+            for k, v in interleaved(trees, args.interleave, args.seconds).items()
+        }
+    for workers in (
+        [int(w) for w in args.api_workers.split(",")] if not args.interleave_only else []
+    ):
         for label, path in trees:
             name = f"{label}, {workers} proc" if "," in args.api_workers else label
             started = time.monotonic()
