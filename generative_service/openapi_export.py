@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from generative_service import config_doc
+from generative_service import config_doc, rules
 
 OPENAPI_PATH = Path("openapi/openapi.json")
 POSTMAN_PATH = Path("openapi/postman_collection.json")
@@ -317,7 +317,7 @@ WALKTHROUGH: list[tuple[str, str, Any, list[str], list[str]]] = [
         "pm.test('204', () => pm.response.to.have.status(204));",
     ]),
     ("Submit a second job", "submitJob",
-     {"prompt": "a blue circle", "steps": 150, "seed": 8}, [], [
+     {"prompt": "a blue circle", "steps": rules.MAX_STEPS, "seed": 8}, [], [
         "pm.test('202 with an id', () => {",
         "  pm.response.to.have.status(202);",
         "  set('jobId', pm.response.json().id);",
