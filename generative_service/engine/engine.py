@@ -316,7 +316,7 @@ class Engine:
     def _cancel_points(self, pipe) -> list:
         """Modules checked for cancel inside one step and during the VAE decode."""
         modules = vae_decoder_blocks(pipe.vae)
-        if not self.settings.compile_unet:  # NOTE: hooks would break the compiled graph
+        if self.settings.engine_backend != "compile":  # NOTE: hooks would break the compiled graph
             modules += unet_blocks(pipe.unet)
             controlnet = getattr(pipe, "controlnet", None)
             if controlnet is not None:
