@@ -8,7 +8,7 @@ EXTRAS ?= test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-all test-deps lint openapi bench redis clean
+.PHONY: install demo test test-all test-deps lint openapi bench redis clean gpu-check gpu-check-smoke
 
 $(BIN)/gensvc: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -47,6 +47,15 @@ openapi: install
 
 bench: install redis
 	$(BIN)/python -m benchmarks.run_all
+
+# One command for whoever has a CUDA machine for ten minutes: full-size SDXL (random weights),
+# the service's own configuration and every engine backend, the upscaler, 10 jobs through the
+# API; writes the gpu-check section of benchmarks/REPORT.md. The smoke run checks it on the CPU.
+gpu-check: install redis
+	$(BIN)/python benchmarks/gpu_check.py
+
+gpu-check-smoke: install redis
+	$(BIN)/python benchmarks/gpu_check.py --smoke --no-report
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -115,7 +115,23 @@ class Settings(BaseSettings):
         description="If > 0, enable diffusers LoRA hot-swap with this target rank (ENGINE_BACKEND=compile needs it to switch LoRAs without recompiling).",
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="Model dtype; auto = float16 on CUDA, float32 on CPU."
+        "auto",
+        description="Model dtype; auto = bfloat16 on CUDA (no fp32 VAE upcast, SDXL's VAE is safe in bf16), float32 on CPU.",
+    )
+    vae: str | None = Field(
+        None,
+        description="Another SDXL VAE (local diffusers folder, single .safetensors file or hub id), e.g. madebyollin/sdxl-vae-fp16-fix for float16 without the fp32 decode.",
+    )
+    model_config_dir: Path | None = Field(
+        None,
+        description="Diffusers-layout folder (model_index.json, component configs, tokenizers) a single-file MODEL is assembled with. Default: the SDXL base configs shipped in the package, tokenizers from the Hugging Face cache or open_clip's vocabulary.",
+    )
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="UNet/VAE in channels_last memory format; auto = on with CUDA."
+    )
+    tf32: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="TF32 matmuls/convolutions on Ampere+ GPUs (fp32 parts only); auto = on with CUDA.",
     )
     device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N`.")
     attention: Literal["auto", "sdpa", "xformers"] = Field(

@@ -119,9 +119,13 @@ def plan_batch(
     )
     for job in jobs:
         request = job.request
-        positive = prompts.encode(request.prompt, signature=signature)
+        # a long prompt and its negative must be the same number of 75-token windows
+        chunks = prompts.chunk_count(request.prompt, request.negative_prompt if plan.cfg else "")
+        positive = prompts.encode(request.prompt, signature=signature, chunks=chunks)
         negative = (
-            prompts.encode(request.negative_prompt, signature=signature) if plan.cfg else None
+            prompts.encode(request.negative_prompt, signature=signature, chunks=chunks)
+            if plan.cfg
+            else None
         )
         seed = request.seed if request.seed is not None else pick_seed()
         conditioning = control(job, size) if request.control else None

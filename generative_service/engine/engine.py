@@ -213,6 +213,7 @@ class Engine:
             "device": str(self.models.device),
             "dtype": str(self.models.dtype).removeprefix("torch."),
             "attention": self.models.attention,
+            "runtime": self.models.runtime,
             "backend": self.backend.describe(),
             "lora_hotswap": self.settings.lora_hotswap_rank > 0,
         }
@@ -231,7 +232,10 @@ class Engine:
         groups: list[list[EngineJob]] = []
         open_groups: dict[str, list[EngineJob]] = {}
         for job in jobs:
-            key = batch_key(job.request)
+            request = job.request
+            negative = request.negative_prompt if request.uses_cfg else ""
+            # prompts of different lengths (75-token windows) cannot share one call
+            key = f"{batch_key(request)}|{self.prompts.chunk_count(request.prompt, negative)}"
             group = open_groups.get(key)
             if (
                 group is None
@@ -316,7 +320,7 @@ class Engine:
     def _cancel_points(self, pipe) -> list:
         """Modules checked for cancel inside one step and during the VAE decode."""
         modules = vae_decoder_blocks(pipe.vae)
-        if self.settings.engine_backend != "compile":  # NOTE: hooks would break the compiled graph
+        if self.backend.name == "eager":  # NOTE: hooks would break a compiled or exported graph
             modules += unet_blocks(pipe.unet)
             controlnet = getattr(pipe, "controlnet", None)
             if controlnet is not None:

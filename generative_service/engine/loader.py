@@ -20,7 +20,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from generative_service.engine import paths
+from generative_service.engine import paths, single_file
 from generative_service.engine._quiet import quiet_progress_bars
 from generative_service.engine.control import DepthEstimator
 from generative_service.engine.hashing import FileHasher
@@ -42,6 +42,7 @@ class LoadedModels:
     dtype: torch.dtype
     attention: str
     sources: dict[str, str] = field(default_factory=dict)  # component -> path or hub id
+    runtime: dict[str, Any] = field(default_factory=dict)  # dtype, VAE, memory format, TF32, ...
     files: dict[str, dict[str, str]] = field(default_factory=dict)  # component -> {file: sha256}
     info: dict[str, Any] = field(default_factory=dict)  # bundle.json
 
@@ -62,9 +63,13 @@ def resolve_device(settings: Settings) -> torch.device:
 
 
 def resolve_dtype(settings: Settings, device: torch.device) -> torch.dtype:
-    """GENSVC_DTYPE ('auto': float16 on CUDA, float32 on CPU)."""
+    """GENSVC_DTYPE ('auto': bfloat16 on CUDA, float32 on CPU).
+
+    bfloat16 rather than float16 on CUDA: the stock SDXL VAE overflows in float16, so diffusers
+    decodes it in float32 (`force_upcast`), which is slow; in bfloat16 it decodes as it is.
+    """
     if settings.dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
     if settings.dtype == "float16" and device.type == "cpu":
         raise ModelLoadError("dtype", "float16 is not supported on CPU; use float32 or bfloat16")
     return getattr(torch, settings.dtype)
@@ -80,11 +85,20 @@ def load_models(settings: Settings, *, hasher: FileHasher) -> LoadedModels:
     device = resolve_device(settings)
     dtype = resolve_dtype(settings, device)
     root, source = _base_source(settings)
-    pipe = _load_pipeline(source, dtype=dtype, device=device)
+    if single_file.is_single_file(source):
+        pipe = single_file.load_pipeline(source, settings=settings, dtype=dtype)
+        _check_sdxl(pipe, source)
+        pipe.set_progress_bar_config(disable=True)
+    else:
+        pipe = _load_pipeline(source, dtype=dtype, device=device)
     models = LoadedModels(
         pipe=pipe, control_pipes={}, depth=None, device=device, dtype=dtype, attention="sdpa"
     )
     models.sources["model"] = source
+    if settings.vae:
+        pipe.vae = _load_vae(settings.vae, dtype=dtype)
+        models.sources["vae"] = settings.vae
+    pipe.to(device)
     models.info = paths.bundle_info(settings) if root is not None else {}
     for kind in CONTROL_TYPES:
         ref = _component_ref(getattr(settings, f"controlnet_{kind}"), root, f"controlnet-{kind}")
@@ -108,6 +122,7 @@ def load_models(settings: Settings, *, hasher: FileHasher) -> LoadedModels:
         log.warning("depth ControlNet without a depth estimator: control.type=depth is unavailable")
         del models.control_pipes["depth"]
     models.attention = configure_attention(models, settings)
+    models.runtime = configure_runtime(models, settings)
     models.files = {name: _hash_source(ref, hasher) for name, ref in models.sources.items()}
     return models
 
@@ -132,6 +147,40 @@ def configure_attention(models: LoadedModels, settings: Settings) -> str:
     return mode
 
 
+def configure_runtime(models: LoadedModels, settings: Settings) -> dict[str, Any]:
+    """Memory format and TF32 ('auto': on with CUDA); returns what is in use, for /v1/models.
+
+    channels_last helps the UNet's and VAE's convolutions on CUDA tensor cores; TF32 speeds up the
+    float32 parts (and everything under GENSVC_DTYPE=float32) on Ampere and newer GPUs.
+    """
+    cuda = models.device.type == "cuda"
+    channels_last = settings.channels_last == "on" or (settings.channels_last == "auto" and cuda)
+    tf32 = settings.tf32 == "on" or (settings.tf32 == "auto" and cuda)
+    if channels_last:
+        modules = [models.pipe.unet, models.pipe.vae]
+        modules += [pipe.controlnet for pipe in models.control_pipes.values()]
+        for module in modules:
+            module.to(memory_format=torch.channels_last)
+    if tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    vae = models.pipe.vae
+    upcast = vae.dtype == torch.float16 and bool(vae.config.get("force_upcast", False))
+    if upcast:
+        log.warning(
+            "float16 with a VAE that needs float32 (force_upcast): every decode runs in float32; "
+            "use GENSVC_DTYPE=bfloat16 or an fp16-safe VAE (GENSVC_VAE=madebyollin/sdxl-vae-fp16-fix)"
+        )
+    return {
+        "dtype": str(models.dtype).removeprefix("torch."),
+        "attention": models.attention,
+        "vae": models.sources.get("vae", "the model's own"),
+        "vae_decode_dtype": "float32" if upcast else str(vae.dtype).removeprefix("torch."),
+        "channels_last": channels_last,
+        "tf32": tf32,
+    }
+
+
 # --- sources ----------------------------------------------------------------------------------------
 
 
@@ -150,6 +199,13 @@ def _base_source(settings: Settings) -> tuple[Path | None, str]:
         )
     if root is None:
         return None, settings.model  # a hub id
+    if root.is_file():
+        if not single_file.is_single_file(str(root)):
+            raise ModelLoadError(
+                "model",
+                f"{root} is a file but not a single-file checkpoint (.safetensors, .ckpt); a folder or hub id also works",
+            )
+        return None, str(root)
     if not root.is_dir():
         raise ModelLoadError("model", f"{root} does not exist")
     if not (paths.pipeline_dir(root) / "model_index.json").is_file():
@@ -181,20 +237,56 @@ def _load_pipeline(
     source: str, *, dtype: torch.dtype, device: torch.device
 ) -> StableDiffusionXLPipeline:
     _check_local(source, "model")
+    variant = _fp16_variant(source, dtype=dtype, device=device)
     try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, add_watermarker=False)
+        pipe = StableDiffusionXLPipeline.from_pretrained(
+            source, dtype=dtype, add_watermarker=False, variant=variant
+        )
     except Exception as exc:  # noqa: BLE001 - any failure to load is a configuration error
         raise ModelLoadError(
             "model", f"cannot load an SDXL pipeline from {source}: {_short(exc)}"
         ) from None
+    _check_sdxl(pipe, source)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _check_sdxl(pipe, source: str) -> None:
     if (
         getattr(pipe, "text_encoder_2", None) is None
         or pipe.unet.config.addition_embed_type != "text_time"
     ):
         raise ModelLoadError("model", f"{source} is not a Stable Diffusion XL base pipeline")
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+
+
+def _fp16_variant(source: str, *, dtype: torch.dtype, device: torch.device) -> str | None:
+    """'fp16' when serving in half precision on a GPU and the model has fp16 files (half the download)."""
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return None
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return "fp16" if any(path.glob("unet/*.fp16.safetensors")) else None
+    try:
+        from huggingface_hub import list_repo_files
+
+        files = list_repo_files(source)
+    except Exception:  # noqa: BLE001 - offline or unknown repo: load what is there
+        return None
+    return "fp16" if any(name.endswith(".fp16.safetensors") for name in files) else None
+
+
+def _load_vae(ref: str, *, dtype: torch.dtype):
+    from diffusers import AutoencoderKL
+
+    _check_local(ref, "vae")
+    try:
+        if single_file.is_single_file(ref):
+            return AutoencoderKL.from_single_file(
+                ref, config=str(single_file.vae_config_dir()), dtype=dtype, local_files_only=True
+            )
+        return AutoencoderKL.from_pretrained(ref, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError("vae", f"cannot load a VAE from {ref}: {_short(exc)}") from None
 
 
 def _load_controlnet(

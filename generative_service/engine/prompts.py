@@ -1,5 +1,11 @@
 """Prompt embeddings with a two-level cache: a small in-process LRU, then Redis (shared by workers).
 
+Long prompts are split as AUTOMATIC1111 splits them: 75-token chunks, each encoded as its own
+77-token window (start and end tokens around it) by both text encoders, the windows' states
+concatenated along the sequence; the pooled embedding is the first chunk's. A prompt and its
+negative are padded to the same number of chunks with empty chunks (zeros for the zeroed empty
+negative), and only jobs with the same chunk count share a pipeline call, so batch == solo holds.
+
 Each text is encoded on its own (batch of one), so its embedding is the same whatever else is in
 the batch, and a cached embedding is bit-identical to a fresh one. The empty negative prompt of a
 `force_zeros_for_empty_prompt` model (SDXL's default) is all zeros, as diffusers does when no
@@ -21,6 +27,7 @@ from safetensors.torch import save as save_tensors
 log = logging.getLogger(__name__)
 _LOCAL_ENTRIES = 256
 _REDIS_RETRY_S = 30.0
+CHUNK_TOKENS = 75  # a CLIP window of 77 minus its start and end tokens
 
 
 @dataclass(frozen=True)
@@ -61,9 +68,23 @@ class PromptEncoder:
         self._local: OrderedDict[str, Embedding] = OrderedDict()
         self._redis_down_until = 0.0
 
-    def encode(self, text: str, *, signature: str = "") -> Embedding:
-        """The embedding of `text`. `signature` names active text-encoder LoRAs (they change it)."""
-        key = self._key(text, signature)
+    def chunk_count(self, *texts: str) -> int:
+        """How many 75-token chunks the longest of `texts` needs (1 for any ordinary prompt)."""
+        counts = [1]
+        for text in texts:
+            for tokenizer in (self.pipe.tokenizer, self.pipe.tokenizer_2):
+                if tokenizer is not None and text:
+                    tokens = len(_tokens(tokenizer, text))
+                    counts.append(-(-tokens // CHUNK_TOKENS))
+        return max(counts)
+
+    def encode(self, text: str, *, signature: str = "", chunks: int = 1) -> Embedding:
+        """The embedding of `text`, at least `chunks` windows long.
+
+        `signature` names active text-encoder LoRAs (they change it).
+        """
+        chunks = max(chunks, self.chunk_count(text))
+        key = self._key(text, signature if chunks == 1 else f"{signature}\0chunks={chunks}")
         cached = self._local.get(key)
         if cached is not None:
             self._local.move_to_end(key)
@@ -72,7 +93,7 @@ class PromptEncoder:
         embedding = self._from_redis(key)
         if embedding is None:
             self.stats.misses += 1
-            embedding = self._compute(text)
+            embedding = self._compute(text) if chunks == 1 else self._compute_chunked(text, chunks)
             self._to_redis(key, embedding)
         else:
             self.stats.hits_redis += 1
@@ -102,10 +123,31 @@ class PromptEncoder:
         )
         return Embedding(embeds=embeds.detach().clone(), pooled=pooled.detach().clone())
 
-    def _zeros(self) -> Embedding:
+    @torch.inference_mode()
+    def _compute_chunked(self, text: str, chunks: int) -> Embedding:
+        pipe = self.pipe
+        if text == "" and pipe.config.get("force_zeros_for_empty_prompt", False):
+            return self._zeros(chunks)
+        states, pooled = [], None
+        for tokenizer, encoder in (
+            (pipe.tokenizer, pipe.text_encoder),
+            (pipe.tokenizer_2, pipe.text_encoder_2),
+        ):
+            ids = _windows(tokenizer, _tokens(tokenizer, text), chunks).to(encoder.device)
+            output = encoder(ids, output_hidden_states=True)
+            # (chunks, 77, D) -> (1, chunks * 77, D): the windows side by side
+            states.append(
+                output.hidden_states[-2].reshape(1, -1, output.hidden_states[-2].shape[-1])
+            )
+            if output[0].ndim == 2:  # the projection model's pooled output, first window
+                pooled = output[0][:1]
+        embeds = torch.cat(states, dim=-1).to(dtype=pipe.text_encoder_2.dtype)
+        return Embedding(embeds=embeds.detach().clone(), pooled=pooled.detach().clone())
+
+    def _zeros(self, chunks: int = 1) -> Embedding:
         pipe = self.pipe
         dim = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
-        length = pipe.tokenizer_2.model_max_length
+        length = pipe.tokenizer_2.model_max_length * chunks
         dtype, device = pipe.text_encoder_2.dtype, pipe.device
         embeds = torch.zeros((1, length, dim), dtype=dtype, device=device)
         pooled = torch.zeros(
@@ -159,6 +201,21 @@ class PromptEncoder:
             _REDIS_RETRY_S,
         )
         self._redis_down_until = time.monotonic() + _REDIS_RETRY_S
+
+
+def _tokens(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+
+
+def _windows(tokenizer, tokens: list[int], chunks: int) -> torch.Tensor:
+    """(chunks, 77) token ids: each 75-token chunk between start and end, padded; extra chunks empty."""
+    width = CHUNK_TOKENS + 2
+    rows = []
+    for index in range(chunks):
+        part = tokens[index * CHUNK_TOKENS : (index + 1) * CHUNK_TOKENS]
+        row = [tokenizer.bos_token_id, *part, tokenizer.eos_token_id]
+        rows.append(row + [tokenizer.pad_token_id] * (width - len(row)))
+    return torch.tensor(rows, dtype=torch.long)
 
 
 def _binary_client(redis):

@@ -40,6 +40,7 @@ def static_record(engine) -> dict[str, Any]:
         "dtype": str(models.dtype).removeprefix("torch."),
         "device": models.device.type,
         "attention": models.attention,
+        "runtime": models.runtime,
         "software": {name: _version(name) for name in _PACKAGES},
     }
     engine._static_record = record

@@ -87,7 +87,7 @@ def build_tiny(root: Path) -> Path:
     _save_depth_estimator(root / "depth-estimator")
     (root / "loras").mkdir(exist_ok=True)
     for name, (rank, seed) in SAMPLE_LORAS.items():
-        _save_lora(pipe.unet, root / "loras", name=name, rank=rank, seed=seed)
+        save_sample_lora(pipe.unet, root / "loras", name=name, rank=rank, seed=seed)
     info = {
         "name": "tiny",
         "tiny_version": TINY_VERSION,
@@ -257,7 +257,7 @@ def _save_depth_estimator(target: Path) -> None:
     processor.save_pretrained(target)
 
 
-def _save_lora(
+def save_sample_lora(
     unet: UNet2DConditionModel, directory: Path, *, name: str, rank: int, seed: int
 ) -> None:
     config = LoraConfig(
