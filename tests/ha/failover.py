@@ -49,7 +49,9 @@ class FailoverRun:
         return [job_id for job_id in self.accepted if self.final.get(job_id) != "succeeded"]
 
 
-def _submitter(base_url: str, run: FailoverRun, stop: threading.Event, steps: int) -> None:
+def _submitter(
+    base_url: str, run: FailoverRun, stop: threading.Event, steps: int, pause_s: float
+) -> None:
     with httpx.Client(base_url=base_url, timeout=30) as http:
         while not stop.is_set():
             key = secrets.token_hex(8)
@@ -79,7 +81,7 @@ def _submitter(base_url: str, run: FailoverRun, stop: threading.Event, steps: in
                     continue
                 run.other_errors.append(f"HTTP {response.status_code}: {response.text[:200]}")
                 break
-            time.sleep(0.2)
+            time.sleep(pause_s)
 
 
 def _follow(base_url: str, job_id: str, run: FailoverRun, timeout_s: float) -> None:
@@ -94,7 +96,7 @@ def _follow(base_url: str, job_id: str, run: FailoverRun, timeout_s: float) -> N
 
 def run_failover(
     base_url: str, servers: SentinelSet, *, before_s: float = 3.0, after_s: float = 5.0,
-    steps: int = 2, long_steps: int = 40, settle_s: float = 180.0,
+    steps: int = 2, long_steps: int = 8, pause_s: float = 0.5, settle_s: float = 180.0,
 ) -> FailoverRun:  # fmt: skip
     """Submit under load, SIGKILL the master, keep submitting; wait until every job ended."""
     run = FailoverRun()
@@ -107,7 +109,9 @@ def run_failover(
     )
     follower.start()
     stop = threading.Event()
-    submitter = threading.Thread(target=_submitter, args=(base_url, run, stop, steps), daemon=True)
+    submitter = threading.Thread(
+        target=_submitter, args=(base_url, run, stop, steps, pause_s), daemon=True
+    )
     submitter.start()
     time.sleep(before_s)
     old = servers.master()

@@ -10,10 +10,16 @@ from .test_sentinel import sentinel_settings
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_master_failover_loses_no_accepted_job(make_settings, sentinel_set, start_service) -> None:
-    settings = sentinel_settings(make_settings, sentinel_set, worker_dead_after_s=5)
+    settings = sentinel_settings(
+        make_settings, sentinel_set, worker_dead_after_s=5, job_timeout_s=600
+    )
     service = start_service(settings, workers=1)
-    run = run_failover(service.base_url, sentinel_set)
+    run = run_failover(service.base_url, sentinel_set, settle_s=300)
+    print(
+        f"failover: gap {run.gap_s:.2f} s, promotion {run.promotion_s:.2f} s, 503s {run.unavailable}"
+    )
 
     assert run.first_accept_after_kill, "no job was accepted after the failover"
     assert len(run.accepted) > 5
