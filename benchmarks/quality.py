@@ -86,7 +86,7 @@ def demo_rows(
     guidances: tuple[float, ...] = GUIDANCES,
 ) -> dict:
     """Accuracy and Fréchet distance per guidance (DPM++ 2M Karras) and per sampler (default guidance)."""
-    from generative_service.schemas import SAMPLERS
+    from generative_service.rules import SAMPLERS
     from generative_service.training import evaluate as E
     from generative_service.training.drawing import DEFAULT_SAMPLER, EngineDrawer
 

@@ -13,18 +13,15 @@ import json
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
+from generative_service.keys import Keys
 from generative_service.schemas import Event
 
 STREAM_MAXLEN = 2000
 
 
-def stream_key(prefix: str, job_id: str) -> str:
-    return f"{prefix}:events:{job_id}"
-
-
 def publish(redis: Redis, prefix: str, event: Event, *, ttl_s: int) -> str:
     """Append `event` to its job's stream and return the stream id."""
-    key = stream_key(prefix, event.job_id)
+    key = Keys(prefix).events(event.job_id)
     pipe = redis.pipeline(transaction=True)
     pipe.xadd(key, {"data": json.dumps(event.to_payload())}, maxlen=STREAM_MAXLEN, approximate=True)
     pipe.expire(key, ttl_s)
@@ -47,7 +44,7 @@ def read(
     """Events after stream id `after` (exclusive), oldest first, without blocking."""
     return _decode(
         redis.xrange(
-            stream_key(prefix, job_id), min=f"({after}" if after != "0-0" else "-", count=count
+            Keys(prefix).events(job_id), min=f"({after}" if after != "0-0" else "-", count=count
         )
     )
 
@@ -62,7 +59,7 @@ async def read_async(
     count: int = 500,
 ) -> list[tuple[str, Event]]:
     """Events after stream id `after`; waits up to `block_ms` for new ones when there are none."""
-    key = stream_key(prefix, job_id)
+    key = Keys(prefix).events(job_id)
     if block_ms <= 0:
         return _decode(
             await redis.xrange(key, min=f"({after}" if after != "0-0" else "-", count=count)

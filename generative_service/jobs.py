@@ -1,15 +1,11 @@
 """Job records in Redis and the named state changes that also emit the job's events.
 
-Redis layout (prefix P = settings.key_prefix):
+Redis keys (named in keys.py):
   P:job:{id}                JSON JobRecord (the job resource plus owner and worker)
   P:cancel:{id}             set when a client cancels a running job; the worker polls it each step
   P:events:{id}             the job's event stream (events.py)
   P:owner:{owner}           sorted set of the owner's job ids by creation time (listing)
-  P:idem:{owner}:{key}      Idempotency-Key -> {job_id, hash}                        (queue.py)
-  P:admitting               admission reservations (token -> time)                  (queue.py)
-  P:stats:step_ms           hash: pixel class -> EWMA ms per denoising step (ETAs)  (queue.py)
   P:epoch                   when this Redis's data begins (a restart without persistence starts anew)
-  rq:queue:P:{queue}        the RQ queue the job waits in (RQ job id == our job id)  (queue.py)
 
 Gateway and worker both change records; every change is a WATCH/MULTI read-modify-write so
 neither overwrites the other. A terminal record never changes again. Admission (the queue bound,
@@ -25,13 +21,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from pydantic import BaseModel
 from redis import Redis, WatchError
-from rq import Queue
 
 from generative_service import events, logs, metrics, webhooks
 from generative_service.errors import Conflict, InvalidRequest, NotFound
-from generative_service.queue import GENERATE_FUNC, JobQueue, body_hash, resolve
+from generative_service.keys import Ttl
+from generative_service.queue import JobQueue, body_hash, resolve
+from generative_service.record import ANONYMOUS, JobRecord
 from generative_service.schemas import (
     BatchInfo,
     Event,
@@ -49,31 +45,9 @@ from generative_service.schemas import (
 )
 from generative_service.settings import Settings
 
-__all__ = ["GENERATE_FUNC", "JobRecord", "JobStore", "owner_for_key"]
+__all__ = ["JobStore", "owner_for_key"]
 
 log = logs.get_logger(__name__)
-ANONYMOUS = "anonymous"
-
-
-class JobRecord(BaseModel):
-    """What is stored per job: the resource without derived fields, plus internal bookkeeping."""
-
-    id: str
-    owner: str = ANONYMOUS
-    status: JobStatus = JobStatus.queued
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    queue: str = "default"
-    attempts: int = 0
-    progress: Progress = Progress()
-    request: GenerationRequest
-    images: list[ImageInfo] = []
-    timings: Timings = Timings()
-    batch: BatchInfo | None = None
-    error: JobError | None = None
-    reproducibility: dict | None = None
-    worker_id: str | None = None
 
 
 def new_job_id() -> str:
@@ -96,46 +70,10 @@ class JobStore:
         self.redis = redis
         self.settings = settings
         self.prefix = settings.key_prefix
+        self.keys = settings.keys
         self.queue = JobQueue(redis, settings)
 
-    # --- keys -----------------------------------------------------------------------------------
-    def job_key(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
-
-    def cancel_key(self, job_id: str) -> str:
-        return f"{self.prefix}:cancel:{job_id}"
-
-    def owner_key(self, owner: str) -> str:
-        return f"{self.prefix}:owner:{owner}"
-
-    # --- the queues (queue.py); kept here for the callers of JobStore ---------------------------
-    def rq_queue_name(self, queue: str) -> str:
-        return self.queue.rq_queue_name(queue)
-
-    def rq_queue(self, queue: str) -> Queue:
-        return self.queue.rq_queue(queue)
-
-    def known_queues(self) -> list[str]:
-        return self.queue.known_queues()
-
-    def waiting_count(self) -> int:
-        return self.queue.waiting_count()
-
-    def mean_step_ms(self, width: int | None = None, height: int | None = None) -> float | None:
-        return self.queue.mean_step_ms(width, height)
-
-    def queue_position(self, record: JobRecord) -> int | None:
-        """1-based position among waiting jobs of its queue; None unless queued."""
-        return self.queue.position(record)
-
-    def record_step_time(self, width: int, height: int, step_ms: float) -> None:
-        self.queue.record_step_time(width, height, step_ms)
-
     # --- submit ---------------------------------------------------------------------------------
-    def resolve(self, request: GenerationRequest) -> GenerationRequest:
-        """Fill every server-side default (see queue.resolve)."""
-        return resolve(request, self.settings)
-
     def create(
         self,
         request: GenerationRequest,
@@ -160,7 +98,7 @@ class JobStore:
         # NOTE: every way out after admission drops the reservation (an error in between used to
         # hold a queue slot for ADMIT_TTL_S); once enqueued the job is counted by its queue.
         try:
-            resolved = self.resolve(request)
+            resolved = resolve(request, self.settings)
             record = JobRecord(
                 id=new_job_id(),
                 owner=owner,
@@ -179,9 +117,9 @@ class JobStore:
                 if existing is not None:
                     return existing, False
             pipe = self.redis.pipeline(transaction=True)
-            pipe.set(f"{self.prefix}:epoch", repr(time.time()), nx=True)
-            pipe.set(self.job_key(record.id), record.model_dump_json())
-            pipe.zadd(self.owner_key(owner), {record.id: record.created_at.timestamp()})
+            pipe.set(self.keys.epoch, repr(time.time()), nx=True)
+            pipe.set(self.keys.job(record.id), record.model_dump_json())
+            pipe.zadd(self.keys.owner(owner), {record.id: record.created_at.timestamp()})
             pipe.execute()
             self.queue.enqueue(record)
         finally:
@@ -193,7 +131,7 @@ class JobStore:
                    "steps": resolved.steps, "images": resolved.num_images, "prompt": logs.prompt_field(self.settings, resolved.prompt)},
         )  # fmt: skip
         self._emit(
-            record, Event(type="queued", job_id=record.id, position=self.queue_position(record))
+            record, Event(type="queued", job_id=record.id, position=self.queue.position(record))
         )
         return record, True
 
@@ -209,7 +147,7 @@ class JobStore:
     # --- read -----------------------------------------------------------------------------------
     def get(self, job_id: str, *, owner: str | None = None) -> JobRecord:
         """The job, or NotFound. With `owner`, another owner's job is NotFound too (no leak)."""
-        raw = self.redis.get(self.job_key(job_id)) if _plausible_id(job_id) else None
+        raw = self.redis.get(self.keys.job(job_id)) if _plausible_id(job_id) else None
         if raw is None:
             raise NotFound(f"job {job_id!r} not found" + self._lost_note(job_id))
         record = JobRecord.model_validate_json(raw)
@@ -221,8 +159,8 @@ class JobStore:
         """When this Redis's data begins (set once, on first use; never expires). A Redis that
         restarted without persistence starts a new epoch: every job created before it is gone."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(f"{self.prefix}:epoch", repr(time.time()), nx=True)
-        pipe.get(f"{self.prefix}:epoch")
+        pipe.set(self.keys.epoch, repr(time.time()), nx=True)
+        pipe.get(self.keys.epoch)
         return float(pipe.execute()[1])
 
     def _lost_note(self, job_id: str) -> str:
@@ -261,7 +199,7 @@ class JobStore:
         next_cursor = None
         while len(out) < limit:
             ids = self.redis.zrevrangebyscore(
-                self.owner_key(owner), max_score, "-inf", start=0, num=limit * 2, withscores=True
+                self.keys.owner(owner), max_score, "-inf", start=0, num=limit * 2, withscores=True
             )
             if not ids:
                 break
@@ -270,7 +208,7 @@ class JobStore:
                 try:
                     record = self.get(job_id.decode() if isinstance(job_id, bytes) else job_id)
                 except NotFound:
-                    self.redis.zrem(self.owner_key(owner), job_id)  # expired
+                    self.redis.zrem(self.keys.owner(owner), job_id)  # expired
                     continue
                 if status is None or record.status == status:
                     out.append(record)
@@ -282,7 +220,7 @@ class JobStore:
     def to_resource(self, record: JobRecord, *, base_url: str = "") -> JobResource:
         """The public job resource, with queue position, ETA and links filled in."""
         data = record.model_dump(exclude={"owner", "worker_id"})
-        data["queue_position"] = self.queue_position(record)
+        data["queue_position"] = self.queue.position(record)
         data["progress"] = self.queue.with_eta(record, data["queue_position"])
         root = f"{base_url}/v1/jobs/{record.id}"
         data["links"] = Links(
@@ -296,7 +234,7 @@ class JobStore:
     # --- state changes --------------------------------------------------------------------------
     def update(self, job_id: str, change: Callable[[JobRecord], bool | None]) -> JobRecord:
         """Atomically apply `change` to the stored record. `change` returns False to skip writing."""
-        key = self.job_key(job_id)
+        key = self.keys.job(job_id)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -311,16 +249,14 @@ class JobStore:
                     pipe.multi()
                     pipe.set(key, record.model_dump_json(), keepttl=True)
                     if record.status.is_terminal:
-                        pipe.expire(key, self.settings.retention_s)
+                        pipe.expire(key, Ttl.retention(self.settings))
                     pipe.execute()
                     return record
                 except WatchError:
                     continue
 
     def _emit(self, record: JobRecord, event: Event) -> str:
-        event_id = events.publish(
-            self.redis, self.prefix, event, ttl_s=self.settings.retention_s + 3600
-        )
+        event_id = events.publish(self.redis, self.prefix, event, ttl_s=Ttl.events(self.settings))
         if record.request.webhook:
             webhooks.on_event(self.redis, self.settings, record, event)
         return event_id
@@ -452,7 +388,7 @@ class JobStore:
         return self._transition(
             job_id,
             change,
-            lambda r: Event(type="queued", job_id=job_id, position=self.queue_position(r)),
+            lambda r: Event(type="queued", job_id=job_id, position=self.queue.position(r)),
         )
 
     def _finish(
@@ -471,7 +407,7 @@ class JobStore:
 
         record = self._transition(job_id, change, make_event)
         if record is not None:
-            self.redis.delete(self.cancel_key(job_id))
+            self.redis.delete(self.keys.cancel(job_id))
             # Counted here, once, wherever the job ended (worker, recovery, watchdog, gateway cancel).
             latency = (
                 (record.finished_at - record.created_at).total_seconds()
@@ -497,7 +433,7 @@ class JobStore:
             raise Conflict(
                 f"job {job_id} already {record.status.value}; only queued or running jobs can be canceled"
             )
-        self.redis.set(self.cancel_key(job_id), "1", ex=self.settings.retention_s)
+        self.redis.set(self.keys.cancel(job_id), "1", ex=Ttl.retention(self.settings))
         if record.status == JobStatus.queued:
             removed = self.queue.remove(record)
             if removed or self.get(job_id).status == JobStatus.queued:
@@ -508,7 +444,7 @@ class JobStore:
         return self.get(job_id)
 
     def is_cancel_requested(self, job_id: str) -> bool:
-        return bool(self.redis.exists(self.cancel_key(job_id)))
+        return bool(self.redis.exists(self.keys.cancel(job_id)))
 
 
 def _total_ms(record: JobRecord) -> float:

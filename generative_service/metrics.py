@@ -11,7 +11,7 @@ How worker metrics reach /metrics (the decision):
   per-process counters on :N/metrics (`serve_process_metrics`), for operators who scrape every
   worker and want per-instance rates; those series carry the same names and count only that process.
 
-Redis layout (P = settings.key_prefix):
+Redis keys (named in keys.py):
   P:metrics:counter:NAME   hash: label value ("" when unlabelled) -> count
   P:metrics:hist:NAME      hash: "b:I" -> observations in bucket I (not cumulative; I = len(bounds)
                            is +Inf), "sum" -> total of observed values, "count" -> observations
@@ -101,14 +101,6 @@ HISTOGRAMS = {
 }
 
 
-def _counter_key(settings: Settings, name: str) -> str:
-    return f"{settings.key_prefix}:metrics:counter:{name}"
-
-
-def _hist_key(settings: Settings, name: str) -> str:
-    return f"{settings.key_prefix}:metrics:hist:{name}"
-
-
 # --- per-process mirror (only served when WORKER_METRICS_PORT > 0) -----------------------------
 PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
 _local_counters = {
@@ -132,14 +124,14 @@ _server_started = False
 
 # --- recording ------------------------------------------------------------------------------------
 def _inc(pipe, settings: Settings, name: str, label_value: str = "", amount: float = 1) -> None:
-    pipe.hincrbyfloat(_counter_key(settings, name), label_value, amount)
+    pipe.hincrbyfloat(settings.keys.counter(name), label_value, amount)
     counter = _local_counters[name]
     (counter.labels(label_value) if COUNTERS[name].label else counter).inc(amount)
 
 
 def _observe(pipe, settings: Settings, name: str, value: float) -> None:
     spec = HISTOGRAMS[name]
-    key = _hist_key(settings, name)
+    key = settings.keys.histogram(name)
     pipe.hincrby(key, f"b:{bisect.bisect_left(spec.bounds, value)}", 1)
     pipe.hincrbyfloat(key, "sum", value)
     pipe.hincrby(key, "count", 1)
@@ -251,7 +243,7 @@ class _RedisCollector:
     def _counters(self) -> list:
         out = []
         for spec in COUNTERS.values():
-            values = self.redis.hgetall(_counter_key(self.settings, spec.name))
+            values = self.redis.hgetall(self.settings.keys.counter(spec.name))
             family = CounterMetricFamily(
                 f"{NAMESPACE}_{spec.name}", spec.help, labels=[spec.label] if spec.label else None
             )
@@ -268,7 +260,7 @@ class _RedisCollector:
         for spec in HISTOGRAMS.values():
             raw = {
                 _text(k): float(v)
-                for k, v in self.redis.hgetall(_hist_key(self.settings, spec.name)).items()
+                for k, v in self.redis.hgetall(self.settings.keys.histogram(spec.name)).items()
             }
             cumulative, buckets = 0.0, []
             for index, bound in enumerate((*spec.bounds, float("inf"))):
@@ -295,10 +287,10 @@ class _RedisCollector:
             labels=["queue"],
         )
         counts: dict[str, int] = {}
-        rq_prefix = f"{self.settings.key_prefix}:"
+        keys = self.settings.keys
         for info in workers.values():
             for queue in info.get("queues") or []:
-                queue = str(queue).removeprefix(rq_prefix)  # logical name, whichever a worker wrote
+                queue = keys.logical_queue(str(queue)) or str(queue)  # whichever a worker wrote
                 counts[queue] = counts.get(queue, 0) + 1
         for queue, count in sorted(counts.items()):
             per_queue.add_metric([queue], count)
@@ -309,21 +301,18 @@ def queue_depths(redis: Redis, settings: Settings) -> dict[str, int]:
     """Waiting jobs per logical queue: the configured ones plus every RQ queue under our prefix."""
     from rq import Queue
 
-    rq_prefix = f"{settings.key_prefix}:"
+    keys = settings.keys
     names = {*settings.routed_queues, *settings.queues}
     for key in redis.smembers(Queue.redis_queues_keys):
-        rq_name = _text(key).removeprefix(Queue.redis_queue_namespace_prefix)
-        if rq_name.startswith(rq_prefix):
-            names.add(rq_name[len(rq_prefix) :])
-    return {
-        name: redis.llen(f"{Queue.redis_queue_namespace_prefix}{rq_prefix}{name}") for name in names
-    }
+        name = keys.logical_queue(_text(key))
+        if name is not None:
+            names.add(name)
+    return {name: redis.llen(keys.rq_queue_list(name)) for name in names}
 
 
 def live_workers(redis: Redis, settings: Settings) -> dict[str, dict]:
     """Worker id -> its liveness record, for every `P:worker:{id}` key still alive (TTL-bound)."""
-    prefix = f"{settings.key_prefix}:worker:"
-    keys = list(redis.scan_iter(match=f"{prefix}*", count=500))
+    keys = list(redis.scan_iter(match=settings.keys.worker_pattern, count=500))
     values = redis.mget(keys) if keys else []
     out: dict[str, dict] = {}
     for key, value in zip(keys, values, strict=True):
@@ -333,7 +322,7 @@ def live_workers(redis: Redis, settings: Settings) -> dict[str, dict]:
             info = json.loads(value)
         except (ValueError, TypeError):
             info = {}
-        out[_text(key)[len(prefix) :]] = info if isinstance(info, dict) else {}
+        out[settings.keys.worker_id(_text(key))] = info if isinstance(info, dict) else {}
     return out
 
 

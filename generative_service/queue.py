@@ -1,7 +1,7 @@
 """Admission to the job queues: request defaults, the MAX_QUEUED bound, idempotency keys, the RQ
 queues jobs wait in, and their positions and ETAs.
 
-Redis keys (prefix P = settings.key_prefix; the full layout is in jobs.py):
+Redis keys (named in keys.py):
   P:admitting               sorted set of admission reservations (token -> time), see JobQueue.admit
   P:idem:{owner}:{key}      Idempotency-Key -> {job_id, hash}
   P:stats:step_ms           hash: pixel class -> EWMA milliseconds per denoising step (ETAs)
@@ -14,23 +14,22 @@ import hashlib
 import json
 import secrets
 import time
-from typing import TYPE_CHECKING
 
 from redis import Redis
 from rq import Queue, Retry
 
+from generative_service import rules
 from generative_service.engine import paths
 from generative_service.errors import Conflict, InvalidRequest, QueueFull
+from generative_service.keys import Ttl
+from generative_service.record import JobRecord
 from generative_service.schemas import GenerationRequest, JobStatus, Progress
 from generative_service.settings import Settings
-
-if TYPE_CHECKING:
-    from generative_service.jobs import JobRecord
 
 # The RQ callable of a generation job. The GPU worker batches instead of calling it one by one;
 # see workers/gpu_worker.py.
 GENERATE_FUNC = "workers.gpu_worker.generate"
-ADMIT_TTL_S = 30
+ADMIT_TTL_S = Ttl.ADMISSION_S
 # KEYS[1]: the admitting sorted set (token -> time); KEYS[2..]: the RQ queue lists.
 # ARGV: now, MAX_QUEUED, token, ADMIT_TTL_S. Returns 1 and records the token if there is room.
 _ADMIT_SCRIPT = """
@@ -74,8 +73,9 @@ def resolve(request: GenerationRequest, settings: Settings) -> GenerationRequest
         updates["seed"] = secrets.randbelow(2**32)
     resolved = request.model_copy(update=updates)
     for field in ("width", "height"):
-        if getattr(resolved, field) > settings.max_side:
-            raise InvalidRequest(field, f"must be at most {settings.max_side} (GENSVC_MAX_SIDE)")
+        problem = rules.side_problem(getattr(resolved, field), settings.max_side)
+        if problem:
+            raise InvalidRequest(field, problem)
     return resolved
 
 
@@ -86,15 +86,13 @@ class JobQueue:
         self.redis = redis
         self.settings = settings
         self.prefix = settings.key_prefix
-        self.admitting_key = f"{self.prefix}:admitting"
-        self.step_ms_key = f"{self.prefix}:stats:step_ms"
+        self.keys = settings.keys
+        self.admitting_key = self.keys.admitting
+        self.step_ms_key = self.keys.step_ms
 
     # --- RQ queues ------------------------------------------------------------------------------
-    def rq_queue_name(self, queue: str) -> str:
-        return f"{self.prefix}:{queue}"
-
     def rq_queue(self, queue: str) -> Queue:
-        return Queue(self.rq_queue_name(queue), connection=self.redis)
+        return Queue(self.keys.rq_queue_name(queue), connection=self.redis)
 
     def known_queues(self) -> list[str]:
         return self.settings.routed_queues
@@ -166,7 +164,7 @@ class JobQueue:
 
     # --- idempotency ----------------------------------------------------------------------------
     def idempotency_key(self, owner: str, key: str | None) -> str | None:
-        return f"{self.prefix}:idem:{owner}:{key}" if key else None
+        return self.keys.idempotency(owner, key) if key else None
 
     def replayed_id(self, idem_key: str, digest: str) -> str | None:
         """The job id saved under `idem_key`, or None.
@@ -189,7 +187,7 @@ class JobQueue:
                 idem_key,
                 json.dumps({"job_id": job_id, "hash": digest}),
                 nx=True,
-                ex=self.settings.retention_s,
+                ex=Ttl.retention(self.settings),
             )
         )
 

@@ -24,6 +24,7 @@ from redis.connection import parse_url
 from redis.retry import Retry as SyncRetry
 
 from generative_service.errors import Unavailable
+from generative_service.keys import Ttl
 from generative_service.settings import Settings
 
 # Errors a failover produces: the old master gone (connection), a demoted one refusing writes
@@ -130,7 +131,7 @@ def confirm_replicated(client: redis.Redis, settings: Settings) -> None:
     # NOTE: WAIT counts the writes of its own connection only, and a pool may hand out another
     # one than the job's writes used: a write on the same connection first covers them all.
     pipe = client.pipeline(transaction=False)
-    pipe.set(_replication_probe_key(settings), 1, px=60_000)
+    pipe.set(settings.keys.replication_probe, 1, px=Ttl.REPLICATION_PROBE_MS)
     pipe.wait(settings.redis_min_replicas, settings.redis_replica_wait_ms)
     acked = pipe.execute()[-1]
     if acked < settings.redis_min_replicas:
@@ -138,7 +139,3 @@ def confirm_replicated(client: redis.Redis, settings: Settings) -> None:
             f"Redis replication: {acked} of {settings.redis_min_replicas} replicas confirmed the job; retry with the same Idempotency-Key",
             retry_after_s=2,
         )
-
-
-def _replication_probe_key(settings: Settings) -> str:
-    return f"{settings.key_prefix}:replication-probe"

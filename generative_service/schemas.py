@@ -12,9 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SAMPLERS = ("dpmpp_2m_karras", "euler_a", "euler", "ddim", "dpmpp_2m", "unipc")
-MAX_SEED = 2**63
-MAX_IMAGES = 4
+from generative_service import rules
+from generative_service.rules import MAX_IMAGES, MAX_SEED, SAMPLERS
 
 
 def utcnow() -> datetime:
@@ -31,11 +30,11 @@ class _Strict(BaseModel):
 class LoraSpec(_Strict):
     name: str = Field(
         min_length=1,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=rules.LORA_NAME_MAX,
+        pattern=rules.LORA_NAME_PATTERN,
         description="Adapter name (file NAME.safetensors in the LoRA directory).",
     )
-    scale: float = Field(1.0, ge=-4.0, le=4.0, allow_inf_nan=False)
+    scale: float = Field(1.0, ge=rules.MIN_LORA_SCALE, le=rules.MAX_LORA_SCALE, allow_inf_nan=False)
 
 
 class ControlSpec(_Strict):
@@ -43,7 +42,9 @@ class ControlSpec(_Strict):
     image: str = Field(
         min_length=1, description="Control image: base64 or a `data:image/...;base64,` URL."
     )
-    conditioning_scale: float = Field(0.8, ge=0.0, le=2.0, allow_inf_nan=False)
+    conditioning_scale: float = Field(
+        0.8, ge=0.0, le=rules.MAX_CONDITIONING_SCALE, allow_inf_nan=False
+    )
     canny_low: int = Field(100, ge=0, le=255, description="Canny lower hysteresis threshold.")
     canny_high: int = Field(200, ge=0, le=255, description="Canny upper hysteresis threshold.")
 
@@ -55,8 +56,13 @@ class ControlSpec(_Strict):
 
 
 class PreviewSpec(_Strict):
-    every_n_steps: int = Field(1, ge=1, le=150)
-    max_px: int = Field(256, ge=16, le=1024, description="Longer side of the preview image.")
+    every_n_steps: int = Field(1, ge=1, le=rules.MAX_PREVIEW_EVERY)
+    max_px: int = Field(
+        256,
+        ge=rules.MIN_PREVIEW_PX,
+        le=rules.MAX_PREVIEW_PX,
+        description="Longer side of the preview image.",
+    )
 
 
 class GenerationRequest(_Strict):
@@ -77,25 +83,30 @@ class GenerationRequest(_Strict):
         },
     )
 
-    prompt: str = Field(min_length=1, max_length=4000)
-    negative_prompt: str = Field("", max_length=4000)
+    prompt: str = Field(min_length=1, max_length=rules.MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=rules.MAX_PROMPT_CHARS)
     width: int | None = Field(
         None, description="Multiple of 8, 64..GENSVC_MAX_SIDE; default: the model's size."
     )
     height: int | None = Field(
         None, description="Multiple of 8, 64..GENSVC_MAX_SIDE; default: the model's size."
     )
-    steps: int = Field(30, ge=1, le=150)
-    guidance_scale: float = Field(7.5, ge=0.0, le=30.0, allow_inf_nan=False)
-    sampler: str = Field("dpmpp_2m_karras", description=f"One of {', '.join(SAMPLERS)}.")
+    steps: int = Field(rules.DEFAULT_STEPS, ge=rules.MIN_STEPS, le=rules.MAX_STEPS)
+    guidance_scale: float = Field(
+        rules.DEFAULT_GUIDANCE,
+        ge=rules.MIN_GUIDANCE,
+        le=rules.MAX_GUIDANCE,
+        allow_inf_nan=False,
+    )
+    sampler: str = Field(rules.DEFAULT_SAMPLER, description=f"One of {', '.join(SAMPLERS)}.")
     seed: int | None = Field(None, ge=0, lt=MAX_SEED)
     num_images: int = Field(1, ge=1, le=MAX_IMAGES)
-    loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
+    loras: list[LoraSpec] = Field(default_factory=list, max_length=rules.MAX_LORAS)
     control: ControlSpec | None = None
     upscale: Literal[2, 4] | None = None
     output_format: Literal["png", "jpeg", "webp"] = "png"
     preview: PreviewSpec | None = None
-    webhook: str | None = Field(None, max_length=2048)
+    webhook: str | None = Field(None, max_length=rules.MAX_WEBHOOK_URL_CHARS)
     webhook_events_filter: list[Literal["started", "progress", "completed"]] = Field(
         default_factory=lambda: ["completed"]
     )
@@ -111,19 +122,17 @@ class GenerationRequest(_Strict):
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, value: str) -> str:
-        if value not in SAMPLERS:
-            raise ValueError(f"unknown sampler {value!r}; known: {', '.join(SAMPLERS)}")
+        problem = rules.sampler_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("width", "height")
     @classmethod
     def _multiple_of_8(cls, value: int | None) -> int | None:
-        if value is None:
-            return value
-        if value < 64:
-            raise ValueError("must be at least 64")
-        if value % 8:
-            raise ValueError(f"must be a multiple of 8, got {value}")
+        problem = None if value is None else rules.side_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("loras")

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from generative_service.keys import Keys
+
 CommaList = Annotated[list[str], NoDecode]
 
 
@@ -405,6 +407,11 @@ class Settings(BaseSettings):
         return self
 
     # --- Derived values ------------------------------------------------------------------------
+    @property
+    def keys(self) -> Keys:
+        """The names of every Redis key under this `key_prefix` (keys.py)."""
+        return Keys(self.key_prefix)
+
     @property
     def retry_schedule_s(self) -> list[float]:
         return [float(item) for item in self.webhook_retry_schedule]

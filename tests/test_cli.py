@@ -135,7 +135,7 @@ def _complete_first_job(redis, settings, stop: threading.Event) -> None:
         jobs, _ = store.list(owner="anonymous")
         if jobs:
             job = jobs[0]
-            store.rq_queue(job.queue).remove(job.id)
+            store.queue.rq_queue(job.queue).remove(job.id)
             store.mark_started(job.id, batch=BatchInfo(id="b", size=1), worker_id="fake")
             for step in range(1, job.request.steps + 1):
                 store.report_progress(job.id, step, job.request.steps)

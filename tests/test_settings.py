@@ -50,5 +50,5 @@ def test_a_job_using_a_routed_lora_waits_in_that_lora_sets_queue(make_settings, 
     styled, _ = store.create(GenerationRequest(prompt="7", loras=[{"name": "ink"}]))
     plain, _ = store.create(GenerationRequest(prompt="7", width=64, height=64))
     assert (styled.queue, plain.queue) == ("styles", "small")
-    assert store.rq_queue("styles").job_ids == [styled.id]
+    assert store.queue.rq_queue("styles").job_ids == [styled.id]
     assert store.to_resource(styled).queue_position == 1

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from generative_service.engine.batching import batch_key, images_in
 from generative_service.errors import ServiceError
-from generative_service.jobs import JobRecord, JobStore
+from generative_service.jobs import JobStore
+from generative_service.record import JobRecord
 from generative_service.schemas import JobStatus
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ class Batcher:
     def _look_up(self, ids: list[str], seen: dict[str, Candidate]) -> None:
         if not ids:
             return
-        raws = self.store.redis.mget([self.store.job_key(job_id) for job_id in ids])
+        raws = self.store.redis.mget([self.store.keys.job(job_id) for job_id in ids])
         for job_id, raw in zip(ids, raws, strict=True):
             if raw is None:
                 seen[job_id] = Candidate(None)

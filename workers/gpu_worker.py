@@ -40,7 +40,7 @@ from workers import lifecycle
 from workers.batcher import Batcher
 from workers.liveness import Heartbeat, Watchdog
 from workers.progress import ProgressPublisher
-from workers.recovery import Maintenance, running_key, settle_lost
+from workers.recovery import Maintenance, settle_lost
 from workers.runner import BatchRunner, BatchState, Models
 
 if TYPE_CHECKING:
@@ -193,10 +193,11 @@ class WorkerContext:
         # silence heartbeats (the main client blocks in BLMOVE for minutes by design).
         side = sync_redis(settings, socket_timeout=5, socket_connect_timeout=5)
         side_store = JobStore(side, settings)
-        rq_queues = [side_store.rq_queue_name(name) for name in queues]
+        rq_queues = [settings.keys.rq_queue_name(name) for name in queues]
         self.heartbeat = Heartbeat(
             redis=side, settings=settings, worker_id=worker_id, queues=queues, state=self.state,
             get_worker=lambda: self.worker, describe=models.engine.describe,
+            layers=getattr(models.engine, "lora_layers", None),
         )  # fmt: skip
         self.maintenance = Maintenance(
             redis=side, store=side_store, queue_names=rq_queues, get_worker=lambda: self.worker
@@ -230,7 +231,7 @@ class WorkerContext:
                     lifecycle.fail(
                         worker, slot.rq_job, queue, slot.execution, GenerationFailed(message)
                     )
-                self.redis.hdel(running_key(self.settings), slot.id)
+                self.redis.hdel(self.settings.keys.running, slot.id)
             except Exception:  # noqa: BLE001 - exit regardless
                 log.exception("watchdog.fail_job_failed", extra={"job_id": slot.id})
         self.heartbeat.stop(remove=True)
@@ -288,7 +289,7 @@ def wait_for_redis(redis: Redis, stop: threading.Event | None = None) -> None:
 def serve(context: WorkerContext, *, burst: bool = False) -> int:
     """Run RQ work loops until stopped (or, in burst mode, until the queues are empty)."""
     settings = context.settings
-    rq_queues = [context.store.rq_queue_name(name) for name in context.queues]
+    rq_queues = [settings.keys.rq_queue_name(name) for name in context.queues]
     context.start_threads()
     try:
         while True:

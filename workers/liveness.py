@@ -8,7 +8,8 @@ thread is doing (CUDA calls release the GIL):
     retries or fails the jobs (see recovery.py);
   - `P:worker:{id}` (JSON: queues, pid, host, incarnation, current batch), TTL WORKER_DEAD_AFTER_S,
     which /readyz and the workers gauge read;
-  - `P:models`: `Engine.describe()`, which GET /v1/models serves.
+  - `P:models`: `Engine.describe()`, which GET /v1/models serves;
+  - `P:models:layers`: the layer shapes LoRA uploads are checked against (written when missing).
 The watchdog ends a batch that runs longer than GENSVC_JOB_TIMEOUT_S. A hung CUDA call cannot be
 interrupted, so it fails the batch's jobs with a reason and exits the process; the supervisor
 (`gensvc up`, compose `restart:`) starts a fresh one.
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 from rq import worker_registration
 
+from generative_service.keys import Ttl
 from generative_service.logs import get_logger
 from generative_service.schemas import utcnow
 
@@ -37,14 +39,6 @@ if TYPE_CHECKING:
     from workers.runner import BatchState, Slot
 
 log = get_logger(__name__)
-
-
-def liveness_key(settings: Settings, worker_id: str) -> str:
-    return f"{settings.key_prefix}:worker:{worker_id}"
-
-
-def models_key(settings: Settings) -> str:
-    return f"{settings.key_prefix}:models"
 
 
 class Heartbeat(threading.Thread):
@@ -60,6 +54,7 @@ class Heartbeat(threading.Thread):
         state: BatchState,
         get_worker: Callable,
         describe: Callable[[], dict],
+        layers: dict | None = None,
     ) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.redis = redis
@@ -69,6 +64,7 @@ class Heartbeat(threading.Thread):
         self.state = state
         self.get_worker = get_worker
         self.describe = describe
+        self.layers_json = json.dumps(layers, separators=(",", ":")) if layers else None
         self.started_at = utcnow().isoformat()
         self.stopped = threading.Event()
         self._failing = False
@@ -94,7 +90,7 @@ class Heartbeat(threading.Thread):
         self.stopped.set()
         if remove:
             try:
-                self.redis.delete(liveness_key(self.settings, self.worker_id))
+                self.redis.delete(self.settings.keys.worker(self.worker_id))
             except RedisError:
                 pass
 
@@ -125,7 +121,7 @@ class Heartbeat(threading.Thread):
         worker = self.get_worker()
         if worker is not None and getattr(worker, "dead", False):
             worker = None  # between RQ work loops: only the liveness key is renewed
-        ttl = self.settings.worker_dead_after_s
+        ttl = Ttl.worker(self.settings)
         _, _, slots = self.state.snapshot()
         try:
             models = json.dumps(self.describe(), default=str)
@@ -139,12 +135,15 @@ class Heartbeat(threading.Thread):
                     slot.execution.heartbeat(
                         slot.rq_job.started_job_registry, ttl, pipeline=pipeline
                     )
-            pipeline.set(
-                liveness_key(self.settings, self.worker_id), json.dumps(self.info()), ex=ttl
-            )
+            pipeline.set(self.settings.keys.worker(self.worker_id), json.dumps(self.info()), ex=ttl)
             if models is not None:
-                pipeline.set(models_key(self.settings), models)
+                pipeline.set(self.settings.keys.models, models)
+            if self.layers_json is not None:
+                pipeline.exists(self.settings.keys.model_layers)
             results = pipeline.execute()
+        if self.layers_json is not None and results and not results[-1]:
+            # Large (SDXL: ~2000 layers), so written only when missing (first beat, Redis restart).
+            self.redis.set(self.settings.keys.model_layers, self.layers_json)
         if worker is not None and results and results[0] == 1:
             self._register_again(worker)
 

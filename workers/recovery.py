@@ -32,6 +32,7 @@ from rq.queue import Queue
 from rq.registry import clean_registries
 
 from generative_service.errors import NotFound
+from generative_service.keys import Ttl
 from generative_service.logs import get_logger
 from generative_service.schemas import JobStatus
 
@@ -41,14 +42,9 @@ if TYPE_CHECKING:
     from redis import Redis
 
     from generative_service.jobs import JobStore
-    from generative_service.settings import Settings
     from generative_service.storage import Storage
 
 log = get_logger(__name__)
-
-
-def running_key(settings: Settings) -> str:
-    return f"{settings.key_prefix}:running"
 
 
 def settle_lost(store: JobStore, job_id: str, *, retry: bool, cause: str) -> None:
@@ -63,7 +59,7 @@ def settle_lost(store: JobStore, job_id: str, *, retry: bool, cause: str) -> Non
         record = store.get(job_id)
     except NotFound:
         return
-    store.redis.hdel(running_key(settings), job_id)
+    store.redis.hdel(settings.keys.running, job_id)
     if record.status.is_terminal:
         return
     worker = record.worker_id or "unknown"
@@ -145,10 +141,8 @@ class Maintenance(threading.Thread):
             # worker's own cleanup take its live jobs for dead ones.
             self.before_cleanup()
         for queue in self.queues:
-            lock = f"{self.settings.key_prefix}:maintenance:{queue.name}"
-            if not self.redis.set(
-                lock, "1", nx=True, ex=max(5, self.settings.worker_maintenance_s)
-            ):
+            lock = self.settings.keys.maintenance_lock(queue.name)
+            if not self.redis.set(lock, "1", nx=True, ex=Ttl.maintenance_lock(self.settings)):
                 continue  # another worker is cleaning this queue right now
             try:
                 clean_registries(queue, [self.handler])
@@ -165,7 +159,7 @@ class Maintenance(threading.Thread):
         if self.storage is None:
             return
         every_s = min(PURGE_EVERY_S, self.settings.retention_s)
-        lock = f"{self.settings.key_prefix}:maintenance:purge-images"
+        lock = self.settings.keys.maintenance_lock("purge-images")
         if self.redis.set(lock, "1", nx=True, ex=every_s):
             removed = self.storage.purge_older_than(self.settings.retention_s)
             if removed:
@@ -173,7 +167,7 @@ class Maintenance(threading.Thread):
 
     def scan_running(self) -> None:
         """Settle running jobs whose worker's liveness key has been gone for two heartbeats."""
-        entries = self.redis.hgetall(running_key(self.settings))
+        entries = self.redis.hgetall(self.settings.keys.running)
         grace = 2 * self.settings.worker_heartbeat_s
         for raw_id, raw_owner in entries.items():
             job_id = _text(raw_id)
@@ -190,7 +184,7 @@ class Maintenance(threading.Thread):
             owner = json.loads(raw_owner)
         except ValueError:
             return False
-        raw = self.redis.get(f"{self.settings.key_prefix}:worker:{owner.get('worker')}")
+        raw = self.redis.get(self.settings.keys.worker(str(owner.get("worker"))))
         if raw is None:
             return False
         return json.loads(raw).get("incarnation") == owner.get("incarnation")
@@ -218,7 +212,7 @@ class Maintenance(threading.Thread):
         elif status in (RqStatus.QUEUED, RqStatus.SCHEDULED, RqStatus.DEFERRED):
             settle_lost(self.store, job_id, retry=True, cause=cause)
         elif status == RqStatus.CANCELED:
-            self.store.redis.hdel(running_key(self.settings), job_id)
+            self.store.redis.hdel(self.settings.keys.running, job_id)
             self.store.mark_canceled(job_id)
         else:
             settle_lost(self.store, job_id, retry=False, cause=cause)

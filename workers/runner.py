@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from rq.queue import Queue
     from rq.worker import BaseWorker
 
-    from generative_service.jobs import JobRecord, JobStore
+    from generative_service.jobs import JobStore
+    from generative_service.record import JobRecord
     from generative_service.settings import Settings
     from generative_service.storage import Storage
     from workers.batcher import Batch
@@ -132,7 +133,7 @@ class BatchRunner:
         self.state = state
         self.abort = abort
         self.publisher = publisher
-        self.running_key = f"{settings.key_prefix}:running"
+        self.running_key = settings.keys.running
 
     # --- one batch ------------------------------------------------------------------------------
     def run(self, batch: Batch) -> None:
@@ -233,10 +234,12 @@ class BatchRunner:
                 if info.step > 1:  # the first interval also holds prompt encoding
                     timing["steps"].append(step_ms / 1000.0)
                     self.publisher.submit(
-                        lambda: self.store.record_step_time(request.width, request.height, step_ms)
+                        lambda: self.store.queue.record_step_time(
+                            request.width, request.height, step_ms
+                        )
                     )
 
-        cancel_keys = [self.store.cancel_key(slot.id) for slot in slots]
+        cancel_keys = [self.store.keys.cancel(slot.id) for slot in slots]
         polled = {"at": 0.0}
 
         def is_canceled(job_id: str) -> bool:

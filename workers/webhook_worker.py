@@ -15,7 +15,7 @@ import sys
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from generative_service import logs, webhooks
+from generative_service import logs
 from generative_service.redis_client import sync_redis
 from generative_service.settings import get_settings
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
     redis = sync_redis(settings)
-    queue_name = webhooks.queue_name(settings)
+    queue_name = settings.keys.webhooks_queue
     worker = build_worker(redis, queue_name, name=args.name)
     log.info("webhook_worker.started", extra={"queue": queue_name, "worker_id": worker.name})
     worker.work(burst=args.burst, with_scheduler=True, logging_level=settings.log_level)

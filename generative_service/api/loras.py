@@ -12,21 +12,21 @@ import hashlib
 import json
 import math
 import os
-import re
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from anyio import to_thread
 
+from generative_service import lora_fit, rules
 from generative_service.api.responses import LoraInfo
 from generative_service.errors import Conflict, InvalidRequest, LoraError, NotFound, PayloadTooLarge
 from generative_service.lora_store import get_lora_store
 from generative_service.settings import Settings
 
-NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SUFFIX = ".safetensors"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own header limit
+MAX_DIM = 2**31
 DTYPE_BYTES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
     "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
@@ -39,11 +39,8 @@ def check_name(name: str, field: str = "name") -> str:
         raise InvalidRequest(
             field, f"give the adapter name without the {SUFFIX} extension, got {name!r}"
         )
-    if not NAME_RULE.match(name):
-        raise InvalidRequest(
-            field,
-            f"must be 1-128 letters, digits, '_', '.' or '-' starting with a letter or digit, got {name!r}",
-        )
+    if not rules.lora_name_ok(name):
+        raise InvalidRequest(field, f"must be {rules.LORA_NAME_RULE}, got {name!r}")
     return name
 
 
@@ -76,8 +73,18 @@ def delete(settings: Settings, name: str) -> None:
     get_lora_store(settings).delete(check_name(name))
 
 
-async def save(settings: Settings, name: str, chunks: AsyncIterator[bytes]) -> LoraInfo:
-    """Stream `chunks` into adapter `name`. Raises Conflict, PayloadTooLarge or LoraError('file')."""
+async def save(
+    settings: Settings,
+    name: str,
+    chunks: AsyncIterator[bytes],
+    *,
+    layers: dict | None = None,
+    model: str = "",
+) -> LoraInfo:
+    """Stream `chunks` into adapter `name`. Raises Conflict, PayloadTooLarge or LoraError('file').
+
+    With `layers` (what a worker published, see lora_fit.py) the file must also fit the model.
+    """
     check_name(name)
     store = get_lora_store(settings)
     if await to_thread.run_sync(store.head, name) is not None:
@@ -87,7 +94,9 @@ async def save(settings: Settings, name: str, chunks: AsyncIterator[bytes]) -> L
     tmp = Path(tmp_name)
     try:
         size, sha256 = await _write_all(fd, chunks, settings.max_lora_bytes)
-        await to_thread.run_sync(check_safetensors, tmp, size)
+        shapes = await to_thread.run_sync(check_safetensors, tmp, size)
+        if layers:
+            lora_fit.check_fit(shapes, layers, model=model)
         stored = await to_thread.run_sync(lambda: store.put(name, tmp, sha256=sha256))
     finally:
         tmp.unlink(missing_ok=True)
@@ -108,10 +117,10 @@ async def _write_all(fd: int, chunks: AsyncIterator[bytes], limit: int) -> tuple
     return size, digest.hexdigest()
 
 
-def check_safetensors(path: Path, size: int) -> int:
-    """Validate the safetensors header of `path` (size bytes) and that it holds LoRA weights.
+def check_safetensors(path: Path, size: int) -> dict[str, list[int]]:
+    """Validate `path` (size bytes) as the safetensors loader would, and that it holds LoRA weights.
 
-    Returns the number of tensors. Raises LoraError('file', reason).
+    Returns the tensors' shapes by name. Raises LoraError('file', reason).
     """
     if size < 8:
         raise LoraError("file", f"not a safetensors file ({size} bytes is shorter than its header)")
@@ -124,34 +133,58 @@ def check_safetensors(path: Path, size: int) -> int:
             )
         try:
             header = json.loads(handle.read(header_len))
+        except RecursionError:
+            raise LoraError("file", "the safetensors header is nested too deep") from None
         except (ValueError, UnicodeDecodeError):
             raise LoraError("file", "not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise LoraError("file", "not a safetensors file (header is not a JSON object)")
+    _check_metadata(header.get("__metadata__"))
     tensors = {key: value for key, value in header.items() if key != "__metadata__"}
     if not tensors:
         raise LoraError("file", "the safetensors file holds no tensors")
     data_len = size - 8 - header_len
-    for key, entry in tensors.items():
-        _check_entry(key, entry, data_len)
+    spans = sorted((_check_entry(key, entry, data_len), key) for key, entry in tensors.items())
+    _check_layout(spans, data_len)
     if not any("lora" in key.lower() for key in tensors):
         raise LoraError(
             "file",
             "holds no LoRA weights (no tensor name contains 'lora'); is it a full checkpoint?",
         )
-    return len(tensors)
+    others = [key for key in tensors if "lora" not in key.lower() and not key.endswith(".alpha")]
+    if others:
+        raise LoraError(
+            "file",
+            f"tensor {others[0]!r} is not a LoRA weight ({len(others)} such tensor(s)); an adapter "
+            "holds only lora_A/lora_B (or lora_down/lora_up) weights and alphas",
+        )
+    return {key: entry["shape"] for key, entry in tensors.items()}
 
 
-def _check_entry(key: str, entry: object, data_len: int) -> None:
+def _check_metadata(metadata: object) -> None:
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict) or not all(
+        isinstance(value, str) for value in metadata.values()
+    ):
+        raise LoraError("file", "__metadata__ must be an object of string values")
+
+
+def _check_entry(key: str, entry: object, data_len: int) -> tuple[int, int]:
     if not isinstance(entry, dict):
         raise LoraError("file", f"tensor {key!r}: header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in DTYPE_BYTES:
         raise LoraError("file", f"tensor {key!r}: unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(dim, int) and dim >= 0 for dim in shape):
-        raise LoraError("file", f"tensor {key!r}: bad shape {shape!r}")
+    # NOTE: `type(...) is int`: JSON true is a Python int, and 1e30 a float; neither is a size.
+    if not isinstance(shape, list) or not all(
+        type(dim) is int and 0 <= dim <= MAX_DIM for dim in shape
+    ):
+        raise LoraError(
+            "file", f"tensor {key!r}: bad shape {json.dumps(shape)} (whole numbers expected)"
+        )
     if not (
-        isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+        isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
     ):
         raise LoraError("file", f"tensor {key!r}: bad data_offsets {offsets!r}")
     begin, end = offsets
@@ -159,4 +192,22 @@ def _check_entry(key: str, entry: object, data_len: int) -> None:
         raise LoraError(
             "file",
             f"tensor {key!r}: data_offsets {offsets} do not match its shape and the file size",
+        )
+    return begin, end
+
+
+def _check_layout(spans: list[tuple[tuple[int, int], str]], data_len: int) -> None:
+    """The tensors must tile the data section exactly: no overlap, no gap, nothing after."""
+    position = 0
+    for (begin, end), key in spans:
+        if begin < position:
+            raise LoraError("file", f"tensor {key!r}: data_offsets overlap another tensor's")
+        if begin > position:
+            raise LoraError(
+                "file", f"tensor {key!r}: a gap of {begin - position} bytes before its data"
+            )
+        position = end
+    if position != data_len:
+        raise LoraError(
+            "file", f"{data_len - position} bytes after the last tensor belong to no tensor"
         )

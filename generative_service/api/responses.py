@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from generative_service import rules
+
 
 class ErrorDetail(BaseModel):
     code: str = Field(
@@ -99,21 +101,14 @@ class ModelsInfo(BaseModel):
                     "source": "worker",
                     "base_model": "demo",
                     "controlnets": ["canny", "depth"],
-                    "samplers": [
-                        "dpmpp_2m_karras",
-                        "euler_a",
-                        "euler",
-                        "ddim",
-                        "dpmpp_2m",
-                        "unipc",
-                    ],
+                    "samplers": list(rules.SAMPLERS),
                     "loras": ["ink"],
                     "default_size": 64,
                     "limits": {
                         "max_side": 2048,
                         "max_batch_images": 4,
                         "max_images_per_job": 4,
-                        "max_steps": 150,
+                        "max_steps": rules.MAX_STEPS,
                     },
                 }
             ]

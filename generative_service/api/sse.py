@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from generative_service import events
 from generative_service.api.stream_hub import StreamHub
 from generative_service.errors import InvalidRequest
-from generative_service.jobs import JobRecord
+from generative_service.record import JobRecord
 from generative_service.schemas import Event
 from generative_service.settings import Settings
 
@@ -49,7 +49,7 @@ def format_event(event_id: str, event: Event) -> str:
 
 
 async def _job_ended(redis: AsyncRedis, settings: Settings, job_id: str) -> bool:
-    raw = await redis.get(f"{settings.key_prefix}:job:{job_id}")
+    raw = await redis.get(settings.keys.job(job_id))
     if raw is None:
         return True  # expired while we streamed: nothing more will come
     return JobRecord.model_validate_json(raw).status.is_terminal
@@ -64,7 +64,7 @@ async def stream_job_events(
     borrows a pooled connection only for a quick XRANGE when woken or at each keep-alive.
     """
     yield f"retry: {RECONNECT_MS}\n\n"
-    key = events.stream_key(settings.key_prefix, job_id)
+    key = settings.keys.events(job_id)
     async with StreamHub.for_client(redis).watch(key, after) as wake:
         last_sent = time.monotonic()
         failures = 0

@@ -23,10 +23,12 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
+from generative_service.keys import Keys, Ttl
+
 log = logging.getLogger("generative_service.api.stream_hub")
 
 HUB_BLOCK_MS = 1000
-WAKE_TTL_S = 120
+WAKE_TTL_S = Ttl.HUB_WAKE_S
 HUB_COUNT = 200
 RETRY_S = 0.5
 _hubs: weakref.WeakKeyDictionary[AsyncRedis, StreamHub] = weakref.WeakKeyDictionary()
@@ -68,7 +70,7 @@ class StreamHub:
         if position is None or _order(after) < _order(position):
             self._positions[key] = after
         if self._wake_key is None:
-            self._wake_key = f"{key.partition(':events:')[0]}:hub:{uuid.uuid4().hex}"
+            self._wake_key = Keys.of_events_key(key).hub_wake(uuid.uuid4().hex)
         if self._task is None or self._task.done():  # done: it died; clients still poll meanwhile
             self._task = asyncio.get_running_loop().create_task(self._run(), name="stream-hub")
         elif position is None and self._blocking:

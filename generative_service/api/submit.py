@@ -23,14 +23,15 @@ from starlette.concurrency import run_in_threadpool
 import generative_service.engine.paths as paths
 from generative_service import events, redis_client, rules, webhooks
 from generative_service.errors import InvalidRequest
-from generative_service.jobs import JobRecord, JobStore
+from generative_service.jobs import JobStore
+from generative_service.keys import Keys
 from generative_service.lora_store import get_lora_store
+from generative_service.record import JobRecord
 from generative_service.schemas import ControlSpec, GenerationRequest
 from generative_service.settings import Settings
 
 _WAIT = re.compile(r"^\s*wait\s*=\s*(\S*)\s*$", re.IGNORECASE)
 _DATA_URL = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
-MAX_METADATA_DEPTH = 32  # levels of objects/arrays in `metadata`
 WAIT_SLICE_S = 1.0  # re-read at least this often, should a wake-up be missed (Redis trouble)
 
 
@@ -93,7 +94,7 @@ async def submit(
 
 def models_info_of(redis: Redis, settings: Settings) -> dict:
     """What the workers published at start (`GET /v1/models`), or {} when none has."""
-    raw = redis.get(f"{settings.key_prefix}:models")
+    raw = redis.get(settings.keys.models)
     try:
         info = json.loads(raw) if raw else {}
     except ValueError:
@@ -119,10 +120,11 @@ def check_request(
 
 def _check_metadata(request: GenerationRequest, settings: Settings) -> None:
     depth = _depth(request.metadata)
-    if depth > MAX_METADATA_DEPTH:
+    if depth > rules.MAX_METADATA_DEPTH:
         # NOTE: before any json.dumps/model_dump: deep nesting makes those raise (a 500).
         raise InvalidRequest(
-            "metadata", f"must be nested at most {MAX_METADATA_DEPTH} levels deep, got {depth}"
+            "metadata",
+            f"must be nested at most {rules.MAX_METADATA_DEPTH} levels deep, got {depth}",
         )
     try:
         text = json.dumps(request.metadata, separators=(",", ":"), allow_nan=False)
@@ -138,10 +140,9 @@ def _check_metadata(request: GenerationRequest, settings: Settings) -> None:
             "metadata", "strings must be valid Unicode text (a lone surrogate escape is not)"
         ) from None
     size = len(text.encode())
-    if size > settings.max_metadata_bytes:
-        raise InvalidRequest(
-            "metadata", f"must be at most {settings.max_metadata_bytes} bytes as JSON, got {size}"
-        )
+    problem = rules.metadata_problem(size, settings.max_metadata_bytes)
+    if problem:
+        raise InvalidRequest("metadata", problem)
 
 
 def _depth(value: object) -> int:
@@ -152,7 +153,7 @@ def _depth(value: object) -> int:
         if isinstance(item, dict | list):
             level += 1
             deepest = max(deepest, level)
-            if level > MAX_METADATA_DEPTH:
+            if level > rules.MAX_METADATA_DEPTH:
                 return level  # deep enough to refuse; no need to walk the rest
             stack.extend(
                 (child, level) for child in (item.values() if isinstance(item, dict) else item)
@@ -161,17 +162,14 @@ def _depth(value: object) -> int:
 
 
 def _check_images(request: GenerationRequest, settings: Settings) -> None:
-    if request.num_images > settings.max_batch_images:
-        raise InvalidRequest(
-            "num_images",
-            f"must be at most {settings.max_batch_images} (GENSVC_MAX_BATCH_IMAGES), got {request.num_images}",
-        )
+    problem = rules.images_problem(request.num_images, settings.max_batch_images)
+    if problem:
+        raise InvalidRequest("num_images", problem)
     for field in ("width", "height"):
         value = getattr(request, field)
-        if value is not None and value > settings.max_side:
-            raise InvalidRequest(
-                field, f"must be at most {settings.max_side} (GENSVC_MAX_SIDE), got {value}"
-            )
+        problem = None if value is None else rules.side_problem(value, settings.max_side)
+        if problem:
+            raise InvalidRequest(field, problem)
 
 
 def _check_loras(request: GenerationRequest, settings: Settings) -> None:
@@ -270,7 +268,7 @@ async def wait_for_end(redis: AsyncRedis, prefix: str, job_id: str, timeout_s: f
 
     deadline = time.monotonic() + timeout_s
     after = "0-0"
-    async with StreamHub.for_client(redis).watch(events.stream_key(prefix, job_id), after) as wake:
+    async with StreamHub.for_client(redis).watch(Keys(prefix).events(job_id), after) as wake:
         while (remaining := deadline - time.monotonic()) > 0:
             wake.clear()
             for event_id, event in await events.read_async(redis, prefix, job_id, after=after):

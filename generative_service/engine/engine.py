@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from generative_service import rules
 from generative_service.engine import paths
 from generative_service.engine.backends import start_backend
 from generative_service.engine.batch import BatchPlan, GuidanceScales, plan_batch
@@ -32,13 +33,15 @@ from generative_service.engine.interrupt import (
     vae_decoder_blocks,
 )
 from generative_service.engine.loader import CONTROL_TYPES, LoadedModels, load_models
-from generative_service.engine.lora import LoraManager
+from generative_service.engine.lora import LoraManager, target_layers
 from generative_service.engine.previews import latent_preview
 from generative_service.engine.prompts import PromptEncoder
 from generative_service.engine.reproducibility import model_fingerprint, reproducibility_record
 from generative_service.engine.schedulers import DEFAULT_SAMPLER, make_scheduler, x0_prediction
 from generative_service.errors import GenerationFailed, InvalidRequest, ServiceError
-from generative_service.schemas import MAX_SEED, SAMPLERS, GenerationRequest
+from generative_service.keys import Ttl
+from generative_service.rules import MAX_SEED, SAMPLERS
+from generative_service.schemas import GenerationRequest
 from generative_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,13 +93,14 @@ class Engine:
         self.pipe = models.pipe
         self.hasher = hasher
         self.scheduler_config = dict(self.pipe.scheduler.config)
+        self.lora_layers = target_layers(self.pipe)  # NOTE: before any adapter adds its layers
         self.loras = LoraManager(self.pipe, settings, hasher=hasher)
         self.prompts = PromptEncoder(
             self.pipe,
             fingerprint=model_fingerprint(models),
             redis=redis,
             key_prefix=settings.key_prefix,
-            ttl_s=settings.embedding_cache_ttl_s,
+            ttl_s=Ttl.embedding(settings),
         )
         self._lock = threading.Lock()
         # NOTE: after the LoraManager (hot-swap must be prepared before compiling); the ControlNet
@@ -130,26 +134,17 @@ class Engine:
     def validate(self, request: GenerationRequest) -> None:
         """Check what only the engine knows (sizes, sampler, LoRAs, control). Raises InvalidRequest."""
         width, height = self._size(request)
-        for name, value in (("width", width), ("height", height)):
-            if value % 8:
-                raise InvalidRequest(name, f"must be a multiple of 8, got {value}")
-            if not 64 <= value <= self.settings.max_side:
-                raise InvalidRequest(
-                    name, f"must be between 64 and {self.settings.max_side}, got {value}"
-                )
-        if request.sampler not in SAMPLERS:
-            raise InvalidRequest(
-                "sampler", f"unknown sampler {request.sampler!r}; known: {', '.join(SAMPLERS)}"
-            )
-        if not 1 <= request.steps <= 150:
-            raise InvalidRequest("steps", f"must be between 1 and 150, got {request.steps}")
-        if images_in(request) > self.settings.max_batch_images:
-            raise InvalidRequest(
-                "num_images",
-                f"at most {self.settings.max_batch_images} images per job on this server",
-            )
-        if request.seed is not None and not 0 <= request.seed < MAX_SEED:
-            raise InvalidRequest("seed", f"must be in [0, 2**63), got {request.seed}")
+        problems = {
+            "width": rules.side_problem(width, self.settings.max_side),
+            "height": rules.side_problem(height, self.settings.max_side),
+            "sampler": rules.sampler_problem(request.sampler),
+            "steps": rules.steps_problem(request.steps),
+            "num_images": rules.images_problem(images_in(request), self.settings.max_batch_images),
+            "seed": rules.seed_problem(request.seed),
+        }
+        for field, problem in problems.items():
+            if problem:
+                raise InvalidRequest(field, problem)
         self.loras.check_known(request.loras)
         if request.control is not None:
             if request.control.type not in self.models.control_pipes:
@@ -198,18 +193,9 @@ class Engine:
             "default_sampler": DEFAULT_SAMPLER,
             "loras": self.loras.store.names(),
             "default_size": self.default_size,
-            "default_steps": info.get("default_steps", 30),
+            "default_steps": info.get("default_steps", rules.DEFAULT_STEPS),
             "prompt_hint": info.get("prompt_hint"),
-            "limits": {
-                "min_side": 64,
-                "max_side": self.settings.max_side,
-                "side_multiple": 8,
-                "max_batch_images": self.settings.max_batch_images,
-                "max_images_per_job": min(4, self.settings.max_batch_images),
-                "max_steps": 150,
-                "max_control_pixels": self.settings.max_control_pixels,
-                "max_active_loras": self.settings.lora_cache_size,
-            },
+            "limits": rules.limits(self.settings),
             "device": str(self.models.device),
             "dtype": str(self.models.dtype).removeprefix("torch."),
             "attention": self.models.attention,

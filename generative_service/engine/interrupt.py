@@ -41,7 +41,11 @@ class CancelCheck:
 @contextlib.contextmanager
 def interrupt_points(modules: Iterable[Any], check: Callable[[], None]) -> Iterator[None]:
     """Run `check()` before the forward of each of `modules` while the block is active."""
-    handles = [module.register_forward_pre_hook(lambda *_: check()) for module in modules]
+    handles = [
+        module.register_forward_pre_hook(lambda *_: check())
+        for module in modules
+        if hasattr(module, "register_forward_pre_hook")  # an exported graph stands in for some
+    ]
     try:
         yield
     finally:
@@ -58,7 +62,9 @@ def unet_blocks(unet: Any) -> list[Any]:
 
 def vae_decoder_blocks(vae: Any) -> list[Any]:
     """The VAE decoder's mid and up blocks (decoding a large image takes seconds on a CPU)."""
-    decoder = vae.decoder
+    decoder = getattr(vae, "decoder", None)
+    if decoder is None:
+        return []
     mid = getattr(decoder, "mid_block", None)
     return ([mid] if mid is not None else []) + list(getattr(decoder, "up_blocks", []))
 

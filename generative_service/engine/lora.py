@@ -269,6 +269,24 @@ class LoraManager:
         return problems
 
 
+def target_layers(pipe) -> dict[str, dict[str, list[int]]]:
+    """Weight shape of every layer a LoRA can target, per pipeline part (published for the
+    gateway's upload check, generative_service/lora_fit.py). Call before any adapter is loaded."""
+    import torch
+
+    layers: dict[str, dict[str, list[int]]] = {}
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        model = getattr(pipe, part, None)
+        if not isinstance(model, torch.nn.Module):
+            continue
+        layers[part] = {
+            name: list(module.weight.shape)
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear | torch.nn.Conv2d)
+        }
+    return layers
+
+
 @contextlib.contextmanager
 def _quiet_diffusers():
     logger = logging.getLogger("diffusers")

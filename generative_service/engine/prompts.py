@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from generative_service.keys import Keys
+
 log = logging.getLogger(__name__)
 _LOCAL_ENTRIES = 256
 _REDIS_RETRY_S = 30.0
@@ -108,7 +110,7 @@ class PromptEncoder:
 
     def _key(self, text: str, signature: str) -> str:
         digest = hashlib.sha256("\0".join((self.fingerprint, signature, text)).encode()).hexdigest()
-        return f"{self.key_prefix}:emb:{digest}"
+        return Keys(self.key_prefix).embedding(digest)
 
     @torch.inference_mode()
     def _compute(self, text: str) -> Embedding:

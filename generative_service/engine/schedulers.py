@@ -19,9 +19,9 @@ from diffusers import (
 )
 
 from generative_service.errors import InvalidRequest
-from generative_service.schemas import SAMPLERS
+from generative_service.rules import DEFAULT_SAMPLER, SAMPLERS, sampler_problem
 
-DEFAULT_SAMPLER = "dpmpp_2m_karras"
+__all__ = ["DEFAULT_SAMPLER", "make_scheduler", "x0_prediction"]
 
 # name -> (scheduler class, overrides of the base config)
 _SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
@@ -41,7 +41,7 @@ _SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
     "ddim": (DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False}),
     "unipc": (UniPCMultistepScheduler, {}),
 }
-assert set(_SAMPLERS) == set(SAMPLERS), "schemas.SAMPLERS and engine samplers must agree"
+assert set(_SAMPLERS) == set(SAMPLERS), "rules.SAMPLERS and engine samplers must agree"
 
 
 def make_scheduler(name: str, base_config: Any):
@@ -52,8 +52,9 @@ def make_scheduler(name: str, base_config: Any):
     Raises:
         InvalidRequest: unknown sampler (field `sampler`).
     """
-    if name not in _SAMPLERS:
-        raise InvalidRequest("sampler", f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    problem = sampler_problem(name)
+    if problem:
+        raise InvalidRequest("sampler", problem)
     cls, overrides = _SAMPLERS[name]
     scheduler = cls.from_config(base_config, **overrides)
     _record_x0(scheduler)

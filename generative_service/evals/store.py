@@ -1,6 +1,6 @@
 """Studies and votes in Redis, and the images a study generates through the job queue.
 
-Redis layout (prefix P = settings.key_prefix):
+Redis keys (named in keys.py):
   P:eval:{id}          JSON StudyRecord (arms, prompts, seeds, the study's images and pairs)
   P:eval:{id}:votes    hash "{rater}\\n{pair_id}" -> JSON vote (HSETNX: one vote per rater and pair)
   P:evals:{owner}      sorted set of the owner's study ids by creation time
@@ -65,13 +65,13 @@ class EvalStore:
 
     # --- keys -----------------------------------------------------------------------------------
     def study_key(self, study_id: str) -> str:
-        return f"{self.prefix}:eval:{study_id}"
+        return self.settings.keys.eval_study(study_id)
 
     def votes_key(self, study_id: str) -> str:
-        return f"{self.prefix}:eval:{study_id}:votes"
+        return self.settings.keys.eval_votes(study_id)
 
     def owner_key(self, owner: str) -> str:
-        return f"{self.prefix}:evals:{owner}"
+        return self.settings.keys.eval_owner(owner)
 
     # --- create ---------------------------------------------------------------------------------
     async def create(self, spec: StudyCreate, *, owner: str) -> StudyRecord:

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from generative_service.rules import DEFAULT_SAMPLER
 from generative_service.training import data as D
 from generative_service.training.evaluate import to_gray
 
-DEFAULT_SAMPLER = "dpmpp_2m_karras"
 CHUNK = 16  # images per pipeline call (the settings' max_batch_images cap)
 
 

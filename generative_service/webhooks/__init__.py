@@ -19,9 +19,9 @@ from generative_service.errors import InvalidRequest
 from generative_service.settings import Settings
 from generative_service.webhooks.attempts import list_attempts
 from generative_service.webhooks.guard import Resolver, resolve_destination
-from generative_service.webhooks.outbox import DELIVER_FUNC, on_event, queue_name
+from generative_service.webhooks.outbox import DELIVER_FUNC, on_event
 
-__all__ = ["DELIVER_FUNC", "list_attempts", "on_event", "queue_name", "validate_url"]
+__all__ = ["DELIVER_FUNC", "list_attempts", "on_event", "validate_url"]
 
 
 def validate_url(url: str, settings: Settings, *, resolver: Resolver | None = None) -> None:

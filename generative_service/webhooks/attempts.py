@@ -1,6 +1,6 @@
 """The per-job delivery log that GET /v1/jobs/{id}/webhooks serves.
 
-Redis layout (P = settings.key_prefix):
+Redis keys (named in keys.py):
   P:webhook:log:{job_id}   list of JSON attempts, oldest first (capped at MAX_ENTRIES, newest kept);
                            expires RETENTION_S after the last attempt, like the job itself.
 Each attempt: event (`job.succeeded`...), webhook_id, attempt (1-based), at (ISO time),
@@ -16,14 +16,11 @@ from datetime import datetime
 from redis import Redis
 
 from generative_service import metrics
+from generative_service.keys import Ttl
 from generative_service.settings import Settings
 
 MAX_ENTRIES = 1000
 OUTCOMES = ("delivered", "retry", "failed", "gone", "refused")
-
-
-def log_key(settings: Settings, job_id: str) -> str:
-    return f"{settings.key_prefix}:webhook:log:{job_id}"
 
 
 def record_attempt(
@@ -51,11 +48,11 @@ def record_attempt(
         "outcome": outcome,
         "next_retry_at": next_retry_at.isoformat() if next_retry_at else None,
     }
-    key = log_key(settings, message["job_id"])
+    key = settings.keys.webhook_log(message["job_id"])
     pipe = redis.pipeline(transaction=True)
     pipe.rpush(key, json.dumps(entry))
     pipe.ltrim(key, -MAX_ENTRIES, -1)
-    pipe.expire(key, settings.retention_s)
+    pipe.expire(key, Ttl.retention(settings))
     pipe.execute()
     metrics.webhook_delivery(redis, settings, outcome)
     return entry
@@ -63,4 +60,4 @@ def record_attempt(
 
 def list_attempts(redis: Redis, settings: Settings, job_id: str) -> list[dict]:
     """The job's delivery attempts, oldest first (empty when none or expired)."""
-    return [json.loads(raw) for raw in redis.lrange(log_key(settings, job_id), 0, -1)]
+    return [json.loads(raw) for raw in redis.lrange(settings.keys.webhook_log(job_id), 0, -1)]

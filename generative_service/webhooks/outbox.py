@@ -5,7 +5,7 @@ webhook. It only decides whether the event is wanted, freezes the exact body and
 on `P:webhooks`; the webhook worker (workers/webhook_worker.py) does the network I/O. So a slow or
 dead receiver never slows generation, and a Redis hiccup here is logged, never raised.
 
-Redis layout (P = settings.key_prefix):
+Redis keys (named in keys.py):
   rq:queue:P:webhooks           deliveries waiting (RQ); retries wait in its scheduled registry
   P:webhook:throttle:{job_id}   set for WEBHOOK_PROGRESS_INTERVAL_S after a `job.progress` is queued
 """
@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from redis import Redis
 from rq import Queue, Retry
 
+from generative_service.keys import Ttl
 from generative_service.logs import get_logger
 from generative_service.schemas import Event
 from generative_service.settings import Settings
@@ -29,10 +30,6 @@ log = get_logger(__name__)
 DELIVER_FUNC = "generative_service.webhooks.delivery.deliver"
 # A killed webhook worker abandons its current delivery; RQ runs it again this many times.
 ABANDONED_RETRIES = 2
-
-
-def queue_name(settings: Settings) -> str:
-    return f"{settings.key_prefix}:webhooks"
 
 
 def filter_name(event: Event) -> str | None:
@@ -66,12 +63,10 @@ def on_event(redis: Redis, settings: Settings, record, event: Event) -> None:
 
 def _progress_slot(redis: Redis, settings: Settings, job_id: str) -> bool:
     """True at most once per WEBHOOK_PROGRESS_INTERVAL_S per job (one atomic SET NX PX)."""
-    interval_ms = int(settings.webhook_progress_interval_s * 1000)
+    interval_ms = Ttl.webhook_throttle_ms(settings)
     if interval_ms <= 0:
         return True
-    return bool(
-        redis.set(f"{settings.key_prefix}:webhook:throttle:{job_id}", "1", nx=True, px=interval_ms)
-    )
+    return bool(redis.set(settings.keys.webhook_throttle(job_id), "1", nx=True, px=interval_ms))
 
 
 def build_message(url: str, event: Event) -> dict:
@@ -96,7 +91,7 @@ def enqueue_delivery(
     redis: Redis, settings: Settings, message: dict, *, attempt: int = 1, at: datetime | None = None
 ) -> None:
     """Queue attempt `attempt` of `message`, now or (retries) at `at`."""
-    queue = Queue(queue_name(settings), connection=redis)
+    queue = Queue(settings.keys.webhooks_queue, connection=redis)
     options = {
         "args": (message, attempt),
         "job_id": f"{message['id']}_{attempt}",

@@ -23,7 +23,7 @@ class FakeWorker:
         self.storage = get_storage(settings)
 
     def start(self, job_id: str) -> None:
-        self.store.rq_queue(self.store.get(job_id).queue).remove(job_id)
+        self.store.queue.rq_queue(self.store.get(job_id).queue).remove(job_id)
         self.store.mark_started(
             job_id, batch=BatchInfo(id="batch_test", size=1), worker_id="fake-worker"
         )

@@ -68,7 +68,7 @@ def test_cancel_queued_job_removes_it_from_the_queue(api_client, settings, redis
         response.json()["status"] == "canceled" and response.json()["error"]["code"] == "canceled"
     )
     store = JobStore(redis, settings)
-    assert first not in store.rq_queue("default").job_ids
+    assert first not in store.queue.rq_queue("default").job_ids
     assert api_client.get(f"/v1/jobs/{second}").json()["queue_position"] == 1
 
 

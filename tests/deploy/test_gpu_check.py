@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # CI runs the same command from .ci/run (`make gpu-check-smoke`)
 @pytest.mark.timeout(1500)
 def test_gpu_check_smoke_measures_every_part(tmp_path, redis_url):
     out = tmp_path / "section.md"
@@ -35,7 +36,7 @@ def test_gpu_check_smoke_measures_every_part(tmp_path, redis_url):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = out.read_text()
-    assert "| eager |" in text
+    assert "| eager |" in text and "| onnxruntime |" in text
     for part in ("VAE decode alone", "LoRA: first load", "Real-ESRGAN x4", "Through the API"):
         assert part in text, f"{part!r} missing from:\n{text}"
     assert "Skipped" not in text, text

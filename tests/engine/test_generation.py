@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from generative_service.engine import EngineJob
-from generative_service.schemas import SAMPLERS
+from generative_service.rules import SAMPLERS
 
 from .engine_helpers import max_diff, pixels, req, run_one
 

@@ -19,8 +19,9 @@ def unchecked(**overrides):
     ("overrides", "field", "words"),
     [
         ({"width": 100}, "width", "multiple of 8"),
-        ({"height": 60}, "height", "multiple of 8"),
-        ({"height": 4096}, "height", "between 64 and 2048"),
+        ({"height": 68}, "height", "multiple of 8"),
+        ({"height": 56}, "height", "at least 64"),
+        ({"height": 4096}, "height", "at most 2048 (GENSVC_MAX_SIDE)"),
         ({"sampler": "heun_fancy"}, "sampler", "known: dpmpp_2m_karras"),
         ({"steps": 0}, "steps", "between 1 and 150"),
         ({"num_images": 9}, "num_images", "at most 4"),

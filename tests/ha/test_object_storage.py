@@ -28,7 +28,7 @@ def finish(redis, settings, job_id: str) -> list[bytes]:
     """Do what a worker does to succeed `job_id`: store its images, then mark it succeeded."""
     store, storage = JobStore(redis, settings), get_storage(settings)
     request = store.get(job_id).request
-    store.rq_queue(store.get(job_id).queue).remove(job_id)
+    store.queue.rq_queue(store.get(job_id).queue).remove(job_id)
     store.mark_started(job_id, batch=BatchInfo(id="batch_test", size=1), worker_id="fake")
     images, stored = [], []
     for index in range(request.num_images):

@@ -31,7 +31,7 @@ def test_concurrent_submits_never_overshoot_the_bound(make_settings, redis):
     accepted = [result for result in results if result != "429"]
     store = JobStore(redis, settings)
     assert len(accepted) == BOUND, f"{len(accepted)} accepted with GENSVC_MAX_QUEUED={BOUND}"
-    assert sorted(store.rq_queue("default").get_job_ids()) == sorted(
+    assert sorted(store.queue.rq_queue("default").get_job_ids()) == sorted(
         accepted
     )  # every accepted job waits
     assert all(store.get(job_id).status == "queued" for job_id in accepted)

@@ -226,7 +226,7 @@ def test_gateway_stays_healthy_after_the_whole_barrage(client, hostile_settings,
     # Nothing was queued or stored for a rejected request ...
     assert client.get("/v1/jobs").json()["data"] == []
     store = JobStore(redis, hostile_settings)
-    assert store.waiting_count() == 0
+    assert store.queue.waiting_count() == 0
     # ... and normal work goes on: a job is accepted, readable and listed; an adapter uploads.
     accepted = client.post("/v1/jobs", json=OK)
     assert accepted.status_code == 202, accepted.text
@@ -243,7 +243,7 @@ def _finish_with_image(redis, settings, job_id: str) -> None:
     from generative_service.schemas import BatchInfo
 
     store = JobStore(redis, settings)
-    store.rq_queue("default").remove(job_id)
+    store.queue.rq_queue("default").remove(job_id)
     store.mark_started(job_id, batch=BatchInfo(id="batch_x", size=1), worker_id="test")
     data, content_type = encode_image(Image.new("RGB", (64, 64)), "png")
     LocalStorage(settings.storage_dir).put(job_id, 0, data, content_type)
@@ -251,3 +251,53 @@ def _finish_with_image(redis, settings, job_id: str) -> None:
         index=0, url=image_url(job_id, 0), width=64, height=64, seed=1, content_type=content_type
     )
     store.mark_succeeded(job_id, images=[image], timings=Timings(inference_ms=1.0))
+
+
+def _safetensors(tensors: dict, data: bytes, metadata: object = None) -> bytes:
+    """A safetensors file with exactly this header (what a hostile client can hand-craft)."""
+    header = dict(tensors)
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + data
+
+
+_A = "unet.x.lora_A.weight"
+_B = "unet.x.lora_B.weight"
+
+
+def _pair(a_offsets, b_offsets, *, a_shape=(2, 2), b_shape=(2, 2)) -> dict:
+    return {
+        _A: {"dtype": "F32", "shape": list(a_shape), "data_offsets": list(a_offsets)},
+        _B: {"dtype": "F32", "shape": list(b_shape), "data_offsets": list(b_offsets)},
+    }
+
+
+# (id, file bytes, message fragment): each uploaded with 201 and then failed every job before.
+# fmt: off
+HOSTILE_LORAS = [
+    ("overlapping-offsets", _safetensors(_pair((0, 16), (8, 24)), b"\x00" * 24), "data_offsets overlap another tensor's"),
+    ("offsets-past-the-end", _safetensors(_pair((0, 16), (16, 32)), b"\x00" * 24), "do not match its shape and the file size"),
+    ("gap-between-tensors", _safetensors(_pair((0, 16), (24, 40)), b"\x00" * 40), "a gap of 8 bytes before its data"),
+    ("bytes-after-last-tensor", _safetensors(_pair((0, 16), (16, 32)), b"\x00" * 48), "16 bytes after the last tensor"),
+    ("dimension-true", _safetensors(_pair((0, 8), (8, 24), a_shape=(True, 2)), b"\x00" * 24), "bad shape [true, 2]"),
+    ("dimension-1e30", _safetensors(_pair((0, 16), (16, 32), a_shape=(1e30, 2)), b"\x00" * 32), "bad shape [1e+30, 2]"),
+    ("dimension-2e63", _safetensors(_pair((0, 16), (16, 32), a_shape=(2**63, 2)), b"\x00" * 32), "bad shape"),
+    ("metadata-not-strings", _safetensors(_pair((0, 16), (16, 32)), b"\x00" * 32, {"rank": 4}), "__metadata__ must be an object of string values"),
+    ("metadata-a-list", _safetensors(_pair((0, 16), (16, 32)), b"\x00" * 32, ["x"]), "__metadata__ must be an object"),
+    ("full-tensor-beside-lora", _safetensors({**_pair((0, 16), (16, 32)), "unet.conv_in.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [32, 48]}}, b"\x00" * 48), "tensor 'unet.conv_in.weight' is not a LoRA weight"),
+    ("header-nested-5000", (lambda raw: len(raw).to_bytes(8, "little") + raw)(("[" * 5000 + "]" * 5000).encode()), "nested too deep"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("data", "message"), [h[1:] for h in HOSTILE_LORAS], ids=[h[0] for h in HOSTILE_LORAS]
+)
+def test_lora_the_loader_would_refuse_is_refused_at_upload(client, hostile_settings, data, message):
+    error = check_error(
+        client.post("/v1/loras/hostile", content=data), 422, "invalid_lora", message
+    )
+    assert error["message"].startswith("file: ")
+    lora_dir = hostile_settings.lora_dir
+    assert not lora_dir.exists() or sorted(p.name for p in lora_dir.iterdir()) == []

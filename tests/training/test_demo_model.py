@@ -12,7 +12,7 @@ import pytest
 from safetensors import safe_open
 
 from generative_service.engine.paths import DEMO_ROOT
-from generative_service.schemas import SAMPLERS
+from generative_service.rules import SAMPLERS
 from generative_service.training import data as D
 from generative_service.training import evaluate as E
 

@@ -34,7 +34,7 @@ def message_for(
 
 
 def scheduled(redis: Redis, settings: Settings) -> list[Job]:
-    queue = Queue(webhooks.queue_name(settings), connection=redis)
+    queue = Queue(settings.keys.webhooks_queue, connection=redis)
     ids = ScheduledJobRegistry(queue=queue).get_job_ids()
     return [Job.fetch(job_id, connection=redis) for job_id in ids]
 

@@ -123,7 +123,7 @@ def test_410_stops_retries(redis_client, worker_store: JobStore, receiver: Recei
         lambda: not redis_client.exists(f"rq:job:{entry['webhook_id']}_1"),
         what="the delivery job to finish",
     )
-    queue = Queue(webhooks.queue_name(worker_store.settings), connection=redis_client)
+    queue = Queue(worker_store.settings.keys.webhooks_queue, connection=redis_client)
     assert ScheduledJobRegistry(queue=queue).get_job_ids() == [] and queue.count == 0
     assert len(receiver.requests) == 1
 

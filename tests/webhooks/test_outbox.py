@@ -11,7 +11,6 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Queue
 
-from generative_service import webhooks
 from generative_service.jobs import JobStore
 from generative_service.schemas import BatchInfo, Event, ImageInfo, Stage, Timings
 from generative_service.webhooks import outbox
@@ -20,7 +19,7 @@ from .conftest import submit
 
 
 def queued_types(redis: Redis, settings) -> list[str]:
-    queue = Queue(webhooks.queue_name(settings), connection=redis)
+    queue = Queue(settings.keys.webhooks_queue, connection=redis)
     return [job.args[0]["type"] for job in queue.get_jobs()]
 
 
@@ -97,7 +96,7 @@ def test_completed_covers_cancel(redis_client, settings, store) -> None:
 def test_terminal_payload_carries_the_full_job(redis_client, settings, store) -> None:
     record = submit(store, "http://127.0.0.1:9/hook")
     run_job(store, record.id)
-    (job,) = Queue(webhooks.queue_name(settings), connection=redis_client).get_jobs()
+    (job,) = Queue(settings.keys.webhooks_queue, connection=redis_client).get_jobs()
     message = job.args[0]
     body = json.loads(message["body"])
     assert body["type"] == "job.succeeded" and body["data"]["type"] == "succeeded"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-
+import httpx
 import numpy as np
 
 
@@ -21,11 +20,15 @@ def test_no_lora_image_is_the_exact_base_after_a_failed_lora_job(
     start_service, worker_settings, make_jobs
 ) -> None:
     settings = worker_settings()
-    start_service(settings, workers=1, gateway=False)
+    service = start_service(settings, workers=1)
     jobs = make_jobs(settings)
     samples = settings.cache_dir / "tiny" / "loras"
-    settings.lora_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(samples / "tiny-style-a.safetensors", settings.lora_dir / "style.safetensors")
+    upload = httpx.post(
+        f"{service.base_url}/v1/loras/style",
+        content=(samples / "tiny-style-a.safetensors").read_bytes(),
+    )
+    assert upload.status_code == 201, upload.text  # fits the layers the worker published
+    # The failing file reaches the LoRA directory past the upload check (e.g. an operator's copy).
     _write_failing_lora(settings.lora_dir, samples / "tiny-style-a.safetensors")
 
     def run(**fields: object) -> str:  # one at a time: never batched together
@@ -41,8 +44,29 @@ def test_no_lora_image_is_the_exact_base_after_a_failed_lora_job(
 
     assert records[broken].status == "failed"
     assert records[broken].error.code == "invalid_lora" and "leaky" in records[broken].error.message
-    assert records[after].status == "succeeded" and records[before].status == "succeeded"
+    assert records[before].status == "succeeded", records[before].error
+    assert records[after].status == "succeeded", records[after].error
     assert np.abs(jobs.pixels(styled) - jobs.pixels(before)).max() > 5  # the adapter shows
     # Pixel for pixel the base image again, not the adapter that was active before the failure.
     assert np.array_equal(jobs.pixels(after), jobs.pixels(before))
     assert records[after].reproducibility["loras"] == []
+
+
+def test_an_adapter_for_another_architecture_is_refused_at_upload(
+    start_service, worker_settings
+) -> None:
+    from safetensors.numpy import save
+
+    service = start_service(worker_settings(), workers=1)
+    layer = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    sd15_like = save({  # SD 1.5 widths (320/768) on layer names the tiny SDXL UNet also has
+        f"{layer}.lora_A.weight": np.zeros((4, 320), dtype=np.float32),
+        f"{layer}.lora_B.weight": np.zeros((320, 4), dtype=np.float32),
+    })  # fmt: skip
+    response = httpx.post(f"{service.base_url}/v1/loras/sd15", content=sd15_like)
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]["message"]
+    assert (
+        "does not fit the served model 'tiny'" in message and "lora_A has shape [4, 320]" in message
+    )
+    assert httpx.get(f"{service.base_url}/v1/loras").json()["data"] == []

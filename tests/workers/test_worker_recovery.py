@@ -13,7 +13,7 @@ from rq.job import Job
 
 from generative_service.jobs import JobStore
 from generative_service.schemas import BatchInfo
-from workers.recovery import Maintenance, running_key
+from workers.recovery import Maintenance
 
 
 def _maintenance(redis: Redis, settings) -> Maintenance:
@@ -21,7 +21,7 @@ def _maintenance(redis: Redis, settings) -> Maintenance:
     return Maintenance(
         redis=redis,
         store=store,
-        queue_names=[store.rq_queue_name("default")],
+        queue_names=[store.keys.rq_queue_name("default")],
         get_worker=lambda: None,
     )
 
@@ -36,7 +36,7 @@ def _run_on_ghost(redis: Redis, jobs, job_id: str) -> None:
     redis.zadd(jobs.queue.started_job_registry.key, {execution.composite_key: 1})  # expired
     jobs.store.mark_started(job_id, batch=BatchInfo(id="batch_ghost", size=1), worker_id="ghost")
     redis.hset(
-        running_key(jobs.settings),
+        jobs.settings.keys.running,
         job_id,
         json.dumps({"worker": "ghost", "incarnation": "ghost.1"}),
     )
@@ -64,7 +64,7 @@ def test_abandoned_job_is_requeued_with_its_record_then_fails_when_retries_are_u
     assert record.status == "failed" and record.error.code == "worker_lost"
     assert "its 1 retry was used up" in record.error.message
     assert jobs.registries()["failed"] == {job_id}
-    assert not redis.hexists(running_key(settings), job_id)
+    assert not redis.hexists(settings.keys.running, job_id)
 
 
 def test_backstop_settles_a_running_record_from_rq_state_once_its_worker_is_gone(
@@ -76,15 +76,15 @@ def test_backstop_settles_a_running_record_from_rq_state_once_its_worker_is_gone
     for job_id in (requeued, failed, alive):
         jobs.store.mark_started(job_id, batch=BatchInfo(id="batch_x", size=1), worker_id="ghost")
         redis.hset(
-            running_key(settings), job_id, json.dumps({"worker": "ghost", "incarnation": "ghost.1"})
+            settings.keys.running, job_id, json.dumps({"worker": "ghost", "incarnation": "ghost.1"})
         )
     # RQ already dealt with two of them without our handler (another tool ran its cleanup):
     # one went back to its queue, one failed. The third belongs to a live worker.
     Job.fetch(failed, connection=redis).set_status("failed")
     redis.hset(
-        running_key(settings), alive, json.dumps({"worker": "live", "incarnation": "live.1"})
+        settings.keys.running, alive, json.dumps({"worker": "live", "incarnation": "live.1"})
     )
-    redis.set(f"{settings.key_prefix}:worker:live", json.dumps({"incarnation": "live.1"}), ex=60)
+    redis.set(settings.keys.worker("live"), json.dumps({"incarnation": "live.1"}), ex=60)
     maintenance = _maintenance(redis, settings)
 
     maintenance.scan_running()  # first sighting: a worker gets two heartbeats of grace
@@ -95,4 +95,4 @@ def test_backstop_settles_a_running_record_from_rq_state_once_its_worker_is_gone
     assert jobs.get(requeued).status == "queued" and "ghost" in jobs.get(requeued).error.message
     assert jobs.get(failed).status == "failed" and jobs.get(failed).error.code == "worker_lost"
     assert jobs.get(alive).status == "running"
-    assert set(redis.hkeys(running_key(settings))) == {alive.encode()}
+    assert set(redis.hkeys(settings.keys.running)) == {alive.encode()}

@@ -13,7 +13,8 @@ from rq import Queue
 from support import free_port, wait_for  # noqa: F401 - the worker tests import them from here
 
 from generative_service import events
-from generative_service.jobs import JobRecord, JobStore
+from generative_service.jobs import JobStore
+from generative_service.record import JobRecord
 from generative_service.schemas import Event, GenerationRequest
 from generative_service.settings import Settings
 from generative_service.storage import get_storage
@@ -29,7 +30,7 @@ class Jobs:
         self.settings = settings
         self.store = JobStore(redis, settings)
         self.storage = get_storage(settings)
-        self.queue = Queue(self.store.rq_queue_name("default"), connection=redis)
+        self.queue = Queue(self.settings.keys.rq_queue_name("default"), connection=redis)
 
     def submit(self, prompt: str = "a red house", **fields: object) -> str:
         fields.setdefault("steps", 4)

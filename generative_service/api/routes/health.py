@@ -22,13 +22,13 @@ def healthz() -> Health:
 
 
 def live_workers(redis: Redis, settings: Settings, queue: str = "default") -> int:
-    """Live GPU workers (unexpired `{prefix}:worker:*` keys) that serve `queue`.
+    """Live GPU workers (unexpired `P:worker:*` keys) that serve `queue`.
 
     A key whose value is JSON with a `queues` list counts only if it names the queue (logical or
     RQ name); any other value counts as serving every queue.
     """
     count = 0
-    for key in redis.scan_iter(match=f"{settings.key_prefix}:worker:*", count=200):
+    for key in redis.scan_iter(match=settings.keys.worker_pattern, count=200):
         raw = redis.get(key)
         if raw is None:
             continue
@@ -39,7 +39,7 @@ def live_workers(redis: Redis, settings: Settings, queue: str = "default") -> in
         if (
             not isinstance(queues, list)
             or queue in queues
-            or f"{settings.key_prefix}:{queue}" in queues
+            or settings.keys.rq_queue_name(queue) in queues
         ):
             count += 1
     return count

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi import Path as PathParam
+from starlette.concurrency import run_in_threadpool
 
 import generative_service.engine.paths as paths
 from generative_service import rules
@@ -14,7 +15,6 @@ from generative_service.api import loras
 from generative_service.api.deps import OwnerDep, RedisDep, SettingsDep
 from generative_service.api.responses import LoraInfo, LoraList, ModelsInfo, error_responses
 from generative_service.lora_store import get_lora_store
-from generative_service.schemas import MAX_IMAGES, SAMPLERS
 from generative_service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -37,19 +37,10 @@ def settings_info(settings: Settings) -> dict:
     return {
         "base_model": settings.model,
         "controlnets": controlnets,
-        "samplers": list(SAMPLERS),
+        "samplers": list(rules.SAMPLERS),
         "default_size": paths.default_size(settings),
         "backend": {"name": settings.engine_backend},
-        "limits": {
-            "max_side": settings.max_side,
-            "max_batch_images": settings.max_batch_images,
-            "max_images_per_job": min(MAX_IMAGES, settings.max_batch_images),
-            "max_steps": 150,
-            "max_prompt_chars": 4000,
-            "max_metadata_bytes": settings.max_metadata_bytes,
-            "max_request_bytes": settings.max_request_bytes,
-            "max_lora_bytes": settings.max_lora_bytes,
-        },
+        "limits": rules.limits(settings),
     }
 
 
@@ -61,7 +52,7 @@ def settings_info(settings: Settings) -> dict:
 )
 def get_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> ModelsInfo:
     """What a GPU worker published at start (base model, ControlNets, samplers, limits); LoRAs are live."""
-    raw = redis.get(f"{settings.key_prefix}:models")
+    raw = redis.get(settings.keys.models)
     try:
         published = json.loads(raw) if raw else None
     except ValueError:
@@ -102,6 +93,7 @@ def get_lora(name: LoraName, settings: SettingsDep, owner: OwnerDep) -> LoraInfo
 )
 async def upload_lora_form(
     response: Response,
+    redis: RedisDep,
     settings: SettingsDep,
     owner: OwnerDep,
     file: Annotated[
@@ -112,7 +104,8 @@ async def upload_lora_form(
     ] = None,
 ) -> LoraInfo:
     adapter = loras.check_name(name) if name else loras.name_from_filename(file.filename)
-    saved = await loras.save(settings, adapter, _upload_chunks(file))
+    layers, model = await run_in_threadpool(_served_layers, redis, settings)
+    saved = await loras.save(settings, adapter, _upload_chunks(file), layers=layers, model=model)
     response.headers["Location"] = f"/v1/loras/{adapter}"
     return saved
 
@@ -133,11 +126,17 @@ async def upload_lora_form(
     responses=error_responses(401, 409, 413, 422),
 )
 async def upload_lora_raw(
-    name: LoraName, request: Request, response: Response, settings: SettingsDep, owner: OwnerDep
+    name: LoraName,
+    request: Request,
+    response: Response,
+    redis: RedisDep,
+    settings: SettingsDep,
+    owner: OwnerDep,
 ) -> LoraInfo:
     """`curl --data-binary @ink.safetensors -H 'Content-Type: application/octet-stream' .../v1/loras/ink`."""
     loras.check_name(name)
-    saved = await loras.save(settings, name, request.stream())
+    layers, model = await run_in_threadpool(_served_layers, redis, settings)
+    saved = await loras.save(settings, name, request.stream(), layers=layers, model=model)
     response.headers["Location"] = f"/v1/loras/{name}"
     return saved
 
@@ -152,6 +151,24 @@ async def upload_lora_raw(
 def delete_lora(name: LoraName, settings: SettingsDep, owner: OwnerDep) -> Response:
     loras.delete(settings, name)
     return Response(status_code=204)
+
+
+def _served_layers(redis, settings: Settings) -> tuple[dict | None, str]:
+    """The layer shapes and name of the model the workers serve (None before any worker started:
+    then only the file itself is checked, and the worker refuses a misfit at its first job)."""
+    raw = redis.get(settings.keys.model_layers)
+    try:
+        layers = json.loads(raw) if raw else None
+    except ValueError:
+        layers = None
+    published = redis.get(settings.keys.models)
+    try:
+        model = (
+            json.loads(published).get("base_model", settings.model) if published else settings.model
+        )
+    except (ValueError, AttributeError):
+        model = settings.model
+    return (layers if isinstance(layers, dict) else None), str(model)
 
 
 async def _upload_chunks(upload: UploadFile, size: int = 1024 * 1024):

@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI, Header, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from generative_service import rules
 from generative_service.api import errors, submit
 from generative_service.api.deps import (
     AsyncRedisDep,
@@ -67,7 +68,7 @@ class ImageGenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=4000)
+    prompt: str = Field(min_length=1, max_length=rules.MAX_PROMPT_CHARS)
     model: str | None = Field(
         None,
         description="The served model's id (`GET /openai/v1/models`) or an OpenAI image model name (dall-e-2, dall-e-3, gpt-image-1, ...), which means the served model.",

@@ -1,0 +1,212 @@
+"""Every Redis key the service uses: its name, its type, how long it lives and who writes it.
+
+No other module formats a key (tests/test_keys.py greps for it): they ask `Keys(prefix)` (or
+`settings.keys`) for the name and `Ttl` for the lifetime. Nothing here talks to Redis. The data
+model, with the job state machine around it, is described in docs/architecture.md.
+
+P is the key prefix (GENSVC_KEY_PREFIX). RETENTION is GENSVC_RETENTION_S.
+
+  key                            type     lifetime                       written by
+  P:job:{id}                     string   none while live; RETENTION     jobs.JobStore
+                                          once terminal
+  P:cancel:{id}                  string   RETENTION (deleted at the end) JobStore.cancel
+  P:events:{id}                  stream   RETENTION + 1 h, renewed       events.publish
+  P:owner:{owner}                zset     none (expired ids pruned)      JobStore.create
+  P:idem:{owner}:{key}           string   RETENTION                      queue.JobQueue
+  P:admitting                    zset     entries lapse after 30 s       queue.JobQueue.admit
+  P:stats:step_ms                hash     none                           queue.JobQueue
+  P:epoch                        string   none                           JobStore
+  P:{queue} (RQ queue name)      -        RQ: list rq:queue:P:{queue}    queue.JobQueue (RQ)
+  P:worker:{id}                  string   WORKER_DEAD_AFTER, renewed     workers/liveness.py
+  P:models                       string   none (overwritten)             workers/liveness.py
+  P:models:layers                string   none (written when missing)    workers/liveness.py
+  P:running                      hash     none (entries removed)         workers/runner.py
+  P:maintenance:{rq queue}       string   max(5 s, WORKER_MAINTENANCE)   workers/recovery.py
+  P:maintenance:purge-images     string   min(1 h, RETENTION)            workers/recovery.py
+  P:emb:{digest}                 string   EMBEDDING_CACHE_TTL            engine/prompts.py
+  P:metrics:counter:{name}       hash     none                           metrics.py
+  P:metrics:hist:{name}          hash     none                           metrics.py
+  P:webhooks (RQ queue name)     -        RQ: list rq:queue:P:webhooks   webhooks/outbox.py
+  P:webhook:throttle:{id}        string   WEBHOOK_PROGRESS_INTERVAL      webhooks/outbox.py
+  P:webhook:log:{id}             list     RETENTION, renewed             webhooks/attempts.py
+  P:eval:{id}                    string   EVAL_RETENTION after a vote    evals/store.py
+  P:eval:{id}:votes              hash     EVAL_RETENTION after a vote    evals/store.py
+  P:evals:{owner}                zset     EVAL_RETENTION after a vote    evals/store.py
+  P:replication-probe            string   60 s                           redis_client.py
+  P:hub:{token}                  stream   120 s, renewed                 api/stream_hub.py
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+RQ_QUEUE_NAMESPACE = "rq:queue:"  # rq.Queue.redis_queue_namespace_prefix (asserted in the tests)
+
+
+class Keys:
+    """The key names under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"Keys({self.prefix!r})"
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # --- jobs -----------------------------------------------------------------------------------
+    def job(self, job_id: str) -> str:
+        return self._key("job", job_id)
+
+    def cancel(self, job_id: str) -> str:
+        return self._key("cancel", job_id)
+
+    def events(self, job_id: str) -> str:
+        return self._key("events", job_id)
+
+    def owner(self, owner: str) -> str:
+        return self._key("owner", owner)
+
+    def idempotency(self, owner: str, key: str) -> str:
+        return self._key("idem", owner, key)
+
+    @property
+    def admitting(self) -> str:
+        return self._key("admitting")
+
+    @property
+    def step_ms(self) -> str:
+        return self._key("stats", "step_ms")
+
+    @property
+    def epoch(self) -> str:
+        return self._key("epoch")
+
+    # --- queues ---------------------------------------------------------------------------------
+    def rq_queue_name(self, queue: str) -> str:
+        """The RQ queue name of logical queue `queue` (RQ keeps its list at rq:queue:{name})."""
+        return self._key(queue)
+
+    def rq_queue_list(self, queue: str) -> str:
+        """The Redis list RQ keeps logical queue `queue`'s waiting jobs in."""
+        return RQ_QUEUE_NAMESPACE + self.rq_queue_name(queue)
+
+    def logical_queue(self, rq_name: str) -> str | None:
+        """The logical queue of an RQ queue name (or its `rq:queue:` key); None if not ours."""
+        name = rq_name.removeprefix(RQ_QUEUE_NAMESPACE)
+        ours = self._key("")
+        return name[len(ours) :] if name.startswith(ours) else None
+
+    @property
+    def webhooks_queue(self) -> str:
+        """The RQ queue name of webhook deliveries."""
+        return self._key("webhooks")
+
+    # --- workers --------------------------------------------------------------------------------
+    def worker(self, worker_id: str) -> str:
+        return self._key("worker", worker_id)
+
+    @property
+    def worker_pattern(self) -> str:
+        """SCAN pattern matching every worker liveness key."""
+        return self._key("worker", "*")
+
+    def worker_id(self, key: str) -> str:
+        """The worker id of a liveness key."""
+        return key.removeprefix(self._key("worker", ""))
+
+    @property
+    def models(self) -> str:
+        return self._key("models")
+
+    @property
+    def model_layers(self) -> str:
+        """Layer shapes of the served model, which LoRA uploads are checked against (lora_fit.py)."""
+        return self._key("models", "layers")
+
+    @property
+    def running(self) -> str:
+        return self._key("running")
+
+    def maintenance_lock(self, rq_queue_name: str) -> str:
+        return self._key("maintenance", rq_queue_name)
+
+    # --- engine, metrics, webhooks, gateway -----------------------------------------------------
+    def embedding(self, digest: str) -> str:
+        return self._key("emb", digest)
+
+    def counter(self, name: str) -> str:
+        return self._key("metrics", "counter", name)
+
+    def histogram(self, name: str) -> str:
+        return self._key("metrics", "hist", name)
+
+    def webhook_throttle(self, job_id: str) -> str:
+        return self._key("webhook", "throttle", job_id)
+
+    def webhook_log(self, job_id: str) -> str:
+        return self._key("webhook", "log", job_id)
+
+    def eval_study(self, study_id: str) -> str:
+        return self._key("eval", study_id)
+
+    def eval_votes(self, study_id: str) -> str:
+        return self._key("eval", study_id, "votes")
+
+    def eval_owner(self, owner: str) -> str:
+        return self._key("evals", owner)
+
+    @property
+    def replication_probe(self) -> str:
+        return self._key("replication-probe")
+
+    def hub_wake(self, token: str) -> str:
+        return self._key("hub", token)
+
+    @classmethod
+    def of_events_key(cls, events_key: str) -> Keys:
+        """The Keys whose `events()` made `events_key` (the stream hub only sees stream keys)."""
+        return cls(events_key.partition(":events:")[0])
+
+
+class _Lifetimes(Protocol):
+    retention_s: int
+    worker_dead_after_s: int
+    worker_maintenance_s: int
+    webhook_progress_interval_s: float
+    embedding_cache_ttl_s: int
+
+
+class Ttl:
+    """Lifetimes of the keys above, from the settings (seconds unless the name says ms)."""
+
+    ADMISSION_S = 30  # an admission reservation (P:admitting entry) lapses after this
+    HUB_WAKE_S = 120
+    REPLICATION_PROBE_MS = 60_000
+
+    @staticmethod
+    def retention(settings: _Lifetimes) -> int:
+        """A terminal job record, its cancel flag, idempotency keys and webhook log."""
+        return settings.retention_s
+
+    @staticmethod
+    def events(settings: _Lifetimes) -> int:
+        """A job's event stream: an hour past the record, so a late reader still sees the end."""
+        return settings.retention_s + 3600
+
+    @staticmethod
+    def worker(settings: _Lifetimes) -> int:
+        return settings.worker_dead_after_s
+
+    @staticmethod
+    def maintenance_lock(settings: _Lifetimes) -> int:
+        return max(5, settings.worker_maintenance_s)
+
+    @staticmethod
+    def webhook_throttle_ms(settings: _Lifetimes) -> int:
+        return int(settings.webhook_progress_interval_s * 1000)
+
+    @staticmethod
+    def embedding(settings: _Lifetimes) -> int:
+        return settings.embedding_cache_ttl_s
