@@ -22,7 +22,9 @@ from generative_service.api.routes import (
     models,
     openai_compat,
 )
+from generative_service.errors import ServiceError
 from generative_service.jobs import JobStore
+from generative_service.logs import get_logger
 from generative_service.redis_client import async_redis, sync_redis
 from generative_service.settings import Settings, get_settings
 from generative_service.storage import get_storage
@@ -50,6 +52,7 @@ TAGS = [
         "description": "OpenAI Images API (`base_url=http://HOST:PORT/openai/v1`): one job per call, answered when done.",
     },
 ]
+log = get_logger(__name__)
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
 
@@ -81,11 +84,22 @@ def _async_redis(settings: Settings) -> AsyncRedis:
     )
 
 
+def _ensure_bucket(storage) -> None:
+    """Create a missing bucket at start (best effort: the gateway also starts without it)."""
+    try:
+        if storage.store.ensure_bucket():
+            log.info("storage.bucket_created", extra={"bucket": storage.store.bucket})
+    except ServiceError as exc:
+        log.warning("storage.bucket_unchecked", extra={"error": exc.message})
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Async connections belong to one event loop: make the client inside the server's loop.
     app.state.async_redis = _async_redis(app.state.settings)
     app.state.async_redis_loop = asyncio.get_running_loop()
+    if app.state.settings.storage_url:
+        await asyncio.to_thread(_ensure_bucket, app.state.storage)
     try:
         yield
     finally:
