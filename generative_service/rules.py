@@ -113,7 +113,8 @@ def metadata_problem(size: int, max_metadata_bytes: int) -> str | None:
 
 
 def lora_name_ok(name: str) -> bool:
-    return len(name) <= LORA_NAME_MAX and _LORA_NAME.match(name) is not None
+    # NOTE: fullmatch: with match, `$` also matches before a final newline ("abc\n" passed).
+    return len(name) <= LORA_NAME_MAX and _LORA_NAME.fullmatch(name) is not None
 
 
 def limits(settings: _Limits) -> dict[str, Any]:

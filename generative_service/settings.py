@@ -235,6 +235,10 @@ class Settings(BaseSettings):
         gt=0,
         description="How long `/openai/v1/images/generations` and `/sdapi/v1/txt2img` wait for their job before answering 504 (the job keeps running; `/v1/jobs` has it).",
     )
+    url: str = Field(
+        "",
+        description="Gateway URL for the `gensvc generate` client command (default http://127.0.0.1:8000).",
+    )
     cors_origins: CommaList = Field(
         [],
         description="Origins whose web pages may call the API and open event streams (`https://app.example.com`, or `*`); empty = none.",

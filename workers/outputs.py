@@ -64,7 +64,10 @@ def deliver(
     check()
     store.set_stage(job_id, Stage.safety)
     start = time.perf_counter()
-    verdicts = safety.check(images)
+    verdicts = []
+    for image in images:  # one at a time, so a cancel is seen between images
+        check()
+        verdicts.extend(safety.check([image]))
     shown = [safety.apply(image, verdict) for image, verdict in zip(images, verdicts, strict=True)]
     timings.safety_ms = _ms(start)
 

@@ -8,12 +8,16 @@ from contextlib import asynccontextmanager
 from importlib import metadata
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from redis.asyncio import Redis as AsyncRedis
 
 from generative_service.api import errors
 from generative_service.api.limits import BodySizeLimit
 from generative_service.api.routes import (
+    a1111,
     evals,
     events,
     health,
@@ -22,6 +26,7 @@ from generative_service.api.routes import (
     models,
     openai_compat,
 )
+from generative_service.api.security import SecurityHeaders
 from generative_service.errors import ServiceError
 from generative_service.jobs import JobStore
 from generative_service.logs import get_logger
@@ -51,8 +56,25 @@ TAGS = [
         "name": "openai",
         "description": "OpenAI Images API (`base_url=http://HOST:PORT/openai/v1`): one job per call, answered when done.",
     },
+    {
+        "name": "automatic1111",
+        "description": "AUTOMATIC1111 web UI API (`/sdapi/v1`): txt2img with `<lora:name:scale>` prompts, answered when done.",
+    },
 ]
 log = get_logger(__name__)
+# What a web page on a GENSVC_CORS_ORIGINS origin may send and read (EventSource needs only GET).
+CORS_METHODS = ["GET", "POST", "DELETE"]
+CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "Last-Event-ID"]
+CORS_EXPOSED = ["Location", "Retry-After", "Preference-Applied"]
+# operationIds (the method names SDK generators make): camelCase of the route function, except these.
+OPERATION_IDS = {
+    "job_events": "streamJobEvents",
+    "get_image": "getJobImage",
+    "upload_lora_form": "uploadLora",
+    "upload_lora_raw": "uploadLoraBytes",
+    "healthz": "getHealth",
+    "readyz": "getReadiness",
+}
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
 
@@ -62,6 +84,13 @@ def _version() -> str:
         return metadata.version("generative-service")
     except metadata.PackageNotFoundError:
         return "0.0.0"
+
+
+def operation_id(route: APIRoute) -> str:
+    """`submit_job` -> `submitJob`; a route's own `operation_id` wins (FastAPI asks only without)."""
+    name = OPERATION_IDS.get(route.name, route.name)
+    head, *rest = name.split("_")
+    return head + "".join(word[:1].upper() + word[1:] for word in rest)
 
 
 def async_redis_for(app: FastAPI) -> AsyncRedis:
@@ -110,12 +139,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the gateway. `settings` defaults to the environment (`GENSVC_*`)."""
     settings = settings or get_settings()
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the service itself (the
+    # fastapi-offline package ships them), so the pages work on a host without internet.
+    app = FastAPIOffline(
         title="generative-service",
         version=_version(),
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=_lifespan,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.redis = sync_redis(
@@ -129,9 +161,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = get_storage(settings)
     errors.install(app)
     app.add_middleware(BodySizeLimit, settings=settings)
+    app.add_middleware(SecurityHeaders)  # outside all but CORS: error answers get them too
+    if settings.cors_origins:  # added last: outermost, so errors and 413s carry CORS headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=CORS_METHODS,
+            allow_headers=CORS_HEADERS,
+            expose_headers=CORS_EXPOSED,
+            max_age=600,
+        )
     for module in (jobs, events, models, health, metrics, evals):
         app.include_router(module.router)
     openai_compat.install(app)
+    a1111.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -4,6 +4,10 @@ Each SSE event carries the stream id as `id:`, so a client that reconnects with 
 (or `?last_event_id=`) gets exactly what it missed. The stream closes after the terminal event;
 for a job that already ended it replays everything and closes. While nothing happens, comment
 lines keep proxies from closing the connection. A client that goes away cancels nothing.
+
+Nothing but an event ends with the blank line that dispatches a frame: the opening `retry:` and the
+keep-alive comments are single lines, so no client (httpx-sse reports a retry-only or, once it has
+seen an id, a comment-only block as an event) surfaces an empty event.
 """
 
 from __future__ import annotations
@@ -48,6 +52,14 @@ def format_event(event_id: str, event: Event) -> str:
     return f"id: {event_id}\nevent: {event.type}\ndata: {json.dumps(event.to_payload(), separators=(',', ':'))}\n\n"
 
 
+async def nothing_after(redis: AsyncRedis, settings: Settings, job_id: str, after: str) -> bool:
+    """True when a client resuming after `after` already has the job's terminal event."""
+    if after == "0-0":
+        return False
+    pending = await events.read_async(redis, settings.key_prefix, job_id, after=after)
+    return not pending and await _job_ended(redis, settings, job_id)
+
+
 async def _job_ended(redis: AsyncRedis, settings: Settings, job_id: str) -> bool:
     raw = await redis.get(settings.keys.job(job_id))
     if raw is None:
@@ -63,7 +75,7 @@ async def stream_job_events(
     NOTE: an idle stream holds no Redis connection: it waits on the process's StreamHub and
     borrows a pooled connection only for a quick XRANGE when woken or at each keep-alive.
     """
-    yield f"retry: {RECONNECT_MS}\n\n"
+    yield f"retry: {RECONNECT_MS}\n"  # a field of the first event's block, not a block of its own
     key = settings.keys.events(job_id)
     async with StreamHub.for_client(redis).watch(key, after) as wake:
         last_sent = time.monotonic()
@@ -79,7 +91,7 @@ async def stream_job_events(
             except (RedisConnectionError, RedisTimeoutError):
                 failures += 1
                 if failures > REDIS_RETRIES:
-                    yield ": redis unavailable; reconnect with Last-Event-ID to resume\n\n"
+                    yield ": redis unavailable; reconnect with Last-Event-ID to resume\n"
                     return
                 await asyncio.sleep(0.2 * failures)
                 continue
@@ -95,7 +107,7 @@ async def stream_job_events(
                     return
                 ended_seen = True
             if time.monotonic() - last_sent >= settings.sse_keepalive_s:
-                yield ": keep-alive\n\n"
+                yield ": keep-alive\n"
                 last_sent = time.monotonic()
             if not batch:
                 wait_s = (

@@ -102,6 +102,11 @@ def models_info_of(redis: Redis, settings: Settings) -> dict:
     return info if isinstance(info, dict) else {}
 
 
+def served_model(redis: Redis, settings: Settings) -> str:
+    """The base model's name as the workers published it (GENSVC_MODEL until one has)."""
+    return str(models_info_of(redis, settings).get("base_model") or settings.model)
+
+
 def check_request(
     request: GenerationRequest, settings: Settings, models_info: dict | None = None
 ) -> None:

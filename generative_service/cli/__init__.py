@@ -30,7 +30,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     logs.configure(get_settings(), "gateway")
     uvicorn.run("generative_service.api:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_config=None, timeout_graceful_shutdown=5)  # fmt: skip
+                log_config=None, timeout_graceful_shutdown=5, server_header=False)  # fmt: skip
     return 0
 
 
@@ -104,21 +104,47 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lora", type=parse_lora, action="append", help="name or name:scale (repeatable)"
     )
-    p.add_argument("--control-type", choices=("canny", "depth"))
+    p.add_argument(
+        "--control-type", help="a ControlNet the server lists in /v1/models (e.g. canny, depth)"
+    )
     p.add_argument("--control-image", help="image file for the ControlNet")
     p.add_argument("--control-scale", type=float, help="ControlNet conditioning scale")
     p.add_argument("--upscale", type=int, choices=(2, 4))
     p.add_argument("--format", choices=("png", "jpeg", "webp"))
-    p.add_argument("--url", default=DEFAULT_URL, help=f"gateway URL (default {DEFAULT_URL})")
+    p.add_argument(
+        "--url",
+        default=client_url(),
+        help=f"gateway URL (default: GENSVC_URL, else {DEFAULT_URL})",
+    )
     p.add_argument("--api-key", help="Bearer API key, when the server has GENSVC_API_KEYS")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
+
+
+def client_url() -> str:
+    """The gateway the client commands talk to: GENSVC_URL, else the local default."""
+    from generative_service.settings import get_settings
+
+    try:
+        return get_settings().url or DEFAULT_URL
+    except ValueError:  # a server setting is broken: the client still works
+        return DEFAULT_URL
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("generative-service")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gensvc", description="Self-hosted asynchronous text-to-image service."
     )
+    parser.add_argument("--version", action="version", version=f"gensvc {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 from tqdm import tqdm
 
 from generative_service.cli.supervisor import (
@@ -95,8 +96,36 @@ def generate(
     url: str, body: dict, out: str, *, api_key: str | None = None, quiet: bool = False
 ) -> int:
     """Submit `body`, follow it, save the image(s) to `out`. Returns the exit code."""
+    try:
+        return _generate(url, body, out, api_key=api_key, quiet=quiet)
+    except httpx.TransportError as exc:
+        print(
+            f"error: cannot reach the service at {url} ({type(exc).__name__}); start it with "
+            "`gensvc up`, or point GENSVC_URL / --url at a running gateway",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _check_control_type(client: Client, body: dict) -> str | None:
+    """The reason `body`'s control type cannot run here (the server lists its ControlNets)."""
+    control = body.get("control")
+    if not control:
+        return None
+    served = client.models().get("controlnets") or []
+    names = [item if isinstance(item, str) else str(item.get("type")) for item in served]
+    if control["type"] in names:
+        return None
+    return f"--control-type {control['type']} is not served here; choose from: {', '.join(names) or 'none'}"
+
+
+def _generate(url: str, body: dict, out: str, *, api_key: str | None, quiet: bool) -> int:
     with Client(url, api_key=api_key) as client:
         try:
+            refused = _check_control_type(client, body)
+            if refused:
+                print(f"error: {refused}", file=sys.stderr)
+                return 2
             job = client.submit(body)
         except APIError as exc:
             print(f"error: {exc.message}", file=sys.stderr)

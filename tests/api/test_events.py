@@ -139,12 +139,13 @@ def test_resume_with_query_parameter(api_client, fake_worker):
     assert [frame["id"] for frame in event_frames(via_header.text)] == [last]
 
 
-def test_resume_after_the_terminal_event_closes_at_once(api_client, fake_worker):
+def test_resume_after_the_terminal_event_is_204_no_content(api_client, fake_worker):
+    # 204 is how the HTML standard tells an EventSource to stop reconnecting.
     job_id = api_client.post("/v1/jobs", json=OK).json()["id"]
     fake_worker.run(job_id)
     last = event_frames(api_client.get(f"/v1/jobs/{job_id}/events").text)[-1]["id"]
     response = api_client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": last})
-    assert response.status_code == 200 and event_frames(response.text) == []
+    assert response.status_code == 204 and response.content == b""
 
 
 def test_keep_alive_comments_while_the_job_waits(api_client, fake_worker, settings):

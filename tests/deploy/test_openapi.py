@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,11 @@ def settings_for_docs(tmp_path):
     return Settings(
         storage_dir=tmp_path / "images", cache_dir=tmp_path / "cache", key_prefix="t_docs_unused"
     )
+
+
+def test_operation_ids_make_clean_sdk_names(spec):
+    ids = [op["operationId"] for ops in spec["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    assert all(re.fullmatch(r"[a-z][A-Za-z0-9]*", op_id) for op_id in ids), ids
+    assert {"submitJob", "getJob", "listJobs", "cancelJob", "streamJobEvents", "getJobImage",
+            "listLoras", "uploadLora", "deleteLora", "getModels"} <= set(ids)  # fmt: skip

@@ -99,4 +99,4 @@ def test_cancel_during_the_vae_decode_stops_the_decode(engine, monkeypatch):
     assert outputs[0].canceled and outputs[0].images == []  # ... and was cut short
     monkeypatch.undo()
     assert run_one(engine, req()).images  # no cancel hook is left behind
-    assert not any(block._forward_pre_hooks for block in decoder.up_blocks)
+    assert not any(module._forward_pre_hooks for module in decoder.modules())

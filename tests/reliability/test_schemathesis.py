@@ -20,6 +20,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SERVER_ERROR_ALLOWED = {
     ("GET", "/readyz"): {503},
     ("POST", "/openai/v1/images/generations"): {504},
+    ("POST", "/sdapi/v1/txt2img"): {504},
 }
 
 
@@ -45,7 +46,11 @@ def _check(operation, case, response) -> None:
     where = f"{operation.method.upper()} {operation.path} -> {response.status_code}: {response.text[:300]}"
     assert response.status_code < 500 or response.status_code in allowed, where
     if 400 <= response.status_code < 500:
-        error = response.json().get("error")
+        body = response.json()
+        if operation.path.startswith("/sdapi/"):  # AUTOMATIC1111's error shape
+            assert body.get("error") and body.get("detail"), where
+            return
+        error = body.get("error")
         assert isinstance(error, dict) and error.get("code") and error.get("message"), where
 
 

@@ -55,4 +55,4 @@ def test_stream_ends_with_a_comment_when_redis_stays_away(monkeypatch, settings)
             )
         )
     )
-    assert frames[-1] == ": redis unavailable; reconnect with Last-Event-ID to resume\n\n"
+    assert frames[-1] == ": redis unavailable; reconnect with Last-Event-ID to resume\n"

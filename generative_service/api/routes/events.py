@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -16,12 +16,12 @@ from generative_service.api.routes.jobs import JobId
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _SSE_EXAMPLE = (
-    "retry: 2000\n\n"
+    "retry: 2000\n"
     "id: 1763632800000-0\nevent: queued\n"
     'data: {"type":"queued","job_id":"job_5f0c3a8e2b1d4c6a9e7f1b2c","at":"2026-11-20T10:00:00Z","position":1}\n\n'
     "id: 1763632800050-0\nevent: progress\n"
     'data: {"type":"progress","job_id":"job_5f0c3a8e2b1d4c6a9e7f1b2c","at":"2026-11-20T10:00:00.05Z","step":1,"total_steps":20,"percent":5.0}\n\n'
-    ": keep-alive\n\n"
+    ": keep-alive\n"
 )
 
 
@@ -37,6 +37,10 @@ _SSE_EXAMPLE = (
             "content": {
                 "text/event-stream": {"schema": {"type": "string"}, "example": _SSE_EXAMPLE}
             },
+        },
+        204: {
+            "description": "`Last-Event-ID` is the job's terminal event: nothing more will come "
+            "(an EventSource stops reconnecting on 204)."
         },
         **error_responses(401, 404, 422, 503),
     },
@@ -57,11 +61,13 @@ async def job_events(
             description="Same as the `Last-Event-ID` header, for clients that cannot set headers.",
         ),
     ] = None,
-) -> StreamingResponse:
+) -> Response:
     after = sse.resume_point(last_event_id, last_event_id_query)
     await run_in_threadpool(
         store.get, job_id, owner=owner
     )  # 404 / 401 / 503 before the stream starts
+    if await sse.nothing_after(aredis, settings, job_id, after):
+        return Response(status_code=204)  # the HTML standard's way to stop an EventSource
     return StreamingResponse(
         sse.stream_job_events(aredis, settings, job_id, after=after),
         media_type="text/event-stream",

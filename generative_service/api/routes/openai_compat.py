@@ -152,10 +152,6 @@ def install(app: FastAPI) -> None:
     errors.register_shape(app, f"{PREFIX}/", openai_error)
 
 
-def served_model(redis, settings: Settings) -> str:
-    return str(submit.models_info_of(redis, settings).get("base_model") or settings.model)
-
-
 def _renamed(exc: InvalidRequest) -> InvalidRequest:
     field = PARAM_OF.get(exc.field.split("[")[0].split(".")[0], exc.field)
     return InvalidRequest(field, exc.reason, details=exc.details)
@@ -214,7 +210,7 @@ async def create_image(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> ImagesResponse:
     """Runs one job through the queue and answers once it is done (at most GENSVC_COMPAT_WAIT_S)."""
-    model = await run_in_threadpool(served_model, redis, settings)
+    model = await run_in_threadpool(submit.served_model, redis, settings)
     job = to_generation_request(body, model)
     try:
         submitted = await submit.submit(
@@ -277,7 +273,7 @@ def finished_job(record, settings: Settings) -> None:
     responses=error_responses(401, 503),
 )
 def list_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> ModelList:
-    return ModelList(data=[ModelObject(id=served_model(redis, settings), created=0)])
+    return ModelList(data=[ModelObject(id=submit.served_model(redis, settings), created=0)])
 
 
 @router.get(
@@ -293,7 +289,7 @@ def get_model(
     settings: SettingsDep,
     owner: OwnerDep,
 ) -> ModelObject:
-    served = served_model(redis, settings)
+    served = submit.served_model(redis, settings)
     if model != served:
         raise UnknownModel(model)
     return ModelObject(id=served, created=0)
