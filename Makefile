@@ -8,7 +8,7 @@ EXTRAS ?= test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-all test-deps lint openapi bench redis clean gpu-check gpu-check-smoke
+.PHONY: install demo test test-all test-deps typecheck lint openapi bench redis clean gpu-check gpu-check-smoke
 
 $(BIN)/gensvc: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,7 +31,11 @@ test-deps:
 demo: install
 	$(BIN)/gensvc demo --out demo.png
 
-test: install test-deps redis
+# Type check first (seconds with mypy's cache): a type error fails CI before any test runs.
+typecheck: install
+	$(BIN)/python -m mypy
+
+test: install test-deps redis typecheck
 	@$(BIN)/python -m pytest -q -m "not slow and not gpu"; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
@@ -41,6 +45,7 @@ test-all: install test-deps redis
 lint: install
 	$(BIN)/ruff check generative_service workers tests benchmarks
 	$(BIN)/ruff format --check generative_service workers tests benchmarks
+	$(BIN)/python -m mypy
 
 openapi: install
 	$(BIN)/python -m generative_service.openapi_export

@@ -75,18 +75,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
 
 def purge_prefix(redis, prefix: str) -> None:
     """Delete a run's keys: its own prefix, its RQ queues and registries, and its RQ jobs."""
-    job_ids = [
-        key.decode().rsplit(":", 1)[-1]
-        for key in redis.scan_iter(match=f"{prefix}:job:*", count=1000)
-    ]
-    keys = list(redis.scan_iter(match=f"{prefix}:*", count=1000)) + list(
-        redis.scan_iter(match=f"rq:*{prefix}:*", count=1000)
-    )
-    keys += [f"rq:job:{job_id}" for job_id in job_ids] + [
-        f"rq:results:{job_id}" for job_id in job_ids
-    ]
-    for start in range(0, len(keys), 1000):
-        redis.delete(*keys[start : start + 1000])
-    for member in redis.smembers("rq:queues"):
-        if f":{prefix}:" in member.decode():
-            redis.srem("rq:queues", member)
+    from generative_service.keys import Keys
+
+    Keys(prefix).purge(redis, batch=1000)

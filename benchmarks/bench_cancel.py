@@ -139,7 +139,7 @@ def _report(rows: list[dict], args) -> str:
     lines += [
         "",
         "Cancel points: every denoising step and each UNet block (not with GENSVC_ENGINE_BACKEND=compile), "
-        "each VAE decoder block, before safety, before upscaling, before every upscaler tile and "
+        "each VAE decoder convolution, before each image's safety check, before upscaling, before every upscaler tile and "
         "convolution, before storing and before each image is encoded.",
     ]
     return "\n".join(lines)

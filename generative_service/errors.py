@@ -39,6 +39,11 @@ class Unauthorized(ServiceError):
     code = "unauthorized"
 
 
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(ServiceError):
     status_code = 404
     code = "not_found"

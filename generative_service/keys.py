@@ -1,7 +1,7 @@
 """Every Redis key the service uses: its name, its type, how long it lives and who writes it.
 
 No other module formats a key (tests/test_keys.py greps for it): they ask `Keys(prefix)` (or
-`settings.keys`) for the name and `Ttl` for the lifetime. Nothing here talks to Redis. The data
+`settings.keys`) for the name and `Ttl` for the lifetime. Only `purge` talks to Redis. The data
 model, with the job state machine around it, is described in docs/architecture.md.
 
 P is the key prefix (GENSVC_KEY_PREFIX). RETENTION is GENSVC_RETENTION_S.
@@ -38,7 +38,7 @@ P is the key prefix (GENSVC_KEY_PREFIX). RETENTION is GENSVC_RETENTION_S.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 RQ_QUEUE_NAMESPACE = "rq:queue:"  # rq.Queue.redis_queue_namespace_prefix (asserted in the tests)
 
@@ -164,10 +164,33 @@ class Keys:
     def hub_wake(self, token: str) -> str:
         return self._key("hub", token)
 
+    def purge(self, redis: Any, *, batch: int = 500) -> None:
+        """Delete every key under this prefix: ours, its RQ queues and registries, its RQ jobs.
+
+        For tests and benchmarks that share a Redis (each run has its own prefix); never FLUSHDB.
+        """
+        job_ids = [
+            _text(key).rsplit(":", 1)[-1]
+            for key in redis.scan_iter(match=self._key("job", "*"), count=batch)
+        ]
+        keys = list(redis.scan_iter(match=self._key("*"), count=batch))
+        keys += list(redis.scan_iter(match=f"rq:*{self._key('*')}", count=batch))
+        keys += [f"rq:job:{job_id}" for job_id in job_ids]
+        keys += [f"rq:results:{job_id}" for job_id in job_ids]
+        for start in range(0, len(keys), batch):
+            redis.delete(*keys[start : start + batch])
+        for member in redis.smembers("rq:queues"):
+            if f":{self._key('')}" in _text(member):
+                redis.srem("rq:queues", member)
+
     @classmethod
     def of_events_key(cls, events_key: str) -> Keys:
         """The Keys whose `events()` made `events_key` (the stream hub only sees stream keys)."""
         return cls(events_key.partition(":events:")[0])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class _Lifetimes(Protocol):

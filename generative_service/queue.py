@@ -126,11 +126,15 @@ class JobQueue:
             pass
 
     def position(self, record: JobRecord) -> int | None:
-        """1-based position among waiting jobs of its queue; None unless queued."""
+        """1-based position among waiting jobs of its queue; None unless queued.
+
+        A queued job that is no longer in its RQ queue has been taken by a worker that has not
+        marked it running yet: it is next, position 1 (it was null in that window).
+        """
         if record.status != JobStatus.queued:
             return None
         position = self.rq_queue(record.queue).get_job_position(record.id)
-        return None if position is None else position + 1
+        return 1 if position is None else position + 1
 
     # --- admission ------------------------------------------------------------------------------
     def admit(self) -> str:

@@ -26,6 +26,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from support import free_port
 
+from generative_service.keys import Keys
 from generative_service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,22 +35,8 @@ WORKER_START_TIMEOUT_S = 600.0  # the first worker of a session builds the tiny 
 
 
 def cleanup_prefix(redis: Redis, prefix: str) -> None:
-    """Delete every key a test with this prefix left: ours, its RQ queues/registries and RQ jobs."""
-    job_ids = [
-        key.decode().rsplit(":", 1)[-1]
-        for key in redis.scan_iter(match=f"{prefix}:job:*", count=500)
-    ]
-    keys = list(redis.scan_iter(match=f"{prefix}:*", count=500)) + list(
-        redis.scan_iter(match=f"rq:*{prefix}:*", count=500)
-    )
-    keys += [f"rq:job:{job_id}" for job_id in job_ids] + [
-        f"rq:results:{job_id}" for job_id in job_ids
-    ]
-    for start in range(0, len(keys), 500):
-        redis.delete(*keys[start : start + 500])
-    for member in redis.smembers("rq:queues"):
-        if f":{prefix}:" in member.decode():
-            redis.srem("rq:queues", member)
+    """Delete every key a test with this prefix left (Keys.purge)."""
+    Keys(prefix).purge(redis)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -307,3 +294,12 @@ def service(start_service: Callable[..., RunningService], settings: Settings) ->
 def process_env() -> Callable[[Settings], dict[str, str]]:
     """`process_env(settings)`: the environment a child process needs to run on `settings`."""
     return child_env
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """A headless Chromium (selenium WebDriver) with a fresh profile; see tests/browser.py."""
+    from browser import chromium
+
+    with chromium() as driver:
+        yield driver

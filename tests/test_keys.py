@@ -120,3 +120,17 @@ def test_key_names_and_lifetimes():
     assert settings.keys.models == "p:models"
     assert Ttl.events(settings) == 2 * 3600
     assert Ttl.webhook_throttle_ms(settings) == 500
+
+
+def test_purge_deletes_a_prefix_and_its_rq_keys_only(redis, make_settings):
+    settings, other = make_settings(), make_settings()
+    keys = settings.keys
+    redis.set(keys.job("job_1"), "{}")
+    redis.set("rq:job:job_1", "x")
+    redis.rpush(keys.rq_queue_list("default"), "job_1")
+    redis.sadd("rq:queues", keys.rq_queue_list("default"))
+    redis.set(other.keys.models, "{}")
+    keys.purge(redis)
+    assert not redis.exists(keys.job("job_1"), "rq:job:job_1", keys.rq_queue_list("default"))
+    assert keys.rq_queue_list("default").encode() not in redis.smembers("rq:queues")
+    assert redis.get(other.keys.models) == b"{}"

@@ -25,6 +25,7 @@ from generative_service.api.routes import (
     metrics,
     models,
     openai_compat,
+    web,
 )
 from generative_service.api.security import SecurityHeaders
 from generative_service.errors import ServiceError
@@ -175,6 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     openai_compat.install(app)
     a1111.install(app)
+    web.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.exceptions
@@ -93,7 +93,7 @@ def field_name(loc: tuple | list) -> str:
     return name or source
 
 
-def _reason(error: dict) -> str:
+def _reason(error: Mapping[str, Any]) -> str:
     kind = error.get("type", "")
     if kind == "missing":
         return "is required"
@@ -117,7 +117,7 @@ def _reason(error: dict) -> str:
     return message
 
 
-def validation_details(errors: list[dict]) -> list[dict[str, str]]:
+def validation_details(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     """Pydantic/FastAPI errors as `[{field, message, type}]` with readable messages."""
     out = []
     for error in errors:

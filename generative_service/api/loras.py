@@ -18,9 +18,16 @@ from pathlib import Path
 
 from anyio import to_thread
 
-from generative_service import lora_fit, rules
+from generative_service import lora_fit, lora_scope, rules
 from generative_service.api.responses import LoraInfo
-from generative_service.errors import Conflict, InvalidRequest, LoraError, NotFound, PayloadTooLarge
+from generative_service.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    LoraError,
+    NotFound,
+    PayloadTooLarge,
+)
 from generative_service.lora_store import get_lora_store
 from generative_service.settings import Settings
 
@@ -41,6 +48,10 @@ def check_name(name: str, field: str = "name") -> str:
         )
     if not rules.lora_name_ok(name):
         raise InvalidRequest(field, f"must be {rules.LORA_NAME_RULE}, got {name!r}")
+    if lora_scope.is_reserved(name):
+        raise InvalidRequest(
+            field, f"names of the form key_<16 hex digits>.NAME are reserved, got {name!r}"
+        )
     return name
 
 
@@ -55,22 +66,44 @@ def name_from_filename(filename: str | None) -> str:
     return check_name(filename[: -len(SUFFIX)], "file")
 
 
-def info(settings: Settings, name: str) -> LoraInfo:
-    stored = get_lora_store(settings).head(check_name(name))
-    if stored is None:
+def info(settings: Settings, name: str, *, owner: str) -> LoraInfo:
+    """The adapter `name` as `owner` sees it (its own private one first). Raises NotFound."""
+    store = get_lora_store(settings)
+    found = lora_scope.resolve(owner, check_name(name), store.names())
+    stored = store.head(found.stored) if found is not None else None
+    if found is None or stored is None:
         raise NotFound(f"LoRA {name!r} not found")
-    return LoraInfo(name=name, size_bytes=stored.size_bytes, sha256=stored.sha256)
+    return LoraInfo(
+        name=found.name, size_bytes=stored.size_bytes, sha256=stored.sha256, scope=found.scope
+    )
 
 
-def list_all(settings: Settings) -> list[LoraInfo]:
+def list_all(settings: Settings, *, owner: str) -> list[LoraInfo]:
+    """Every shared adapter and `owner`'s private ones; others' private adapters are not shown."""
+    by_name = {item.name: item for item in get_lora_store(settings).list()}
     return [
-        LoraInfo(name=item.name, size_bytes=item.size_bytes, sha256=item.sha256)
-        for item in get_lora_store(settings).list()
+        LoraInfo(name=seen.name, size_bytes=item.size_bytes, sha256=item.sha256, scope=seen.scope)
+        for seen in lora_scope.visible(owner, list(by_name))
+        if (item := by_name.get(seen.stored)) is not None
     ]
 
 
-def delete(settings: Settings, name: str) -> None:
-    get_lora_store(settings).delete(check_name(name))
+def delete(settings: Settings, name: str, *, owner: str) -> None:
+    """Delete `owner`'s private adapter `name`, or (admins only) the shared one.
+
+    Raises:
+        NotFound: no such adapter visible to `owner`.
+        Forbidden: a shared adapter and `owner` is not an admin key.
+    """
+    store = get_lora_store(settings)
+    found = lora_scope.resolve(owner, check_name(name), store.names())
+    if found is None:
+        raise NotFound(f"LoRA {name!r} not found")
+    if found.scope == "shared" and not lora_scope.is_admin(settings, owner):
+        raise Forbidden(
+            f"LoRA {name!r} is a shared adapter; only admin keys (GENSVC_ADMIN_KEYS) may change it"
+        )
+    store.delete(found.stored)
 
 
 async def save(
@@ -78,6 +111,7 @@ async def save(
     name: str,
     chunks: AsyncIterator[bytes],
     *,
+    owner: str,
     layers: dict | None = None,
     model: str = "",
 ) -> LoraInfo:
@@ -86,8 +120,15 @@ async def save(
     With `layers` (what a worker published, see lora_fit.py) the file must also fit the model.
     """
     check_name(name)
+    target = lora_scope.upload_target(settings, owner, name)
+    if len(target.stored) > rules.LORA_NAME_MAX:
+        raise InvalidRequest(
+            "name",
+            f"must be at most {rules.LORA_NAME_MAX - len(target.stored) + len(name)} "
+            "characters for a private adapter",
+        )
     store = get_lora_store(settings)
-    if await to_thread.run_sync(store.head, name) is not None:
+    if await to_thread.run_sync(store.head, target.stored) is not None:
         raise Conflict(f"LoRA {name!r} already exists; delete it first")
     directory = await to_thread.run_sync(store.staging_dir)
     fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".upload-{name}-", suffix=".part")
@@ -97,10 +138,12 @@ async def save(
         shapes = await to_thread.run_sync(check_safetensors, tmp, size)
         if layers:
             lora_fit.check_fit(shapes, layers, model=model)
-        stored = await to_thread.run_sync(lambda: store.put(name, tmp, sha256=sha256))
+        stored = await to_thread.run_sync(lambda: store.put(target.stored, tmp, sha256=sha256))
     finally:
         tmp.unlink(missing_ok=True)
-    return LoraInfo(name=name, size_bytes=stored.size_bytes, sha256=stored.sha256)
+    return LoraInfo(
+        name=name, size_bytes=stored.size_bytes, sha256=stored.sha256, scope=target.scope
+    )
 
 
 async def _write_all(fd: int, chunks: AsyncIterator[bytes], limit: int) -> tuple[int, str]:

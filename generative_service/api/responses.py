@@ -5,7 +5,7 @@ The job resource, job list and events live in `generative_service.schemas`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,6 +56,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "Malformed request (invalid JSON, bad header).",
         401: "Missing or wrong `Authorization: Bearer` API key.",
+        403: "Not allowed: a shared adapter only admin keys (GENSVC_ADMIN_KEYS) may change.",
         404: "Unknown job, image or adapter (another key's job is unknown too).",
         409: "Conflict: Idempotency-Key reused with another body, job already ended, adapter exists.",
         413: "Request body too large.",
@@ -80,6 +81,10 @@ class LoraInfo(BaseModel):
 
     name: str = Field(description="Adapter name; use it in a request's `loras[].name`.")
     size_bytes: int | None = None
+    scope: Literal["shared", "private"] | None = Field(
+        None,
+        description="`shared`: the operator's, usable by every key; `private`: this key's own upload.",
+    )
     sha256: str | None = Field(
         None,
         description="Content hash of the current version (known for adapters in object storage and fresh uploads).",
@@ -104,6 +109,7 @@ class ModelsInfo(BaseModel):
                     "samplers": list(rules.SAMPLERS),
                     "loras": ["ink"],
                     "default_size": 64,
+                    "default_steps": rules.DEFAULT_STEPS,
                     "limits": {
                         "max_side": 2048,
                         "max_batch_images": 4,
@@ -123,6 +129,9 @@ class ModelsInfo(BaseModel):
     samplers: list[str] = []
     loras: list[str] = []
     default_size: int | None = None
+    default_steps: int = Field(
+        rules.DEFAULT_STEPS, description="Denoising steps a job without `steps` runs."
+    )
     limits: dict[str, Any] = {}
     backend: dict[str, Any] | None = Field(
         None,

@@ -1,6 +1,6 @@
 """Submission checks that need settings or the filesystem, and the `Prefer: wait=N` wait.
 
-The field table of DESIGN §3 is enforced by `GenerationRequest` itself; what lives here depends on
+The fixed bounds (rules.py) are enforced by `GenerationRequest` itself; what lives here depends on
 configuration: metadata size, webhook destination, known LoRA names, the control image, batch size.
 """
 
@@ -21,7 +21,7 @@ from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
 import generative_service.engine.paths as paths
-from generative_service import events, redis_client, rules, webhooks
+from generative_service import events, lora_scope, redis_client, rules, webhooks
 from generative_service.errors import InvalidRequest
 from generative_service.jobs import JobStore
 from generative_service.keys import Keys
@@ -78,6 +78,8 @@ async def submit(
     admission, quotas, idempotency and batching behave the same whichever API a client speaks.
     After a wait the job is read again, so an unfinished job is answered as it stands then.
     """
+    if body.loras:
+        body = await run_in_threadpool(resolve_loras, body, owner, settings)
     models_info = await run_in_threadpool(models_info_of, redis, settings) if body.control else {}
     await run_in_threadpool(check_request, body, settings, models_info)
     record, created = await run_in_threadpool(
@@ -175,6 +177,24 @@ def _check_images(request: GenerationRequest, settings: Settings) -> None:
         problem = None if value is None else rules.side_problem(value, settings.max_side)
         if problem:
             raise InvalidRequest(field, problem)
+
+
+def resolve_loras(request: GenerationRequest, owner: str, settings: Settings) -> GenerationRequest:
+    """The request with each `loras[].name` as stored: `owner`'s private adapter of that name,
+    else the shared one (lora_scope.py). Raises InvalidRequest for a name `owner` cannot see."""
+    stored = get_lora_store(settings).names()
+    specs = []
+    for index, lora in enumerate(request.loras):
+        found = lora_scope.resolve(owner, lora.name, stored)
+        if found is None:
+            known = [item.name for item in lora_scope.visible(owner, stored)]
+            raise InvalidRequest(
+                f"loras[{index}].name",
+                f"unknown LoRA {lora.name!r}; known: {', '.join(known) or 'none installed'}",
+                details={"known": known},
+            )
+        specs.append(lora.model_copy(update={"name": found.stored}))
+    return request.model_copy(update={"loras": specs})
 
 
 def _check_loras(request: GenerationRequest, settings: Settings) -> None:

@@ -36,7 +36,11 @@ from generative_service.engine.loader import CONTROL_TYPES, LoadedModels, load_m
 from generative_service.engine.lora import LoraManager, target_layers
 from generative_service.engine.previews import latent_preview
 from generative_service.engine.prompts import PromptEncoder
-from generative_service.engine.reproducibility import model_fingerprint, reproducibility_record
+from generative_service.engine.reproducibility import (
+    model_fingerprint,
+    public_ref,
+    reproducibility_record,
+)
 from generative_service.engine.schedulers import DEFAULT_SAMPLER, make_scheduler, x0_prediction
 from generative_service.errors import GenerationFailed, InvalidRequest, ServiceError
 from generative_service.keys import Ttl
@@ -185,7 +189,7 @@ class Engine:
         info = self.models.info
         return {
             "base_model": info.get("name") or self.settings.model,
-            "source": self.models.sources.get("model"),
+            "source": public_ref(self.models.sources.get("model")),
             "pipeline": type(self.pipe).__name__,
             "controlnets": sorted(self.models.control_pipes),
             "control_types": [kind for kind in CONTROL_TYPES if kind in self.models.control_pipes],
@@ -193,7 +197,7 @@ class Engine:
             "default_sampler": DEFAULT_SAMPLER,
             "loras": self.loras.store.names(),
             "default_size": self.default_size,
-            "default_steps": info.get("default_steps", rules.DEFAULT_STEPS),
+            "default_steps": rules.DEFAULT_STEPS,  # what a job without `steps` runs
             "prompt_hint": info.get("prompt_hint"),
             "limits": rules.limits(self.settings),
             "device": str(self.models.device),

@@ -7,7 +7,7 @@ Bundle layout (written by `engine.tiny.build_tiny` and by the demo trainer)::
     ROOT/controlnet-depth/    ControlNetModel.save_pretrained            (optional)
     ROOT/depth-estimator/     transformers depth model + image processor (optional)
     ROOT/loras/NAME.safetensors                                          (optional)
-    ROOT/bundle.json          {"name", "default_size", "default_steps", "prompt_hint"}
+    ROOT/bundle.json          {"name", "default_size", "prompt_hint"} (a job without `steps` runs rules.DEFAULT_STEPS)
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from generative_service.engine.hashing import combined
@@ -28,10 +29,10 @@ def static_record(engine) -> dict[str, Any]:
         return cached
     models = engine.models
     record = {
-        "model": engine.settings.model,
+        "model": public_ref(engine.settings.model),
         "components": {
             name: {
-                "source": models.sources[name],
+                "source": public_ref(models.sources[name]),
                 "sha256": combined(files) if files else None,
                 "files": files,
             }
@@ -45,6 +46,14 @@ def static_record(engine) -> dict[str, Any]:
     }
     engine._static_record = record
     return record
+
+
+def public_ref(ref: str | None) -> str | None:
+    """A model reference fit to show clients: a hub id or builtin name as is, a local directory
+    as `local:<parent>/<name>` (no absolute server path; the files' hashes identify the weights)."""
+    if not ref or not (ref.startswith(("/", ".", "~")) or Path(ref).is_absolute()):
+        return ref
+    return "local:" + "/".join(Path(ref).expanduser().parts[-2:])
 
 
 def reproducibility_record(

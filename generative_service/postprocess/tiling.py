@@ -3,7 +3,7 @@
 The whole image is first reflect-padded by `PREPAD` px (as realesrgan-ncnn-vulkan does; the model
 then sees natural-looking content past the border). The padded image is cut into `tile` x `tile`
 cores; each core is run together with up to `CONTEXT` px of its neighbours and only the core's
-output is kept. 10 px of context already gives ~41 dB against the untiled result (DESIGN §7);
+output is kept. 10 px of context already gives ~41 dB against the untiled result (tests/postprocess/test_upscaler.py);
 0 px shows seams. With `tile=0`, or an image no larger than one tile, it runs in one piece.
 """
 

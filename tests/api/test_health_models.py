@@ -69,3 +69,13 @@ def test_openapi_documents_routes_with_the_error_shape(api_client):
     assert "HTTPValidationError" not in json.dumps(spec)
     assert spec["components"]["schemas"]["GenerationRequest"]["examples"]
     assert api_client.get("/redoc").status_code == 200
+
+
+def test_models_default_steps_is_what_a_job_without_steps_runs(api_client, settings, redis):
+    # A worker on a bundle whose bundle.json says 20 published that number; jobs ran 30.
+    redis.set(
+        f"{settings.key_prefix}:models", json.dumps({"base_model": "tiny", "default_steps": 20})
+    )
+    advertised = api_client.get("/v1/models").json()["default_steps"]
+    job = api_client.post("/v1/jobs", json={"prompt": "a red square"}).json()
+    assert advertised == job["request"]["steps"] == job["progress"]["total_steps"]

@@ -204,3 +204,13 @@ def test_webhook_attempts_route(api_client):
     response = api_client.get(f"/v1/jobs/{job_id}/webhooks")
     assert response.status_code == 200 and response.json() == {"data": []}
     check_error(api_client.get("/v1/jobs/job_0123456789abcdef01234567/webhooks"), 404)
+
+
+def test_a_job_a_worker_has_taken_but_not_started_is_next_not_null(api_client, settings, redis):
+    job = api_client.post("/v1/jobs", json=OK).json()
+    assert job["status"] == "queued" and job["queue_position"] == 1
+    # A worker's dequeue: the RQ job leaves the queue before the record says running.
+    store = JobStore(redis, settings)
+    assert store.queue.rq_queue(store.get(job["id"]).queue).remove(job["id"]) == 1
+    again = api_client.get(f"/v1/jobs/{job['id']}").json()
+    assert again["status"] == "queued" and again["queue_position"] == 1  # was null

@@ -1,4 +1,4 @@
-"""Every rule of the request table (DESIGN §3) rejects bad input with the right status and a
+"""Every request rule (generative_service/rules.py) rejects bad input with the right status and a
 message that names the field. No worker: the gateway validates before anything is queued."""
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from generative_service import config_doc
@@ -55,3 +56,48 @@ def test_operations_guide_covers_what_operators_need():
         "configuration.md",
     ):
         assert topic in guide, topic
+
+
+def _tracked_text_files() -> list[Path]:
+    import subprocess
+
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    return [
+        ROOT / name
+        for name in listed.split("\0")
+        if name and (ROOT / name).is_file() and not name.startswith("generative_service/models/")
+    ]
+
+
+def test_nothing_cites_a_design_document_outside_the_repository():
+    """The contract lives in the repo (docs/, README); the design notes it grew from do not."""
+    cited = re.compile("DESIGN" + r"(\.md|\s*§)")
+    found = []
+    for path in _tracked_text_files():
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        found += [
+            f"{path.relative_to(ROOT)}:{number}"
+            for number, line in enumerate(text.splitlines(), 1)
+            if cited.search(line)
+        ]
+    assert not found, f"cite docs/architecture.md (or another repo doc) instead: {found}"
+
+
+def test_architecture_doc_lists_every_redis_key():
+    """Every key of keys.py's table is in docs/architecture.md's data model."""
+    from generative_service import keys
+
+    table = keys.__doc__.split("written by", 1)[1]
+    names = [
+        re.split(r"\s{2,}| \(", line.strip())[0]
+        for line in table.splitlines()
+        if line.strip().startswith("P:")
+    ]
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    assert len(names) >= 20
+    assert [name for name in names if f"`{name}`" not in doc] == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,7 @@ def test_reproducibility_record_names_parameters_and_file_hashes(engine, tiny_ro
     )
     assert record["software"]["diffusers"]
     assert np.isfinite(run_one(engine, req()).inference_ms)
+    # Models are named by id and hash: no absolute path of the server's disks reaches a client.
+    assert str(tiny_root) not in json.dumps(record)
+    assert record["components"]["model"]["source"] == "local:tiny/pipeline"
+    assert str(tiny_root) not in json.dumps(engine.describe())

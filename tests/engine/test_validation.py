@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from generative_service.errors import InvalidRequest, LoraError
-from generative_service.schemas import LoraSpec
+from generative_service.schemas import GenerationRequest, LoraSpec
 
 from .engine_helpers import req, run_one
 
@@ -59,5 +59,6 @@ def test_describe_lists_what_is_served(engine):
     assert "dpmpp_2m_karras" in info["samplers"] and info["default_sampler"] == "dpmpp_2m_karras"
     assert {"tiny-style-a", "tiny-style-b"} <= set(info["loras"])
     assert info["default_size"] == 64
+    assert info["default_steps"] == GenerationRequest(prompt="x").steps  # what such a job runs
     assert info["limits"]["max_batch_images"] == 4
     assert info["attention"] == "sdpa" and info["device"] == "cpu"

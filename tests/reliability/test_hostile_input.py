@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save
 
-from generative_service.jobs import JobStore
+from generative_service.jobs import JobStore, owner_for_key
 from generative_service.schemas import ImageInfo, Timings
 from generative_service.storage import LocalStorage, encode_image, image_url
 
@@ -233,7 +233,10 @@ def test_gateway_stays_healthy_after_the_whole_barrage(client, hostile_settings,
     assert client.get(accepted.headers["location"]).json()["status"] == "queued"
     assert [job["id"] for job in client.get("/v1/jobs").json()["data"]] == [accepted.json()["id"]]
     assert client.post("/v1/loras/ink", content=LORA_OK).status_code == 201
-    assert [p.name for p in hostile_settings.lora_dir.iterdir()] == ["ink.safetensors"]
+    # key-a is not an admin key: its upload is private, stored under its owner id.
+    assert [p.name for p in hostile_settings.lora_dir.iterdir()] == [
+        f"{owner_for_key('key-a')}.ink.safetensors"
+    ]
     # No Redis connection leaked per rejected request (allow the gateway's own few).
     assert redis.info("clients")["connected_clients"] <= before + 5
 

@@ -10,7 +10,7 @@ from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
 import generative_service.engine.paths as paths
-from generative_service import rules
+from generative_service import lora_scope, rules
 from generative_service.api import loras
 from generative_service.api.deps import OwnerDep, RedisDep, SettingsDep
 from generative_service.api.responses import LoraInfo, LoraList, ModelsInfo, error_responses
@@ -39,6 +39,7 @@ def settings_info(settings: Settings) -> dict:
         "controlnets": controlnets,
         "samplers": list(rules.SAMPLERS),
         "default_size": paths.default_size(settings),
+        "default_steps": rules.DEFAULT_STEPS,
         "backend": {"name": settings.engine_backend},
         "limits": rules.limits(settings),
     }
@@ -60,7 +61,11 @@ def get_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> Model
     info = {**settings_info(settings), "source": "settings"}
     if isinstance(published, dict):
         info = {**info, **published, "source": "worker"}
-    info["loras"] = get_lora_store(settings).names()
+    info["loras"] = [
+        item.name for item in lora_scope.visible(owner, get_lora_store(settings).names())
+    ]
+    # The request schema's default, never a bundle's own number: it is what a job without `steps` runs.
+    info["default_steps"] = rules.DEFAULT_STEPS
     # The cost cap is the gateway's: it holds whatever a worker published.
     info["limits"] = {**info.get("limits", {}), "max_job_cost": settings.max_job_cost}
     info["job_cost"] = rules.job_cost_info(settings.max_job_cost)
@@ -71,7 +76,7 @@ def get_models(redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> Model
     "/loras", response_model=LoraList, summary="List LoRA adapters", responses=error_responses(401)
 )
 def list_loras(settings: SettingsDep, owner: OwnerDep) -> LoraList:
-    return LoraList(data=loras.list_all(settings))
+    return LoraList(data=loras.list_all(settings, owner=owner))
 
 
 @router.get(
@@ -81,7 +86,7 @@ def list_loras(settings: SettingsDep, owner: OwnerDep) -> LoraList:
     responses=error_responses(401, 404, 422),
 )
 def get_lora(name: LoraName, settings: SettingsDep, owner: OwnerDep) -> LoraInfo:
-    return loras.info(settings, name)
+    return loras.info(settings, name, owner=owner)
 
 
 @router.post(
@@ -105,7 +110,9 @@ async def upload_lora_form(
 ) -> LoraInfo:
     adapter = loras.check_name(name) if name else loras.name_from_filename(file.filename)
     layers, model = await run_in_threadpool(_served_layers, redis, settings)
-    saved = await loras.save(settings, adapter, _upload_chunks(file), layers=layers, model=model)
+    saved = await loras.save(
+        settings, adapter, _upload_chunks(file), owner=owner, layers=layers, model=model
+    )
     response.headers["Location"] = f"/v1/loras/{adapter}"
     return saved
 
@@ -136,7 +143,9 @@ async def upload_lora_raw(
     """`curl --data-binary @ink.safetensors -H 'Content-Type: application/octet-stream' .../v1/loras/ink`."""
     loras.check_name(name)
     layers, model = await run_in_threadpool(_served_layers, redis, settings)
-    saved = await loras.save(settings, name, request.stream(), layers=layers, model=model)
+    saved = await loras.save(
+        settings, name, request.stream(), owner=owner, layers=layers, model=model
+    )
     response.headers["Location"] = f"/v1/loras/{name}"
     return saved
 
@@ -146,10 +155,10 @@ async def upload_lora_raw(
     status_code=204,
     response_class=Response,
     summary="Remove a LoRA adapter",
-    responses=error_responses(401, 404, 422),
+    responses=error_responses(401, 403, 404, 422),
 )
 def delete_lora(name: LoraName, settings: SettingsDep, owner: OwnerDep) -> Response:
-    loras.delete(settings, name)
+    loras.delete(settings, name, owner=owner)
     return Response(status_code=204)
 
 
