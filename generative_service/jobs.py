@@ -1,11 +1,16 @@
 """Job records in Redis and the named state changes that also emit the job's events.
 
-Redis keys (named in keys.py):
+Redis layout (prefix P = settings.key_prefix):
   P:job:{id}                JSON JobRecord (the job resource plus owner and worker)
   P:cancel:{id}             set when a client cancels a running job; the worker polls it each step
   P:events:{id}             the job's event stream (events.py)
   P:owner:{owner}           sorted set of the owner's job ids by creation time (listing)
+  P:idem:{owner}:{key}      Idempotency-Key -> {job_id, hash}                        (queue.py)
+  P:counts                  waiting jobs in all and per owner, running per owner  (queue.py)
+  P:order:{queue}           waiting job ids by submission sequence (positions)     (queue.py)
+  P:stats:step_ms           hash: pixel class -> EWMA ms per denoising step (ETAs)  (queue.py)
   P:epoch                   when this Redis's data begins (a restart without persistence starts anew)
+  rq:queue:P:{queue}        the RQ queue the job waits in (RQ job id == our job id)  (queue.py)
 
 Gateway and worker both change records; every change is a WATCH/MULTI read-modify-write so
 neither overwrites the other. A terminal record never changes again. Admission (the queue bound,
@@ -14,7 +19,9 @@ idempotency, enqueueing, positions and ETAs) lives in queue.py.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import math
 import secrets
 import time
@@ -22,11 +29,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from redis import Redis, WatchError
+from redis.asyncio import Redis as AsyncRedis
+from rq.job import Job as RQJob
 
 from generative_service import events, logs, metrics, webhooks
 from generative_service.errors import Conflict, InvalidRequest, NotFound
 from generative_service.keys import Ttl
-from generative_service.queue import JobQueue, body_hash, resolve
+from generative_service.queue import (
+    POSITION_PLACEHOLDER,
+    JobQueue,
+    Submission,
+    body_hash,
+    resolve,
+)
 from generative_service.record import ANONYMOUS, JobRecord
 from generative_service.schemas import (
     BatchInfo,
@@ -74,6 +89,47 @@ class JobStore:
         self.queue = JobQueue(redis, settings)
 
     # --- submit ---------------------------------------------------------------------------------
+    def prepare(
+        self,
+        request: GenerationRequest,
+        *,
+        owner: str = ANONYMOUS,
+        idempotency_key: str | None = None,
+        raw_body: dict | None = None,
+    ) -> Submission:
+        """The new job's record and what the submit script writes for it (no Redis I/O)."""
+        resolved = resolve(request, self.settings)
+        record = JobRecord(
+            id=new_job_id(),
+            owner=owner,
+            created_at=utcnow(),
+            queue=self.settings.queue_for(
+                pixels=resolved.width * resolved.height,
+                loras=[lora.name for lora in resolved.loras],
+            ),
+            request=resolved,
+            progress=Progress(stage=Stage.queued, total_steps=resolved.steps),
+        )
+        digest = body_hash(raw_body if raw_body is not None else request.model_dump(mode="json"))
+        idem_key = self.queue.idempotency_key(owner, idempotency_key)
+        event = Event(type="queued", job_id=record.id, position=0).to_payload()
+        event["position"] = POSITION_PLACEHOLDER
+        queue, rq_queue = self.queue, self.queue.rq_queue_of(record)
+        keys = [
+            idem_key or "", queue.counts_key, self.keys.job(record.id), self.keys.owner(owner),
+            self.keys.epoch, _text(RQJob.key_for(record.id)), rq_queue.key, rq_queue.redis_queues_keys,
+            queue.order_key(record.queue), queue.sequence_key(record.queue), self.keys.events(record.id),
+            metrics.submitted_counter_key(self.settings), queue.step_ms_key, queue.tenants_key(record.queue),
+            queue.burst_key(record.queue), queue.bell_key(record.queue),
+        ]  # fmt: skip
+        args = [
+            record.id, owner, record.model_dump_json(), record.created_at.timestamp(), repr(time.time()),
+            self.settings.max_queued, self.settings.max_queued_per_key, queue.idempotency_value(record.id, digest),
+            Ttl.retention(self.settings), json.dumps(event), events.STREAM_MAXLEN, Ttl.events(self.settings),
+            record.queue, self.settings.batch_window_ms, *queue.rq_job_fields(record),
+        ]  # fmt: skip
+        return Submission(record=record, keys=keys, args=args, digest=digest)
+
     def create(
         self,
         request: GenerationRequest,
@@ -86,63 +142,85 @@ class JobStore:
 
         Raises:
             Conflict: the idempotency key was used with another body.
-            QueueFull: more than MAX_QUEUED jobs wait.
+            QueueFull: MAX_QUEUED jobs wait, or MAX_QUEUED_PER_KEY of this owner.
         """
-        idem_key = self.queue.idempotency_key(owner, idempotency_key)
-        digest = body_hash(raw_body if raw_body is not None else request.model_dump(mode="json"))
-        if idem_key:
-            existing = self._idempotent_replay(idem_key, digest)
-            if existing is not None:
-                return existing, False
-        token = self.queue.admit()
-        # NOTE: every way out after admission drops the reservation (an error in between used to
-        # hold a queue slot for ADMIT_TTL_S); once enqueued the job is counted by its queue.
-        try:
-            resolved = resolve(request, self.settings)
-            record = JobRecord(
-                id=new_job_id(),
-                owner=owner,
-                created_at=utcnow(),
-                queue=self.settings.queue_for(
-                    pixels=resolved.width * resolved.height,
-                    loras=[lora.name for lora in resolved.loras],
-                ),
-                request=resolved,
-                progress=Progress(stage=Stage.queued, total_steps=resolved.steps),
-            )
-            if idem_key and not self.queue.remember(idem_key, record.id, digest):
-                existing = self._idempotent_replay(
-                    idem_key, digest
-                )  # lost a race with the same key
-                if existing is not None:
-                    return existing, False
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.set(self.keys.epoch, repr(time.time()), nx=True)
-            pipe.set(self.keys.job(record.id), record.model_dump_json())
-            pipe.zadd(self.keys.owner(owner), {record.id: record.created_at.timestamp()})
-            pipe.execute()
-            self.queue.enqueue(record)
-        finally:
-            self.queue.release(token)
-        metrics.job_submitted(self.redis, self.settings, record.queue)
+        submission = self.prepare(
+            request, owner=owner, idempotency_key=idempotency_key, raw_body=raw_body
+        )
+        for _ in range(2):
+            replayed = self._accepted(submission, self.queue.submit(submission))
+            if replayed is None:
+                if submission.record.request.webhook:
+                    self._emit_webhook(submission)
+                return submission.record, True
+            try:
+                return self.get(replayed), False
+            except NotFound:  # the replayed job expired: its key may be used afresh
+                self.redis.delete(submission.keys[0])
+        raise Conflict("Idempotency-Key is being reused concurrently; retry")
+
+    async def create_async(
+        self,
+        redis: AsyncRedis,
+        request: GenerationRequest,
+        *,
+        owner: str = ANONYMOUS,
+        idempotency_key: str | None = None,
+        raw_body: dict | None = None,
+    ) -> tuple[JobResource, JobRecord, bool]:
+        """`create` on the gateway's async client: (resource, record, created), one round trip."""
+        submission = self.prepare(
+            request, owner=owner, idempotency_key=idempotency_key, raw_body=raw_body
+        )
+        for _ in range(2):
+            reply = await self.queue.submit_async(redis, submission)
+            replayed = self._accepted(submission, reply)
+            if replayed is None:
+                if submission.record.request.webhook:
+                    await asyncio.to_thread(self._emit_webhook, submission)
+                steps = _pairs(reply[3])
+                resource = self.resource_from(
+                    submission.record, int(reply[1]), steps, base_url=self.settings.public_url
+                )
+                return resource, submission.record, True
+            try:
+                record = await self.get_async(redis, replayed)
+            except NotFound:
+                await redis.delete(submission.keys[0])
+                continue
+            return await self.resource_async(redis, record), record, False
+        raise Conflict("Idempotency-Key is being reused concurrently; retry")
+
+    def _accepted(self, submission: Submission, reply: list) -> str | None:
+        """None when the script accepted the job; the replayed job id for an idempotent replay.
+
+        Raises:
+            QueueFull: a bound refused the job. Conflict: the key was used with another body.
+        """
+        kind = _text(reply[0])
+        if kind == "replay":
+            return self.queue.replayed_id(reply[1], submission.digest)
+        if kind in ("full", "key_full"):
+            raise self.queue.queue_full(reply, owner_bound=kind == "key_full")
+        record, request = submission.record, submission.record.request
+        metrics.job_submitted_here(record.queue)
         log.info(
             "job.submitted",
-            extra={"job_id": record.id, "queue": record.queue, "owner": owner, "width": resolved.width, "height": resolved.height,
-                   "steps": resolved.steps, "images": resolved.num_images, "prompt": logs.prompt_field(self.settings, resolved.prompt)},
+            extra={"job_id": record.id, "queue": record.queue, "owner": record.owner, "width": request.width,
+                   "height": request.height, "steps": request.steps, "images": request.num_images,
+                   "prompt": logs.prompt_field(self.settings, request.prompt)},
         )  # fmt: skip
-        self._emit(
-            record, Event(type="queued", job_id=record.id, position=self.queue.position(record))
-        )
-        return record, True
+        return None
 
-    def _idempotent_replay(self, idem_key: str, digest: str) -> JobRecord | None:
-        job_id = self.queue.replayed_id(idem_key, digest)
-        if job_id is None:
-            return None
-        try:
-            return self.get(job_id)
-        except NotFound:
-            return None
+    def _emit_webhook(self, submission: Submission) -> None:
+        record = submission.record
+        position = self.queue.position(record)
+        webhooks.on_event(
+            self.redis,
+            self.settings,
+            record,
+            Event(type="queued", job_id=record.id, position=position),
+        )
 
     # --- read -----------------------------------------------------------------------------------
     def get(self, job_id: str, *, owner: str | None = None) -> JobRecord:
@@ -155,6 +233,60 @@ class JobStore:
             raise NotFound(f"job {job_id!r} not found")  # never the note: it exists, just not yours
         return record
 
+    async def get_async(
+        self, redis: AsyncRedis, job_id: str, *, owner: str | None = None
+    ) -> JobRecord:
+        """`get` on the gateway's async client."""
+        raw = await redis.get(self.keys.job(job_id)) if _plausible_id(job_id) else None
+        if raw is None:
+            pipe = redis.pipeline(transaction=False)
+            pipe.set(self.keys.epoch, repr(time.time()), nx=True)
+            pipe.get(self.keys.epoch)
+            epoch = float((await pipe.execute())[1])
+            raise NotFound(f"job {job_id!r} not found" + self._lost_note(job_id, epoch))
+        record = JobRecord.model_validate_json(raw)
+        if owner is not None and record.owner != owner:
+            raise NotFound(f"job {job_id!r} not found")
+        return record
+
+    async def read_async(
+        self, redis: AsyncRedis, job_id: str, *, owner: str | None = None
+    ) -> JobResource:
+        """The public resource of one job in one round trip (record, step times, queue ranks)."""
+        if not _plausible_id(job_id):
+            return await self.resource_async(
+                redis, await self.get_async(redis, job_id, owner=owner)
+            )
+        queues = self.queue.known_queues()
+        pipe = redis.pipeline(transaction=False)
+        pipe.get(self.keys.job(job_id))
+        pipe.hgetall(self.queue.step_ms_key)
+        for queue in queues:
+            pipe.zrank(self.queue.order_key(queue), job_id)
+        raw, steps, *ranks = await pipe.execute()
+        if raw is None:
+            await self.get_async(redis, job_id)  # raises NotFound, with the note
+        record = JobRecord.model_validate_json(raw)
+        if owner is not None and record.owner != owner:
+            raise NotFound(f"job {job_id!r} not found")
+        if record.queue not in queues:  # a queue no longer routed to: ask for its rank alone
+            return await self.resource_async(redis, record)
+        rank = ranks[queues.index(record.queue)]
+        position = (1 if rank is None else rank + 1) if record.status == JobStatus.queued else None
+        return self.resource_from(
+            record, position, _decode_map(steps), base_url=self.settings.public_url
+        )
+
+    async def resource_async(self, redis: AsyncRedis, record: JobRecord) -> JobResource:
+        pipe = redis.pipeline(transaction=False)
+        pipe.hgetall(self.queue.step_ms_key)
+        pipe.zrank(self.queue.order_key(record.queue), record.id)
+        steps, rank = await pipe.execute()
+        position = (1 if rank is None else rank + 1) if record.status == JobStatus.queued else None
+        return self.resource_from(
+            record, position, _decode_map(steps), base_url=self.settings.public_url
+        )
+
     def epoch(self) -> float:
         """When this Redis's data begins (set once, on first use; never expires). A Redis that
         restarted without persistence starts a new epoch: every job created before it is gone."""
@@ -163,13 +295,13 @@ class JobStore:
         pipe.get(self.keys.epoch)
         return float(pipe.execute()[1])
 
-    def _lost_note(self, job_id: str) -> str:
+    def _lost_note(self, job_id: str, epoch: float | None = None) -> str:
         """For a missing job whose id says it was created within retention but before the epoch."""
         try:
             created = int(job_id[4:12], 16)
         except ValueError:
             return ""
-        epoch = self.epoch()
+        epoch = self.epoch() if epoch is None else epoch
         if not epoch - self.settings.retention_s <= created < int(epoch):
             return ""
         since = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
@@ -219,9 +351,22 @@ class JobStore:
 
     def to_resource(self, record: JobRecord, *, base_url: str = "") -> JobResource:
         """The public job resource, with queue position, ETA and links filled in."""
+        return self.resource_from(
+            record, self.queue.position(record), self.queue.step_times(), base_url=base_url
+        )
+
+    def resource_from(
+        self,
+        record: JobRecord,
+        position: int | None,
+        step_times: dict[str, float],
+        *,
+        base_url: str = "",
+    ) -> JobResource:
+        """The public job resource from what was read (no Redis I/O)."""
         data = record.model_dump(exclude={"owner", "worker_id"})
-        data["queue_position"] = self.queue.position(record)
-        data["progress"] = self.queue.with_eta(record, data["queue_position"])
+        data["queue_position"] = position if record.status == JobStatus.queued else None
+        data["progress"] = self.queue.with_eta(record, data["queue_position"], step_times)
         root = f"{base_url}/v1/jobs/{record.id}"
         data["links"] = Links(
             self=root, events=f"{root}/events", cancel=f"{root}/cancel", webhooks=f"{root}/webhooks"
@@ -243,11 +388,15 @@ class JobStore:
                     if raw is None:
                         raise NotFound(f"job {job_id!r} not found")
                     record = JobRecord.model_validate_json(raw)
+                    old = record.status
                     if change(record) is False:
                         pipe.unwatch()
                         return record
+                    entering_queue = record.status == JobStatus.queued != old
+                    front = self.queue.front_score(record.queue) if entering_queue else 0.0
                     pipe.multi()
                     pipe.set(key, record.model_dump_json(), keepttl=True)
+                    self.queue.status_change(pipe, record, old, front)
                     if record.status.is_terminal:
                         pipe.expire(key, Ttl.retention(self.settings))
                     pipe.execute()
@@ -318,6 +467,47 @@ class JobStore:
                 preview=preview,
             ),
         )
+
+    def report_progress_many(self, updates: list[tuple[str, int, int, str | None]]) -> None:
+        """`report_progress` for several jobs (job id, step, total, preview) in one transaction:
+        one batch step costs the same few round trips whatever the batch size."""
+        keys = [self.keys.job(job_id) for job_id, *_ in updates]
+        ttl_s = Ttl.events(self.settings)
+        changed: list[tuple[JobRecord, Event]] = []
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(*keys)
+                    changed = []
+                    for (job_id, step, total, preview), raw in zip(
+                        updates, pipe.mget(keys), strict=True
+                    ):
+                        record = JobRecord.model_validate_json(raw) if raw is not None else None
+                        if record is None or record.status.is_terminal:
+                            continue
+                        done = percent(step, total)
+                        record.progress = Progress(
+                            stage=Stage.denoising, step=step, total_steps=total, percent=done
+                        )
+                        changed.append((record, Event(type="progress", job_id=job_id, step=step,
+                                                      total_steps=total, percent=done, preview=preview)))  # fmt: skip
+                    if not changed:
+                        pipe.unwatch()
+                        return
+                    pipe.multi()
+                    for record, event in changed:
+                        pipe.set(self.keys.job(record.id), record.model_dump_json(), keepttl=True)
+                        stream = self.keys.events(record.id)
+                        pipe.xadd(stream, {"data": json.dumps(event.to_payload())},
+                                  maxlen=events.STREAM_MAXLEN, approximate=True)  # fmt: skip
+                        pipe.expire(stream, ttl_s)
+                    pipe.execute()
+                    break
+                except WatchError:
+                    continue
+        for record, event in changed:
+            if record.request.webhook:
+                webhooks.on_event(self.redis, self.settings, record, event)
 
     def set_stage(self, job_id: str, stage: Stage) -> JobRecord | None:
         def change(record: JobRecord) -> bool | None:
@@ -407,7 +597,11 @@ class JobStore:
 
         record = self._transition(job_id, change, make_event)
         if record is not None:
-            self.redis.delete(self.keys.cancel(job_id))
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(self.keys.cancel(job_id))
+            if record.started_at is not None:
+                self.queue.record_finished(pipe)
+            pipe.execute()
             # Counted here, once, wherever the job ended (worker, recovery, watchdog, gateway cancel).
             latency = (
                 (record.finished_at - record.created_at).total_seconds()
@@ -449,6 +643,19 @@ class JobStore:
 
 def _total_ms(record: JobRecord) -> float:
     return round((utcnow() - record.created_at).total_seconds() * 1000, 1)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(flat: list) -> dict[str, float]:
+    """A Lua HGETALL answer (field, value, field, value, ...) as step times."""
+    return {_text(flat[i]): float(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+def _decode_map(raw: dict) -> dict[str, float]:
+    return {_text(key): float(value) for key, value in raw.items()}
 
 
 def _plausible_id(job_id: str) -> bool:

@@ -13,10 +13,23 @@ P is the key prefix (GENSVC_KEY_PREFIX). RETENTION is GENSVC_RETENTION_S.
   P:events:{id}                  stream   RETENTION + 1 h, renewed       events.publish
   P:owner:{owner}                zset     none (expired ids pruned)      JobStore.create
   P:idem:{owner}:{key}           string   RETENTION                      queue.JobQueue
-  P:admitting                    zset     entries lapse after 30 s       queue.JobQueue.admit
+  P:counts                       hash     none (fields follow the jobs)  queue.JobQueue (submit
+                                          queued, queued:{owner},        script) and
+                                          running:{owner}                JobStore.update
+  P:order:{queue}                zset     none (ids leave on start,      queue.JobQueue: positions
+                                          cancel, end)
+  P:seq:{queue}                  string   none                           submit script
+  P:tenants:{queue}              set      none                           submit script (RQ queue
+                                                                         keys, one per API key)
+  P:bell:{queue}                 list     none (at most one element)     submit script; workers
+                                                                         sleep on it
+  P:burst:{queue}                string   BATCH_WINDOW after the last    submit script
+                                          submit
+  P:stats:finished:{bucket}      string   8 buckets of 10 s              JobStore (throughput)
   P:stats:step_ms                hash     none                           queue.JobQueue
   P:epoch                        string   none                           JobStore
   P:{queue} (RQ queue name)      -        RQ: list rq:queue:P:{queue}    queue.JobQueue (RQ)
+  P:{queue}@{owner} (RQ queue)   -        RQ: one per API key            queue.JobQueue (RQ)
   P:worker:{id}                  string   WORKER_DEAD_AFTER, renewed     workers/liveness.py
   P:models                       string   none (overwritten)             workers/liveness.py
   P:models:layers                string   none (written when missing)    workers/liveness.py
@@ -72,10 +85,6 @@ class Keys:
         return self._key("idem", owner, key)
 
     @property
-    def admitting(self) -> str:
-        return self._key("admitting")
-
-    @property
     def step_ms(self) -> str:
         return self._key("stats", "step_ms")
 
@@ -96,7 +105,40 @@ class Keys:
         """The logical queue of an RQ queue name (or its `rq:queue:` key); None if not ours."""
         name = rq_name.removeprefix(RQ_QUEUE_NAMESPACE)
         ours = self._key("")
-        return name[len(ours) :] if name.startswith(ours) else None
+        # An API key's queue (`P:{queue}@{owner}`) belongs to its logical queue.
+        return name[len(ours) :].partition("@")[0] if name.startswith(ours) else None
+
+    def rq_tenant_queue_name(self, queue: str, owner: str) -> str:
+        """The RQ queue name of one API key's jobs in logical queue `queue` (fair share)."""
+        return f"{self.rq_queue_name(queue)}@{owner}"
+
+    @property
+    def counts(self) -> str:
+        """Hash: `queued` (all waiting jobs), `queued:{owner}`, `running:{owner}`."""
+        return self._key("counts")
+
+    def order(self, queue: str) -> str:
+        """Sorted set of the queue's waiting job ids by submission sequence (positions)."""
+        return self._key("order", queue)
+
+    def sequence(self, queue: str) -> str:
+        return self._key("seq", queue)
+
+    def tenants(self, queue: str) -> str:
+        """Set of the RQ queue keys the jobs of logical `queue` wait in (one per API key)."""
+        return self._key("tenants", queue)
+
+    def bell(self, queue: str) -> str:
+        """A list of at most one element the submit script pushes to; idle workers wait on it."""
+        return self._key("bell", queue)
+
+    def burst(self, queue: str) -> str:
+        """Submits to `queue` less than a batch window apart (expires a window after the last)."""
+        return self._key("burst", queue)
+
+    def finished(self, bucket: int) -> str:
+        """Jobs finished in one THROUGHPUT bucket (Retry-After's measured throughput)."""
+        return self._key("stats", "finished", str(bucket))
 
     @property
     def webhooks_queue(self) -> str:
@@ -204,7 +246,6 @@ class _Lifetimes(Protocol):
 class Ttl:
     """Lifetimes of the keys above, from the settings (seconds unless the name says ms)."""
 
-    ADMISSION_S = 30  # an admission reservation (P:admitting entry) lapses after this
     HUB_WAKE_S = 120
     REPLICATION_PROBE_MS = 60_000
 

@@ -148,6 +148,16 @@ def _record(redis: Redis, what: str, fill) -> None:
         log.warning("metrics.record_failed", extra={"metric": what, "error": repr(exc)})
 
 
+def submitted_counter_key(settings: Settings) -> str:
+    """The Redis hash the submit script increments (field: the queue) for each accepted job."""
+    return settings.keys.counter("jobs_submitted")
+
+
+def job_submitted_here(queue: str) -> None:
+    """Mirror a submit the submit script already counted in Redis into this process's registry."""
+    _local_counters["jobs_submitted"].labels(queue).inc()
+
+
 def job_submitted(redis: Redis, settings: Settings, queue: str) -> None:
     """A gateway accepted a new job into `queue` (not an idempotent replay)."""
     _record(redis, "jobs_submitted", lambda pipe: _inc(pipe, settings, "jobs_submitted", queue))
@@ -302,12 +312,15 @@ def queue_depths(redis: Redis, settings: Settings) -> dict[str, int]:
     from rq import Queue
 
     keys = settings.keys
-    names = {*settings.routed_queues, *settings.queues}
-    for key in redis.smembers(Queue.redis_queues_keys):
+    lists = {keys.rq_queue_list(name): name for name in {*settings.routed_queues, *settings.queues}}
+    for key in redis.smembers(Queue.redis_queues_keys):  # also every API key's queue (fair share)
         name = keys.logical_queue(_text(key))
         if name is not None:
-            names.add(name)
-    return {name: redis.llen(keys.rq_queue_list(name)) for name in names}
+            lists[_text(key)] = name
+    depths: dict[str, int] = dict.fromkeys(lists.values(), 0)
+    for key, name in lists.items():
+        depths[name] += redis.llen(key)
+    return depths
 
 
 def live_workers(redis: Redis, settings: Settings) -> dict[str, dict]:

@@ -148,6 +148,16 @@ class Settings(BaseSettings):
         "auto",
         description="ONNX Runtime execution provider for ENGINE_BACKEND=onnxruntime; auto = CUDA on a CUDA device, else CPU. CUDA and TensorRT need `onnxruntime-gpu`.",
     )
+    compile_sizes: str = Field(
+        "",
+        description="ENGINE_BACKEND=compile: comma-separated WIDTHxHEIGHT sizes compiled at start (empty: the default size). Other sizes run eagerly, never compiled inside a request.",
+    )
+    compile_lora_slots: int = Field(
+        2,
+        ge=0,
+        le=8,
+        description="ENGINE_BACKEND=compile: LoRA slots in the compiled UNet (the most adapters one job can use; each slot costs a little on every call, used or not). Needs LORA_HOTSWAP_RANK > 0.",
+    )
     onnx_lora_graphs: int = Field(
         2, ge=1, description="LoRA-set UNet graphs kept loaded by the onnxruntime backend (LRU)."
     )
@@ -176,6 +186,16 @@ class Settings(BaseSettings):
     )
     max_queued: int = Field(
         1000, ge=1, description="Most waiting jobs; past it submit answers 429 with Retry-After."
+    )
+    max_queued_per_key: int = Field(
+        500,
+        ge=1,
+        description="Most waiting jobs of one API key (the anonymous caller counts as one key); past it that key's submits answer 429 with Retry-After.",
+    )
+    max_running_per_key: int = Field(
+        0,
+        ge=0,
+        description="Most running jobs of one API key across all workers; a worker leaves further jobs of that key waiting (0 = no bound).",
     )
     job_timeout_s: int = Field(
         600,

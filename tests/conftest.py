@@ -8,50 +8,24 @@ model is built once per session in a shared cache directory.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 from redis.exceptions import RedisError
+from services import (
+    RunningService,
+    child_env,
+    cleanup_prefix,
+)
 from support import free_port
 
-from generative_service.keys import Keys
 from generative_service.settings import Settings
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVICE_START_TIMEOUT_S = 60.0
-WORKER_START_TIMEOUT_S = 600.0  # the first worker of a session builds the tiny model
-
-
-def cleanup_prefix(redis: Redis, prefix: str) -> None:
-    """Delete every key a test with this prefix left (Keys.purge)."""
-    Keys(prefix).purge(redis)
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """`settings` as GENSVC_* environment variables, for child processes."""
-    env = {}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, list):
-            value = ",".join(str(item) for item in value)
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"GENSVC_{name.upper()}"] = str(value)
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -147,105 +121,6 @@ def make_api_client() -> Iterator[Callable[..., TestClient]]:
 def api_client(make_api_client: Callable[..., TestClient], settings: Settings) -> TestClient:
     """The gateway in-process on `settings`."""
     return make_api_client(settings)
-
-
-@dataclass
-class RunningService:
-    """A gateway and workers running as real processes on one Settings."""
-
-    settings: Settings
-    env: dict[str, str]
-    log_dir: Path
-    base_url: str | None = None
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    def client(self, **kwargs: object):
-        from generative_service.client import Client
-
-        return Client(self.base_url or "", **kwargs)
-
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        self.processes[name] = subprocess.Popen(
-            argv,
-            env=self.env,
-            cwd=REPO_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        return self.processes[name]
-
-    def start_worker(
-        self, name: str | None = None, args: list[str] | tuple[str, ...] = ()
-    ) -> subprocess.Popen:
-        """Start one more `python -m workers.gpu_worker ARGS`; its output goes to LOG_DIR/NAME.log."""
-        name = name or f"worker-{sum(key.startswith('worker-') for key in self.processes)}"
-        return self.start(name, [sys.executable, "-m", "workers.gpu_worker", *args])
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        self.processes[name].send_signal(sig)
-        self.processes[name].wait(timeout=30)
-
-    def logs(self, name: str) -> str:
-        path = self.log_dir / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def live_workers(self) -> int:
-        from generative_service.redis_client import sync_redis
-
-        redis = sync_redis(self.settings)  # the same Redis the service uses (Sentinel included)
-        try:
-            return sum(1 for _ in redis.scan_iter(match=f"{self.settings.key_prefix}:worker:*"))
-        finally:
-            redis.close()
-
-    def wait_for_workers(self, count: int, timeout_s: float = WORKER_START_TIMEOUT_S) -> None:
-        """Wait until `count` workers heartbeat; fail with the logs of a worker that exited."""
-        deadline = time.monotonic() + timeout_s
-        while self.live_workers() < count:
-            for name, process in self.processes.items():
-                if name.startswith("worker") and process.poll() is not None:
-                    pytest.fail(
-                        f"{name} exited with {process.returncode}:\n{self.logs(name)[-4000:]}"
-                    )
-            if time.monotonic() > deadline:
-                pytest.fail(f"{count} workers not alive after {timeout_s:.0f} s")
-            time.sleep(0.2)
-
-    def wait_for_gateway(self, timeout_s: float = SERVICE_START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.processes["gateway"].poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"gateway did not start:\n{self.logs('gateway')[-4000:]}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def child_env(settings: Settings) -> dict[str, str]:
-    """Our environment without any GENSVC_* of the developer's, plus `settings`."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GENSVC_")}
-    env.update(settings_env(settings))
-    env["HF_HUB_OFFLINE"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return env
 
 
 @pytest.fixture

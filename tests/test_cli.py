@@ -241,7 +241,7 @@ def test_up_starts_the_gateway_and_stops_everything_on_sigterm(settings, process
 
 
 @pytest.mark.slow
-def test_demo_runs_everything_and_writes_the_image(settings, process_env, tmp_path):
+def test_demo_runs_everything_and_writes_the_image(settings, process_env, tmp_path, redis):
     """`gensvc demo` on the tiny model: gateway + worker + webhook worker, one image, all stopped."""
     out = tmp_path / "demo.png"
     result = subprocess.run(
@@ -251,3 +251,29 @@ def test_demo_runs_everything_and_writes_the_image(settings, process_env, tmp_pa
     assert result.returncode == 0, result.stderr[-4000:]
     assert Image.open(out).size == (64, 64)
     assert "stopped gateway, gpu-worker-0, webhook-worker" in result.stderr
+    # Its job ran under the demo's own key prefix, never on the configured deployment's queues.
+    assert not list(redis.scan_iter(match=f"{settings.key_prefix}:job:*"))
+
+
+@pytest.mark.parametrize("command", ["up", "demo"])
+def test_up_and_demo_on_a_busy_port_fail_at_once_saying_so(
+    command, settings, process_env, tmp_path
+):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [sys.executable, "-m", "generative_service.cli", command, "--port", str(port)]
+        if command == "up":
+            argv += ["--host", "127.0.0.1"]
+        else:
+            argv += ["--out", str(tmp_path / "x.png")]
+        done = subprocess.run(
+            argv, env=process_env(settings), capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
+    assert "gensvc up: http" not in done.stderr  # no banner for a service that is not there
+    assert not (tmp_path / "x.png").exists()

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SEGMENTS = (
     "job|cancel|events|owner|idem|admitting|stats|epoch|worker|models|running|maintenance|emb"
     "|metrics|counter|hist|webhooks?|throttle|log|hub|evals?|votes|replication-probe"
+    "|counts|order|seq|tenants|bell|burst|finished"
 )
 KEY_SEGMENT = re.compile(rf":(?:{SEGMENTS})(?::|$)|rq:queue:")
 

@@ -1,8 +1,14 @@
-"""Fill a batch around the job RQ handed out with compatible jobs waiting in the same queue.
+"""Fill a batch around the job RQ handed out with compatible jobs waiting in the same logical queue.
 
-RQ dequeues one job. Within GENSVC_BATCH_WINDOW_MS of that job's submission the batcher looks at
-the jobs waiting behind it, oldest first, and claims those with the same `batch_key` until the
-batch holds GENSVC_MAX_BATCH_IMAGES images. A claim moves the job id from the queue to the queue's
+RQ dequeues one job. The batcher looks at the jobs waiting in every API key's RQ queue of the same
+logical queue (fairshare.py) and claims those with the same `batch_key`, taking the keys in turn
+(the first waiting job of each key, then the second, ...), until the batch holds
+GENSVC_MAX_BATCH_IMAGES images: compatible jobs of different keys share batches, and one key's
+backlog cannot fill every batch. It waits for more only while another compatible job may still
+arrive: within GENSVC_BATCH_WINDOW_MS of the job's submission, and only when other jobs were
+submitted less than a window apart from it (the submit script's burst counter) or jobs are
+waiting; a lone job starts at once. With GENSVC_MAX_RUNNING_PER_KEY it claims no job of a key
+that already has that many running. A claim moves the job id from the queue to the queue's
 RQ intermediate list in one atomic step (the same place RQ's own dequeue puts a job), so two
 workers never claim the same job and RQ's intermediate-queue cleanup covers a worker that dies
 right after claiming. The handed-out job is always in the batch (no starvation); a job that is
@@ -27,6 +33,7 @@ if TYPE_CHECKING:
     from rq.queue import Queue
 
     from generative_service.settings import Settings
+    from workers.fairshare import TenantQueues
 
 # How many waiting jobs are inspected per look (the oldest ones; deeper ones wait their turn).
 SCAN_DEPTH = 64
@@ -59,6 +66,10 @@ class Batch:
     queue: Queue
     key: str
     jobs: list[tuple[Job, JobRecord]] = field(default_factory=list)
+    queues: dict[str, Queue] = field(default_factory=dict)  # job id -> the queue it came from
+
+    def queue_of(self, job: Job) -> Queue:
+        return self.queues.get(job.id, self.queue)
 
     @property
     def images(self) -> int:
@@ -82,11 +93,13 @@ class Batcher:
         *,
         validate: Callable,
         should_stop: Callable[[], bool],
+        tenants: TenantQueues | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.validate = validate
         self.should_stop = should_stop
+        self.tenants = tenants
         self._claim = store.redis.register_script(_CLAIM)
 
     def check(self, record: JobRecord) -> Candidate:
@@ -99,28 +112,61 @@ class Batcher:
 
     def fill(self, job: Job, queue: Queue, record: JobRecord, key: str) -> Batch:
         """The batch for `job` (already validated, with batch key `key`), mates claimed."""
-        batch = Batch(queue=queue, key=key, jobs=[(job, record)])
+        batch = Batch(queue=queue, key=key, jobs=[(job, record)], queues={job.id: queue})
         capacity = self.settings.max_batch_images
         window_s = self.settings.batch_window_ms / 1000.0
         # The window counts from the submission of the handed-out job: a job that already waited
         # that long (a busy queue) batches with what is there and does not wait again.
         deadline = time.monotonic() + max(0.0, window_s - _age_s(record))
+        group = self.tenants.group_of(queue.name) if self.tenants else [queue]
         seen: dict[str, Candidate] = {}
+        running: dict[str, int] = {}
+        first = True
         while batch.images < capacity and not self.should_stop():
-            self._claim_waiting(batch, seen, capacity)
+            waiting = self._claim_waiting(batch, group, seen, capacity, running)
             if batch.images >= capacity or time.monotonic() >= deadline:
                 break
+            if first and not waiting and not self._burst(record):
+                break  # nothing else waits and no other submit is near: start at once
+            first = False
             time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
         return batch
 
-    def _claim_waiting(self, batch: Batch, seen: dict[str, Candidate], capacity: int) -> None:
-        queue = batch.queue
-        ids = [_text(value) for value in self.store.redis.lrange(queue.key, 0, SCAN_DEPTH - 1)]
-        self._look_up([job_id for job_id in ids if job_id not in seen], seen)
-        waiting = [seen[job_id] for job_id in ids if seen[job_id].key == batch.key]
-        waiting.sort(key=lambda candidate: candidate.record.created_at)  # oldest first
-        for candidate in waiting:
+    def _burst(self, record: JobRecord) -> bool:
+        """True when other jobs of the queue were submitted less than a batch window apart."""
+        value = self.store.redis.get(self.store.queue.burst_key(record.queue))
+        return value is not None and int(value) > 1
+
+    def _claim_waiting(
+        self,
+        batch: Batch,
+        group: list[Queue],
+        seen: dict[str, Candidate],
+        capacity: int,
+        running: dict[str, int],
+    ) -> int:
+        """Claim compatible waiting jobs, keys in turn. Returns how many jobs were waiting."""
+        pipe = self.store.redis.pipeline(transaction=False)
+        for queue in group:
+            pipe.lrange(queue.key, 0, SCAN_DEPTH - 1)
+        listed = [[_text(value) for value in ids] for ids in pipe.execute()]
+        self._look_up([i for ids in listed for i in ids if i not in seen], seen)
+        per_queue = [
+            [(queue, seen[i]) for i in ids if seen[i].key == batch.key]
+            for queue, ids in zip(group, listed, strict=True)
+        ]
+        for lane in per_queue:
+            lane.sort(key=lambda item: item[1].record.created_at)  # oldest first within a key
+        # Round robin across keys: every key's first compatible job, then every key's second, ...
+        turns = [item for rank in range(SCAN_DEPTH) for lane in per_queue if rank < len(lane) for item in [lane[rank]]]  # fmt: skip
+        bound = self.settings.max_running_per_key
+        if bound:
+            self._running_counts(batch, [c.record.owner for _, c in turns], running)
+        for queue, candidate in turns:
             if batch.images + candidate.images > capacity:
+                continue
+            owner = candidate.record.owner
+            if bound and running[owner] >= bound:
                 continue
             job_id = candidate.record.id
             if not self._claim(keys=[queue.key, queue.intermediate_queue_key], args=[job_id]):
@@ -130,9 +176,26 @@ class Batcher:
                 self.store.redis.lrem(queue.intermediate_queue_key, 0, job_id)
                 continue
             batch.jobs.append((rq_job, candidate.record))
+            batch.queues[job_id] = queue
+            running[owner] = running.get(owner, 0) + 1
             seen[job_id] = Candidate(None)  # taken: never look at it again
             if batch.images >= capacity:
-                return
+                break
+        return sum(len(ids) for ids in listed)
+
+    def _running_counts(self, batch: Batch, owners: list[str], running: dict[str, int]) -> None:
+        """Fill `running` (owner -> jobs running now, plus those already in this batch)."""
+        missing = [owner for owner in dict.fromkeys(owners) if owner not in running]
+        for _, record in batch.jobs:
+            if record.owner not in running and record.owner not in missing:
+                missing.append(record.owner)
+        if not missing:
+            return
+        values = self.store.redis.hmget(
+            self.store.queue.counts_key, [f"running:{owner}" for owner in missing]
+        )
+        for owner, value in zip(missing, values, strict=True):
+            running[owner] = int(value or 0) + sum(1 for _, r in batch.jobs if r.owner == owner)
 
     def _look_up(self, ids: list[str], seen: dict[str, Candidate]) -> None:
         if not ids:

@@ -38,6 +38,8 @@ from generative_service.settings import Settings, get_settings
 from generative_service.storage import get_storage
 from workers import lifecycle
 from workers.batcher import Batcher
+from workers.fairshare import REFRESH_S as FAIRSHARE_REFRESH_S
+from workers.fairshare import TenantQueues, fair_queue_class
 from workers.liveness import Heartbeat, Watchdog
 from workers.progress import ProgressPublisher
 from workers.recovery import Maintenance, settle_lost
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 log = logs.get_logger(__name__)
 EXIT_CONFIG = 78  # EX_CONFIG: a model setting is wrong; restarting will not help
 EXIT_HUNG = 70  # EX_SOFTWARE: the watchdog ended a hung batch
+RUNNING_BOUND_PAUSE_S = 0.05
 
 
 def generate(job_id: str) -> None:
@@ -73,17 +76,41 @@ class GpuWorker(SimpleWorker):
         self.context = context
         self.stop_requested = False
         self.dead = False
+        self.tenants = TenantQueues(context.redis, context.store.queue, context.queues)
         self.batcher = Batcher(
             context.store,
             context.settings,
             validate=context.models.engine.validate,
             should_stop=self._stopping,
+            tenants=self.tenants,
         )
         self.runner = BatchRunner(
             self, store=context.store, storage=context.storage, models=context.models, settings=context.settings,
             worker_id=context.worker_id, state=context.state, abort=context.abort,
             publisher=context.publisher,
         )  # fmt: skip
+
+    # --- fair share: every key's queue, served round robin (fairshare.py) ----------------------
+    @property
+    def _ordered_queues(self) -> list[Queue]:
+        tenants = self.__dict__.get("tenants")
+        if tenants is None:  # RQ's own __init__, before ours ran
+            return self.__dict__.get("_rq_ordered", [])
+        queues = tenants.ordered()
+        self.queues = queues
+        return queues
+
+    @_ordered_queues.setter
+    def _ordered_queues(self, value: list[Queue]) -> None:
+        self.__dict__["_rq_ordered"] = value  # RQ sets it in __init__; ours come from TenantQueues
+
+    def reorder_queues(self, reference_queue: Queue) -> None:
+        self.tenants.served(reference_queue)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        # A new key's queue joins the blocking dequeue at the next refresh.
+        return max(1, round(FAIRSHARE_REFRESH_S))
 
     def register_death(self) -> None:
         self.dead = True  # the heartbeat thread stops renewing this RQ worker's hash
@@ -123,11 +150,24 @@ class GpuWorker(SimpleWorker):
         if record.status.is_terminal:  # canceled (or finished) before it reached a worker
             lifecycle.cancel(self, job, queue, None)
             return
+        bound = self.context.settings.max_running_per_key
+        if bound and store.queue.running_count(record.owner) >= bound:
+            self._hand_back_unstarted(job, queue)
+            return
         candidate = self.batcher.check(record)
         if candidate.error is not None:
             self.runner.fail_alone(job, queue, record, candidate.error)
             return
         self.runner.run(self.batcher.fill(job, queue, record, candidate.key))
+
+    def _hand_back_unstarted(self, job: Job, queue: Queue) -> None:
+        """GENSVC_MAX_RUNNING_PER_KEY: the key has enough running; its job goes back to the front
+        of its queue and the worker serves the other keys' queues first (round robin)."""
+        pipe = self.connection.pipeline()
+        pipe.lrem(queue.intermediate_queue_key, 0, job.id)
+        pipe.lpush(queue.key, job.id)
+        pipe.execute()
+        time.sleep(RUNNING_BOUND_PAUSE_S)  # all keys at their bound: do not spin on Redis
 
     def run_maintenance_tasks(self) -> None:
         # The maintenance thread cleans registries on its own schedule and lock (recovery.py).
@@ -203,6 +243,9 @@ class WorkerContext:
             redis=side, store=side_store, queue_names=rq_queues, get_worker=lambda: self.worker
         )
         self.maintenance.before_cleanup = self.heartbeat.beat
+        self.maintenance.served = lambda: [
+            name for queue in queues for name in side_store.queue.served_queue_names(queue)
+        ]
         self.maintenance.storage = self.storage
         self.watchdog = Watchdog(
             state=self.state, timeout_s=settings.job_timeout_s, on_hung=self.on_hung
@@ -221,10 +264,11 @@ class WorkerContext:
         """Watchdog: fail the hung batch's jobs with the reason, then end the process."""
         timeout = self.settings.job_timeout_s
         message = f"generation ran longer than GENSVC_JOB_TIMEOUT_S={timeout} s and was stopped; the worker restarts"
-        worker, queue = self.worker, self.state.queue
+        worker = self.worker
         for slot in slots:
             if slot.outcome is not None:
                 continue
+            queue = slot.queue or self.state.queue
             try:
                 self.store.mark_failed(slot.id, code="timeout", message=message)
                 if worker is not None and queue is not None:
@@ -300,6 +344,7 @@ def serve(context: WorkerContext, *, burst: bool = False) -> int:
                 # must not collide with (or keep alive) the hash of the one that died.
                 name=f"{context.worker_id}.{secrets.token_hex(3)}",
                 worker_ttl=max(60, 2 * settings.worker_dead_after_s), log_job_description=False,
+                queue_class=fair_queue_class([context.store.queue.bell_key(name) for name in context.queues]),
             )  # fmt: skip
             context.worker = worker
             try:

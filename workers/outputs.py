@@ -69,7 +69,7 @@ def deliver(
         check()
         verdicts.extend(safety.check([image]))
     shown = [safety.apply(image, verdict) for image, verdict in zip(images, verdicts, strict=True)]
-    timings.safety_ms = _ms(start)
+    timings.safety_ms = round(_ms(start) + getattr(safety, "shared_ms", 0.0), 1)
 
     # 2. Upscaling (only when asked); blocked images are not upscaled.
     factor = request.upscale or 1

@@ -115,6 +115,8 @@ class Maintenance(threading.Thread):
         self.queues = [Queue(name, connection=redis) for name in queue_names]
         self.get_worker = get_worker
         self.before_cleanup: Callable[[], None] | None = None
+        # Every API key's RQ queue of the served logical queues (fair share); None = queue_names.
+        self.served: Callable[[], list[str]] | None = None
         self.handler = abandoned_handler(store)
         self.dead_since: dict[str, float] = {}
         self.stopped = threading.Event()
@@ -140,6 +142,9 @@ class Maintenance(threading.Thread):
             # Renew our own running jobs first: a starved heartbeat thread must not make this
             # worker's own cleanup take its live jobs for dead ones.
             self.before_cleanup()
+        if self.served is not None:
+            known = {queue.name: queue for queue in self.queues}
+            self.queues = [known.get(n) or Queue(n, connection=self.redis) for n in self.served()]
         for queue in self.queues:
             lock = self.settings.keys.maintenance_lock(queue.name)
             if not self.redis.set(lock, "1", nx=True, ex=Ttl.maintenance_lock(self.settings)):

@@ -59,6 +59,7 @@ class Slot:
 
     rq_job: Job
     record: JobRecord
+    queue: Queue | None = None  # the RQ queue the job was taken from (its key's)
     execution: Execution | None = None
     outcome: str | None = None
 
@@ -97,6 +98,24 @@ class BatchState:
     def snapshot(self) -> tuple[str | None, float | None, list[Slot]]:
         with self.lock:
             return self.batch_id, self.started, list(self.slots)
+
+
+class BatchVerdicts:
+    """The NSFW filter's verdicts for a whole batch, computed in one call (see _batch_safety);
+    answers `check` for images of the batch from them and delegates everything else."""
+
+    def __init__(self, safety: Any, verdicts: dict[int, Any], shared_ms: float) -> None:
+        self.safety = safety
+        self.verdicts = verdicts
+        self.shared_ms = shared_ms  # the batch's one filter call, counted in each job's safety_ms
+
+    def check(self, images: list) -> list:
+        if all(id(image) in self.verdicts for image in images):
+            return [self.verdicts[id(image)] for image in images]
+        return self.safety.check(images)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.safety, name)
 
 
 def error_code(exc: BaseException) -> tuple[str, str]:
@@ -145,7 +164,8 @@ class BatchRunner:
             slots = [
                 slot
                 for slot in (
-                    self._start(job, record, batch.queue, info) for job, record in batch.jobs
+                    self._start(job, record, batch.queue_of(job), info)
+                    for job, record in batch.jobs
                 )
                 if slot
             ]
@@ -161,9 +181,10 @@ class BatchRunner:
                 )
                 results = self._generate(slots)
                 self.publisher.flush()
+                safety = self._batch_safety(slots, results)
                 # Handed-back jobs go to the front of the queue one by one: last first keeps their order.
                 for slot in reversed(slots) if self.abort.is_set() else slots:
-                    self._finish(slot, results.get(slot.id), batch.queue)
+                    self._finish(slot, results.get(slot.id), slot.queue or batch.queue, safety)
         finally:
             self.state.end()
 
@@ -174,7 +195,7 @@ class BatchRunner:
         lifecycle.fail(self.worker, job, queue, execution, error)
 
     def _start(self, job: Job, record: JobRecord, queue: Queue, info: BatchInfo) -> Slot | None:
-        slot = Slot(rq_job=job, record=record)
+        slot = Slot(rq_job=job, record=record, queue=queue)
         slot.execution = lifecycle.start(self.worker, job)
         self.state.add(slot)
         started = self.store.mark_started(record.id, batch=info, worker_id=self.worker_id)
@@ -216,6 +237,17 @@ class BatchRunner:
         timing = {"last": time.perf_counter(), "steps": []}
         canceled: set[str] = set()
 
+        pending: list[tuple] = []
+        pending_lock = threading.Lock()
+
+        def write_pending() -> None:
+            # Every step reported so far, all jobs of the batch, in one transaction.
+            with pending_lock:
+                items = pending[:]
+                pending.clear()
+            if items:
+                self._progress_many(items)
+
         def on_step(info: Any) -> None:
             request = by_id[info.job_id].record.request
             image = (
@@ -224,9 +256,9 @@ class BatchRunner:
                 and _wants_preview(request.preview.every_n_steps, info.step, info.total_steps)
                 else None
             )
-            self.publisher.submit(
-                lambda: self._progress(info.job_id, info.step, info.total_steps, image, request)
-            )
+            with pending_lock:
+                pending.append((info.job_id, info.step, info.total_steps, image, request))
+            self.publisher.submit(write_pending)
             if info.job_id == first:
                 now = time.perf_counter()
                 step_ms = (now - timing["last"]) * 1000.0
@@ -271,14 +303,41 @@ class BatchRunner:
         )
         return outputs
 
-    def _progress(self, job_id: str, step: int, total: int, image: Any, request: Any) -> None:
-        preview = preview_data_url(image, request.preview.max_px) if image is not None else None
-        self.store.report_progress(job_id, step, total, preview=preview)
+    def _progress_many(self, items: list[tuple]) -> None:
+        """Write step events (job id, step, total, preview image, request), in order, at once."""
+        self.store.report_progress_many([
+            (job_id, step, total, preview_data_url(image, request.preview.max_px) if image is not None else None)
+            for job_id, step, total, image, request in items
+        ])  # fmt: skip
 
     # --- finishing ------------------------------------------------------------------------------
-    def _finish(self, slot: Slot, result: Any, queue: Queue) -> None:
+    def _batch_safety(self, slots: list[Slot], results: dict[str, Any]) -> Any:
+        """The NSFW filter run once over every image of the batch (one model call, not one per
+        job); what deliver() gets as its filter. Falls back to per-job checks on any error."""
+        images = [
+            image
+            for slot in slots
+            if (result := results.get(slot.id)) is not None
+            and not isinstance(result, BaseException)
+            and not result.canceled
+            for image in result.images
+        ]
+        if len(images) < 2 or self.abort.is_set():
+            return self.models.safety
+        start = time.perf_counter()
         try:
-            slot.outcome = self._outcome(slot, result, queue)
+            verdicts = self.models.safety.check(images)
+        except Exception:  # noqa: BLE001 - each job's own check reports the error
+            log.exception("batch.safety_failed")
+            return self.models.safety
+        shared_ms = (time.perf_counter() - start) * 1000.0
+        return BatchVerdicts(
+            self.models.safety, dict(zip(map(id, images), verdicts, strict=True)), shared_ms
+        )
+
+    def _finish(self, slot: Slot, result: Any, queue: Queue, safety: Any = None) -> None:
+        try:
+            slot.outcome = self._outcome(slot, result, queue, safety or self.models.safety)
         except Exception as exc:  # noqa: BLE001 - post-processing of one job failed
             log.exception("job.failed", extra={"job_id": slot.id, "worker_id": self.worker_id})
             code, message = error_code(exc)
@@ -292,7 +351,7 @@ class BatchRunner:
             extra={"job_id": slot.id, "worker_id": self.worker_id, "batch_id": self.state.batch_id},
         )
 
-    def _outcome(self, slot: Slot, result: Any, queue: Queue) -> str:
+    def _outcome(self, slot: Slot, result: Any, queue: Queue, safety: Any) -> str:
         worker, job = self.worker, slot.rq_job
         if result is None:
             result = RuntimeError("the engine returned no output for this job")
@@ -319,7 +378,7 @@ class BatchRunner:
         try:
             delivered = deliver(
                 job_id=slot.id, request=slot.record.request, images=result.images, seeds=result.seeds, inference_ms=result.inference_ms,
-                store=self.store, storage=self.storage, safety=self.models.safety, upscaler=self.models.upscaler,
+                store=self.store, storage=self.storage, safety=safety, upscaler=self.models.upscaler,
                 is_canceled=partial(self.store.is_cancel_requested, slot.id),
             )  # fmt: skip
         except Interrupted:  # canceled during safety, upscaling or storing

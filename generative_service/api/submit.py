@@ -27,7 +27,7 @@ from generative_service.jobs import JobStore
 from generative_service.keys import Keys
 from generative_service.lora_store import get_lora_store
 from generative_service.record import JobRecord
-from generative_service.schemas import ControlSpec, GenerationRequest
+from generative_service.schemas import ControlSpec, GenerationRequest, JobResource
 from generative_service.settings import Settings
 
 _WAIT = re.compile(r"^\s*wait\s*=\s*(\S*)\s*$", re.IGNORECASE)
@@ -59,6 +59,7 @@ class Submitted:
     record: JobRecord  # as it stands when the answer is made (after any wait)
     created: bool  # False: an idempotent replay of an earlier job
     waited: bool  # True: the answer waited (Prefer: wait, or a compatibility route)
+    resource: JobResource  # the public resource of `record` (position and ETA filled in)
 
 
 async def submit(
@@ -81,17 +82,22 @@ async def submit(
     if body.loras:
         body = await run_in_threadpool(resolve_loras, body, owner, settings)
     models_info = await run_in_threadpool(models_info_of, redis, settings) if body.control else {}
-    await run_in_threadpool(check_request, body, settings, models_info)
-    record, created = await run_in_threadpool(
-        store.create, body, owner=owner, idempotency_key=idempotency_key
+    if body.loras or body.control:  # these read the LoRA directory or decode an image header
+        await run_in_threadpool(check_request, body, settings, models_info)
+    else:
+        check_request(body, settings, models_info)
+    # One Redis round trip on the event loop's own client (JobStore.create_async).
+    resource, record, created = await store.create_async(
+        aredis, body, owner=owner, idempotency_key=idempotency_key
     )
-    if created:  # with GENSVC_REDIS_MIN_REPLICAS, accepted only once replicas hold the job
+    if created and settings.redis_min_replicas > 0:  # accepted only once replicas hold the job
         await run_in_threadpool(redis_client.confirm_replicated, redis, settings)
     waited = bool(wait_s) and not record.status.is_terminal
     if waited:
         await wait_for_end(aredis, settings.key_prefix, record.id, float(wait_s or 0))
-        record = await run_in_threadpool(store.get, record.id)
-    return Submitted(record=record, created=created, waited=waited)
+        record = await store.get_async(aredis, record.id)
+        resource = await store.resource_async(aredis, record)
+    return Submitted(record=record, created=created, waited=waited, resource=resource)
 
 
 def models_info_of(redis: Redis, settings: Settings) -> dict:

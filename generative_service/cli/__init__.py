@@ -37,6 +37,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from generative_service.cli.supervisor import (
         Supervisor,
+        check_port_free,
         child_env,
         ensure_redis,
         service_children,
@@ -44,6 +45,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     from generative_service.settings import get_settings
 
+    check_port_free("up", args.host, args.port)  # before anything starts or is printed
     redis_port = ensure_redis(get_settings().redis_url)
     supervisor = Supervisor(
         service_children(host=args.host, port=args.port, workers=args.workers), env=child_env()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import mimetypes
+import secrets
 import socket
 import sys
 import time
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from generative_service.cli.supervisor import (
     Supervisor,
+    check_port_free,
     child_env,
     ensure_redis,
     service_children,
@@ -192,8 +194,11 @@ def run_demo(args: argparse.Namespace) -> int:
     """Start everything on the embedded default model, generate one image, stop everything."""
     settings = get_settings()
     port = args.port or free_port()
+    check_port_free("demo", "127.0.0.1", port)  # never talk to whatever else listens there
     redis_port = ensure_redis(settings.redis_url, log=lambda line: print(line, file=sys.stderr))
-    supervisor = Supervisor(service_children(host="127.0.0.1", port=port, workers=1), env=child_env(),
+    # Its own key prefix: the demo's job never runs on another deployment's workers (same Redis).
+    prefix = {"GENSVC_KEY_PREFIX": f"gensvc-demo-{secrets.token_hex(4)}"}
+    supervisor = Supervisor(service_children(host="127.0.0.1", port=port, workers=1), env=child_env(prefix),
                             log=lambda line: print(line, file=sys.stderr))  # fmt: skip
     supervisor.start()
     url = f"http://127.0.0.1:{port}"

@@ -33,6 +33,32 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+class PortInUse(SystemExit):
+    """Raised (exit status 2) when the gateway's port is taken: say so at once, never start."""
+
+    def __init__(self, command: str, host: str, port: int) -> None:
+        super().__init__(2)
+        self.message = (
+            f"gensvc {command}: port {port} on {host} is already in use (another gensvc or "
+            f"another program); stop it or pass --port"
+        )
+
+
+def check_port_free(command: str, host: str, port: int) -> None:
+    """Raise PortInUse if nothing could listen on `host:port` now (uvicorn binds the same way)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            error = PortInUse(command, host, port)
+            print(error.message, file=sys.stderr)
+            raise error from None
+
+
 def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
     try:
         client = Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)

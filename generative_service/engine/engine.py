@@ -33,7 +33,7 @@ from generative_service.engine.interrupt import (
     vae_decoder_blocks,
 )
 from generative_service.engine.loader import CONTROL_TYPES, LoadedModels, load_models
-from generative_service.engine.lora import LoraManager, target_layers
+from generative_service.engine.lora import target_layers
 from generative_service.engine.previews import latent_preview
 from generative_service.engine.prompts import PromptEncoder
 from generative_service.engine.reproducibility import (
@@ -97,8 +97,11 @@ class Engine:
         self.pipe = models.pipe
         self.hasher = hasher
         self.scheduler_config = dict(self.pipe.scheduler.config)
+        # NOTE: the backend first: it decides how LoRA layers are held (the compile backend needs
+        # fixed hot-swap slots in the UNet before compiling it).
+        self.backend = start_backend(settings, models)
         self.lora_layers = target_layers(self.pipe)  # NOTE: before any adapter adds its layers
-        self.loras = LoraManager(self.pipe, settings, hasher=hasher)
+        self.loras = self.backend.make_loras(hasher=hasher)
         self.prompts = PromptEncoder(
             self.pipe,
             fingerprint=model_fingerprint(models),
@@ -107,9 +110,8 @@ class Engine:
             ttl_s=Ttl.embedding(settings),
         )
         self._lock = threading.Lock()
-        # NOTE: after the LoraManager (hot-swap must be prepared before compiling); the ControlNet
-        # pipelines share these module objects, so they run through the backend too.
-        self.backend = start_backend(settings, models, loras=self.loras)
+        # The ControlNet pipelines share these module objects, so they run through the backend too.
+        self.backend.start(self)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, redis=None) -> Engine:
@@ -264,7 +266,8 @@ class Engine:
         check = _all_canceled_check(plan, is_canceled, canceled)
         callback = self._step_callback(plan, on_step=on_step, check=check, canceled=canceled)
         started = time.perf_counter()
-        images = self._call(pipe, plan, callback, check=check)
+        with self.backend.running():
+            images = self._call(pipe, plan, callback, check=check)
         elapsed_ms = (time.perf_counter() - started) * 1000
         # 3. Split the images back to their jobs.
         outputs = []

@@ -66,7 +66,8 @@ def test_single_file_checkpoint_gives_the_folders_images(make_engine_settings, c
     expected = pixels(run_one(from_folder, request).images[0])
     got = pixels(run_one(from_file, request).images[0])
     assert np.abs(expected - got).max() == 0
-    assert from_file.describe()["source"] == str(file)
+    # Named without the server path (engine/reproducibility.py public_ref): parent dir and file.
+    assert from_file.describe()["source"] == f"local:{file.parent.name}/{file.name}"
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         ours = getattr(from_folder.pipe, name).state_dict()
         theirs = getattr(from_file.pipe, name).state_dict()

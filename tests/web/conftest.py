@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from conftest import RunningService, child_env, cleanup_prefix
+from services import RunningService, child_env, cleanup_prefix
 from support import free_port
 
 from generative_service.settings import Settings

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from generative_service import webhooks
 from generative_service.api import submit
@@ -116,10 +115,9 @@ async def submit_job(
         idempotency_key=idempotency_key,
         wait_s=wait_s,
     )
-    record = submitted.record
+    record, resource = submitted.record, submitted.resource
     if submitted.waited:
         response.headers["Preference-Applied"] = f"wait={wait_s}"
-    resource = await run_in_threadpool(store.to_resource, record, base_url=settings.public_url)
     response.headers["Location"] = resource.links.self
     response.status_code = 200 if not submitted.created or record.status.is_terminal else 202
     return resource
@@ -154,8 +152,10 @@ def list_jobs(
     summary="Get a job",
     responses={200: {"content": _JOB_JSON}, **error_responses(401, 404, 503)},
 )
-def get_job(job_id: JobId, store: StoreDep, settings: SettingsDep, owner: OwnerDep) -> JobResource:
-    return store.to_resource(store.get(job_id, owner=owner), base_url=settings.public_url)
+async def get_job(
+    job_id: JobId, store: StoreDep, aredis: AsyncRedisDep, owner: OwnerDep
+) -> JobResource:
+    return await store.read_async(aredis, job_id, owner=owner)
 
 
 @router.post(

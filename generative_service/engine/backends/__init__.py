@@ -17,7 +17,7 @@ from generative_service.engine.backends.base import Backend
 BACKENDS = ("eager", "compile", "onnxruntime")
 
 
-def start_backend(settings, models, *, loras) -> Backend:
+def start_backend(settings, models) -> Backend:
     """The backend GENSVC_ENGINE_BACKEND names, ready to serve `models`.
 
     Raises:
@@ -30,8 +30,8 @@ def start_backend(settings, models, *, loras) -> Backend:
     if settings.engine_backend == "compile":
         from generative_service.engine.backends.compiled import CompiledBackend
 
-        return CompiledBackend(settings, models, loras=loras)
-    return Backend()
+        return CompiledBackend(settings, models)
+    return Backend(settings, models)
 
 
 __all__ = ["BACKENDS", "Backend", "start_backend"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 
@@ -13,6 +14,23 @@ class Backend:
     """
 
     name = "eager"
+
+    def __init__(self, settings, models) -> None:
+        self.settings = settings
+        self.models = models
+
+    def make_loras(self, *, hasher):
+        """The LoRA manager this backend's modules need (runtime peft adapters by default)."""
+        from generative_service.engine.lora import LoraManager
+
+        return LoraManager(self.models.pipe, self.settings, hasher=hasher)
+
+    def start(self, engine) -> None:
+        """Last step of the engine's start, before the worker reports ready (warm-up)."""
+
+    def running(self):
+        """Context of one pipeline call."""
+        return contextlib.nullcontext()
 
     def prepare(self, plan, *, loras: list[dict]) -> dict[str, Any]:
         """Get ready for one pipeline call of `plan` with the active `loras`.

@@ -48,9 +48,8 @@ class OrtBackend(Backend):
     def __init__(self, settings, models) -> None:
         import onnxruntime
 
+        super().__init__(settings, models)
         self.ort = onnxruntime
-        self.settings = settings
-        self.models = models
         self.pipe = models.pipe
         self.unet = models.pipe.unet
         if models.dtype not in (torch.float32, torch.float16):

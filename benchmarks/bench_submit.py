@@ -1,0 +1,346 @@
+"""Submit and read benchmark of the gateway (numbers, not a test), with `hey` as the load generator.
+
+Jobs only queue (no GPU worker runs). For each source tree given (e.g. the old commit and this
+one, side by side in one run, so the ratio means something on a noisy machine) it starts a private
+redis-server and `gensvc api --workers N` from that tree, then measures:
+
+1. POST /v1/jobs at 10 and 100 concurrent clients: submits/s, p50, p99, non-202 answers;
+2. GET /v1/jobs/{id} at 50 clients: reads/s, p50, p99;
+3. queue depth: submit and GET latency with 100 and with 100 000 jobs queued ahead.
+
+    .venv/bin/python benchmarks/bench_submit.py --tree before=/tmp/perf-base --tree after=. \
+        [--api-workers 1,2] [--seconds 8] [--deep 100000] [--no-report]
+
+`hey` is the Debian package `hey` (`apt-get install hey`). Writes the "submit" section of
+benchmarks/REPORT.md and benchmarks/figures/submit_latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, free_port, http_ok, pct, wait_until, write_section  # noqa: E402
+
+SECTION = "submit"
+FIGURES = ROOT / "benchmarks" / "figures"
+BODY = {"prompt": "a handwritten seven", "width": 64, "height": 64, "steps": 4}
+
+
+@dataclass
+class Load:
+    """What one `hey` run saw."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies_ms) / self.wall_s if self.wall_s else 0.0
+
+    def p(self, q: float) -> float:
+        return pct(self.latencies_ms, q)
+
+    def row(self) -> str:
+        other = {k: v for k, v in self.statuses.items() if k not in (200, 202)}
+        return f"{self.rate:.0f} | {self.p(0.5):.1f} | {self.p(0.99):.1f} | {other or 0}"
+
+
+def hey(url: str, *, clients: int, seconds: float = 0, requests: int = 0, post: bool) -> Load:
+    argv = ["hey", "-c", str(clients), "-o", "csv", "-t", "30"]
+    argv += ["-z", f"{seconds}s"] if seconds else ["-n", str(requests)]
+    if post:
+        argv += ["-m", "POST", "-T", "application/json", "-d", json.dumps(BODY)]
+    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
+    load = Load()
+    starts, ends = [], []
+    for row in csv.DictReader(io.StringIO(out)):
+        seconds_taken, offset = float(row["response-time"]), float(row["offset"])
+        load.latencies_ms.append(seconds_taken * 1000)
+        status = int(row["status-code"])
+        load.statuses[status] = load.statuses.get(status, 0) + 1
+        starts.append(offset)
+        ends.append(offset + seconds_taken)
+    load.wall_s = (max(ends) - min(starts)) if starts else 0.0
+    return load
+
+
+class Service:
+    """A private redis-server and one gateway started from `tree`."""
+
+    def __init__(self, tree: Path, workdir: Path, api_workers: int) -> None:
+        self.tree = tree
+        self.processes: list[subprocess.Popen] = []
+        self.redis_port = free_port()
+        self._spawn(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)], workdir / "redis.log", None,
+        )  # fmt: skip
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        wait_until(self._redis_up, 20, "redis")
+        self.prefix = "bench"
+        env = {key: value for key, value in os.environ.items() if not key.startswith("GENSVC_")}
+        env.update(
+            GENSVC_REDIS_URL=self.redis_url, GENSVC_KEY_PREFIX=self.prefix, GENSVC_MODEL="tiny",
+            GENSVC_STORAGE_DIR=str(workdir / "images"), GENSVC_LOG_LEVEL="WARNING", GENSVC_MAX_QUEUED="1000000",
+            GENSVC_MAX_QUEUED_PER_KEY="1000000", HF_HUB_OFFLINE="1", PYTHONPATH=str(tree),
+        )  # fmt: skip
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "generative_service.cli", "api", "--port", str(port)]
+        self._spawn([*argv, "--workers", str(api_workers)], workdir / "gateway.log", env)
+        wait_until(lambda: http_ok(f"{self.url}/healthz"), 300, f"gateway of {tree}")
+
+    def _redis_up(self) -> bool:
+        from redis import Redis
+
+        try:
+            return bool(Redis.from_url(self.redis_url, socket_connect_timeout=1).ping())
+        except Exception:  # noqa: BLE001
+            return False
+
+    def _spawn(self, argv: list[str], log_path: Path, env: dict | None) -> None:
+        log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.processes.append(
+            subprocess.Popen(argv, env=env, cwd=self.tree, stdout=log, stderr=subprocess.STDOUT)
+        )
+        log.close()
+
+    def fill(self, count: int) -> None:
+        """Put `count` jobs in the default queue, the fastest way this tree's code allows."""
+        helper = self.tree / "benchmarks" / "_fill_queue.py"
+        if helper.exists():  # the tree knows how to write real queued jobs quickly
+            env = {**os.environ, "PYTHONPATH": str(self.tree), "GENSVC_REDIS_URL": self.redis_url,
+                   "GENSVC_KEY_PREFIX": self.prefix, "GENSVC_MODEL": "tiny", "GENSVC_MAX_QUEUED": "1000000",
+                   "GENSVC_MAX_QUEUED_PER_KEY": "1000000"}  # fmt: skip
+            subprocess.run(
+                [sys.executable, str(helper), str(count)], env=env, cwd=self.tree, check=True
+            )
+            return
+        # The old code reads the queue only as RQ's list (LLEN for admission, LPOS for the
+        # position), so ids in that list are what its submit and GET pay for.
+        from redis import Redis
+
+        redis = Redis.from_url(self.redis_url)
+        key = f"rq:queue:{self.prefix}:default"
+        for start in range(0, count, 10_000):
+            redis.rpush(
+                key, *[f"job_filler{i:010d}" for i in range(start, min(count, start + 10_000))]
+            )
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def measure(tree: Path, api_workers: int, seconds: float, deep: int) -> dict[str, Load]:
+    with tempfile.TemporaryDirectory(prefix="gensvc-submit-") as tmp:
+        service = Service(tree, Path(tmp), api_workers)
+        try:
+            jobs = f"{service.url}/v1/jobs"
+            hey(jobs, clients=10, requests=200, post=True)  # warm up
+            out = {
+                "post10": hey(jobs, clients=10, seconds=seconds, post=True),
+                "post100": hey(jobs, clients=100, seconds=seconds, post=True),
+            }
+            import httpx
+
+            job_id = httpx.post(jobs, json=BODY, timeout=30).json()["id"]
+            out["get50"] = hey(f"{jobs}/{job_id}", clients=50, seconds=seconds, post=False)
+            if deep:
+                service.stop()
+                return out | depth(tree, api_workers, deep, seconds)
+            return out
+        finally:
+            service.stop()
+
+
+def depth(tree: Path, api_workers: int, deep: int, seconds: float) -> dict[str, Load]:
+    """Submit and GET latency behind 100 and behind `deep` queued jobs (fresh Redis for each)."""
+    import httpx
+
+    out: dict[str, Load] = {}
+    for ahead in (100, deep):
+        with tempfile.TemporaryDirectory(prefix="gensvc-depth-") as tmp:
+            service = Service(tree, Path(tmp), api_workers)
+            try:
+                service.fill(ahead)
+                jobs = f"{service.url}/v1/jobs"
+                job_id = httpx.post(jobs, json=BODY, timeout=30).json()["id"]
+                out[f"post_q{ahead}"] = hey(jobs, clients=10, seconds=seconds / 2, post=True)
+                out[f"get_q{ahead}"] = hey(
+                    f"{jobs}/{job_id}", clients=10, seconds=seconds / 2, post=False
+                )
+            finally:
+                service.stop()
+    return out
+
+
+def interleaved(trees: list[list[str]], rounds: int, seconds: float) -> dict[str, dict[str, Load]]:
+    """Every tree's gateway up at once and measured in alternating short slices, so the load of a
+    shared machine falls on all trees alike (sequential runs minutes apart see different loads)."""
+    import httpx
+
+    with tempfile.TemporaryDirectory(prefix="gensvc-submit-") as tmp:
+        services = {}
+        try:
+            for label, path in trees:
+                (Path(tmp) / label).mkdir()
+                services[label] = Service(Path(path).resolve(), Path(tmp) / label, 1)
+            out: dict[str, dict[str, Load]] = {label: {} for label in services}
+            ids = {}
+            for label, service in services.items():
+                hey(f"{service.url}/v1/jobs", clients=10, requests=100, post=True)  # warm up
+                ids[label] = httpx.post(f"{service.url}/v1/jobs", json=BODY, timeout=60).json()[
+                    "id"
+                ]
+            for _ in range(rounds):
+                for label, service in services.items():
+                    jobs = f"{service.url}/v1/jobs"
+                    for key, load in (
+                        ("post10", hey(jobs, clients=10, seconds=seconds, post=True)),
+                        ("post100", hey(jobs, clients=100, seconds=seconds, post=True)),
+                        (
+                            "get50",
+                            hey(f"{jobs}/{ids[label]}", clients=50, seconds=seconds, post=False),
+                        ),
+                    ):
+                        total = out[label].setdefault(key, Load())
+                        total.latencies_ms += load.latencies_ms
+                        total.wall_s += load.wall_s
+                        for status, count in load.statuses.items():
+                            total.statuses[status] = total.statuses.get(status, 0) + count
+            return out
+        finally:
+            for service in services.values():
+                service.stop()
+
+
+def figure(results: dict[str, dict[str, Load]]) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in ((axes[0], "post10", "10 clients"), (axes[1], "post100", "100 clients")):
+        for label, loads in results.items():
+            values = sorted(loads[key].latencies_ms)
+            if values:
+                ax.plot(values, [i / len(values) for i in range(len(values))], label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("POST /v1/jobs latency (ms, log)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(f"submit latency CDF, {title}")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = FIGURES / "submit_latency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(results: dict[str, dict[str, Load]], deep: int, seconds: float) -> str:
+    lines = [
+        "## Submit and read path (`benchmarks/bench_submit.py`)",
+        "",
+        f"`hey` against one gateway, jobs only queue (no worker), {seconds:g} s per load, a private "
+        "redis-server per tree; every tree measured in the same run, one after the other.",
+        "",
+        "| tree | load | requests/s | p50 ms | p99 ms | non-2xx |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    names = {"post10": "POST, 10 clients", "post100": "POST, 100 clients", "get50": "GET job, 50 clients",
+             "post_q100": "POST, 100 queued", f"post_q{deep}": f"POST, {deep} queued",
+             "get_q100": "GET, 100 queued", f"get_q{deep}": f"GET, {deep} queued"}  # fmt: skip
+    for label, loads in results.items():
+        for key, load in loads.items():
+            lines.append(f"| {label} | {names.get(key, key)} | {load.row()} |")
+    labels = list(results)
+    if len(labels) >= 2:
+        first, last = results[labels[0]], results[labels[-1]]
+        lines += ["", f"Ratios {labels[-1]} / {labels[0]}:", ""]
+        for key in ("post10", "post100", "get50"):
+            if key in first and key in last and first[key].rate:
+                lines.append(
+                    f"- {names[key]}: {last[key].rate / first[key].rate:.1f}x requests/s, "
+                    f"p99 {first[key].p(0.99):.0f} -> {last[key].p(0.99):.0f} ms"
+                )
+    lines += ["", "![submit latency](figures/submit_latency.png)"]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", action="append", default=[], help="LABEL=PATH (repeatable)")
+    parser.add_argument("--api-workers", default="1", help="comma-separated uvicorn worker counts")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--deep", type=int, default=100_000, help="0 skips the queue-depth part")
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        help="ROUNDS of alternating slices, all trees up at once",
+    )
+    parser.add_argument("--interleave-only", action="store_true", help="skip the sequential runs")
+    parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--json", help="also write the raw numbers here")
+    args = parser.parse_args()
+    if not shutil.which("hey"):
+        raise SystemExit("hey is not installed (apt-get install hey)")
+    trees = [item.split("=", 1) for item in args.tree] or [["this", str(ROOT)]]
+    results: dict[str, dict[str, Load]] = {}
+    if args.interleave:
+        results = {
+            f"{k}, interleaved": v
+            for k, v in interleaved(trees, args.interleave, args.seconds).items()
+        }
+    for workers in (
+        [int(w) for w in args.api_workers.split(",")] if not args.interleave_only else []
+    ):
+        for label, path in trees:
+            name = f"{label}, {workers} proc" if "," in args.api_workers else label
+            started = time.monotonic()
+            results[name] = measure(
+                Path(path).resolve(), workers, args.seconds, args.deep if workers == 1 else 0
+            )
+            print(f"{name}: done in {time.monotonic() - started:.0f} s", file=sys.stderr)
+            for key, load in results[name].items():
+                print(f"  {key}: {load.row()}", file=sys.stderr)
+    figure({k: v for k, v in results.items() if "post10" in v})
+    text = report(results, args.deep, args.seconds)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {name: {key: {"rate": load.rate, "p50": load.p(0.5), "p99": load.p(0.99), "statuses": load.statuses}
+                    for key, load in loads.items()} for name, loads in results.items()}, indent=1))  # fmt: skip
+    if not args.no_report:
+        write_section(SECTION, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
