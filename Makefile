@@ -8,7 +8,7 @@ EXTRAS ?= test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-all test-deps typecheck lint openapi bench redis clean gpu-check gpu-check-smoke
+.PHONY: install demo test test-all test-deps typecheck lint openapi postman bench redis clean gpu-check gpu-check-smoke
 
 $(BIN)/gensvc: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,6 +49,11 @@ lint: install
 
 openapi: install
 	$(BIN)/python -m generative_service.openapi_export
+
+# The Postman collection's Walkthrough, run by newman (npm-installed into .cache/newman) against a
+# live service: POSTMAN_URL (default GENSVC_URL, else http://127.0.0.1:8000), POSTMAN_API_KEY.
+postman:
+	scripts/postman
 
 bench: install redis
 	$(BIN)/python -m benchmarks.run_all

@@ -6,8 +6,13 @@
 The OpenAPI document comes from `create_app().openapi()`, built with default Settings (GENSVC_*
 variables of the caller's shell are ignored), so the output depends on the code only. The Postman
 collection (v2.1) is generated from that document: one folder per tag, one request per operation,
-bodies filled with the documented examples, and a test script on "Submit" that stores the new
-job's id in the `jobId` collection variable for the requests that follow.
+bodies filled with the documented examples. Its first folder, "Walkthrough", is what `make
+postman` runs with newman against a live service: the requests of WALKTHROUGH in a working order
+(models, submit, get, list, events, wait for success, download, webhook log, LoRAs: list, upload a
+real adapter both ways, read, delete only those two; then submit and cancel a second job), each
+with `pm.test` assertions on status and shape. The uploads send openapi/tiny-lora.safetensors, a
+LoRA for the tiny model (`engine.tiny.save_sample_lora`, rank 4, seed 303). The other folders are
+the reference: one request per operation, not run.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from generative_service import config_doc
 
 OPENAPI_PATH = Path("openapi/openapi.json")
 POSTMAN_PATH = Path("openapi/postman_collection.json")
+LORA_FILE = "openapi/tiny-lora.safetensors"  # newman resolves it from the repository root
 POSTMAN_SCHEMA = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
 # Path parameters become collection variables so requests chain (submit, then get/cancel/...).
 PATH_VARIABLES = {
@@ -159,6 +165,18 @@ def build_postman(spec: dict) -> dict:
             },
             {"key": "loraName", "value": lora_example_name(spec), "type": "string"},
             {
+                "key": "loraBytesName",
+                "value": lora_example_name(spec) + "-bytes",
+                "type": "string",
+                "description": "Walkthrough: the adapter it uploads as raw bytes.",
+            },
+            {
+                "key": "defaultSteps",
+                "value": "",
+                "type": "string",
+                "description": "Set by 'Models served'.",
+            },
+            {
                 "key": "modelId",
                 "value": "tiny",
                 "type": "string",
@@ -166,11 +184,210 @@ def build_postman(spec: dict) -> dict:
             },
         ],
         "item": [
-            {"name": tag, "description": tag_text.get(tag, ""), "item": items}
-            for tag, items in folders.items()
-            if items
+            {
+                "name": "Walkthrough",
+                "description": "Run in order (`make postman`): each request asserts its answer.",
+                "item": walkthrough(spec),
+            },
+            *(
+                {"name": tag, "description": tag_text.get(tag, ""), "item": items}
+                for tag, items in folders.items()
+                if items
+            ),
         ],
     }
+
+
+# --- the walkthrough -----------------------------------------------------------------------------
+# (request name, operationId, body override or None, pre-request script, test script). Scripts are
+# Postman's JavaScript; `v(name)` reads and `set(name, value)` writes a collection variable.
+_JS_HELPERS = [
+    "const v = (k) => pm.collectionVariables.get(k);",
+    "const set = (k, x) => pm.collectionVariables.set(k, x);",
+]
+_TERMINAL = "['succeeded', 'failed', 'canceled']"
+WALKTHROUGH: list[tuple[str, str, Any, list[str], list[str]]] = [
+    ("Models served", "getModels", None, [], [
+        "pm.test('200 with the served model', () => {",
+        "  pm.response.to.have.status(200);",
+        "  const m = pm.response.json();",
+        "  pm.expect(m.base_model).to.be.a('string');",
+        "  pm.expect(m.default_steps).to.be.a('number');",
+        "  pm.expect(m.samplers).to.be.an('array').that.is.not.empty;",
+        "  set('modelId', m.base_model); set('defaultSteps', m.default_steps);",
+        "});",
+    ]),
+    ("Submit a job (no steps: the model's default)", "submitJob",
+     {"prompt": "a red square", "seed": 7, "metadata": {"from": "postman"}}, [], [
+        "pm.test('202 queued, with an id, a Location and a queue position', () => {",
+        "  pm.response.to.have.status(202);",
+        "  const job = pm.response.json();",
+        "  pm.expect(job.id).to.match(/^job_/);",
+        "  pm.expect(pm.response.headers.get('Location')).to.eql('/v1/jobs/' + job.id);",
+        "  pm.expect(job.request.steps).to.eql(Number(v('defaultSteps')));",
+        "  if (job.status === 'queued') pm.expect(job.queue_position).to.be.a('number');",
+        "  set('jobId', job.id);",
+        "});",
+    ]),
+    ("Get the job", "getJob", None, [], [
+        "pm.test('200, the same job', () => {",
+        "  pm.response.to.have.status(200);",
+        "  const job = pm.response.json();",
+        "  pm.expect(job.id).to.eql(v('jobId'));",
+        "  pm.expect(job.links.events).to.eql('/v1/jobs/' + job.id + '/events');",
+        "});",
+    ]),
+    ("List my jobs", "listJobs", None, [], [
+        "pm.test('200, the job is listed', () => {",
+        "  pm.response.to.have.status(200);",
+        "  pm.expect(pm.response.json().data.map((j) => j.id)).to.include(v('jobId'));",
+        "});",
+    ]),
+    ("Stream the job's events (to its end)", "streamJobEvents", None, [], [
+        "pm.test('200 text/event-stream ending with the terminal event', () => {",
+        "  pm.response.to.have.status(200);",
+        "  pm.expect(pm.response.headers.get('Content-Type')).to.include('text/event-stream');",
+        "  const text = pm.response.text();",
+        "  pm.expect(text).to.include('event: progress');",
+        "  pm.expect(text).to.match(/event: (succeeded|failed|canceled)/);",
+        "});",
+    ]),
+    ("Wait for success", "getJob", None, [], [
+        "const job = pm.response.json();",
+        f"if (!{_TERMINAL}.includes(job.status) && Number(v('polls') || 0) < 600) {{",
+        "  set('polls', Number(v('polls') || 0) + 1);",
+        "  setTimeout(() => {}, 1000);",
+        "  postman.setNextRequest(pm.info.requestName);",
+        "} else {",
+        "  pm.test('succeeded with an image after the advertised default steps', () => {",
+        "    pm.response.to.have.status(200);",
+        "    pm.expect(job.status).to.eql('succeeded');",
+        "    pm.expect(job.images).to.have.lengthOf(1);",
+        "    pm.expect(job.progress.total_steps).to.eql(Number(v('defaultSteps')));",
+        "  });",
+        "}",
+    ]),
+    ("Download the image", "getJobImage", None, [], [
+        "pm.test('200 image/png', () => {",
+        "  pm.response.to.have.status(200);",
+        "  pm.expect(pm.response.headers.get('Content-Type')).to.include('image/png');",
+        "  pm.expect(pm.response.size().body).to.be.above(100);",
+        "});",
+    ]),
+    ("Webhook delivery log", "listWebhookAttempts", None, [], [
+        "pm.test('200 with a list of attempts', () => {",
+        "  pm.response.to.have.status(200);",
+        "  pm.expect(pm.response.json().data).to.be.an('array');",
+        "});",
+    ]),
+    ("List LoRA adapters", "listLoras", None, [
+        "set('loraName', 'postman-' + Date.now());",
+        "set('loraBytesName', v('loraName') + '-bytes');",
+    ], [
+        "pm.test('200 with a list of adapters', () => {",
+        "  pm.response.to.have.status(200);",
+        "  pm.expect(pm.response.json().data).to.be.an('array');",
+        "});",
+    ]),
+    ("Upload a LoRA (multipart)", "uploadLora", "multipart", [], [
+        "pm.test('201 with name, size and sha256', () => {",
+        "  pm.response.to.have.status(201);",
+        "  const lora = pm.response.json();",
+        "  pm.expect(lora.name).to.eql(v('loraName'));",
+        "  pm.expect(lora.size_bytes).to.be.above(0);",
+        "  pm.expect(lora.sha256).to.match(/^[0-9a-f]{64}$/);",
+        "});",
+    ]),
+    ("Upload a LoRA (raw bytes)", "uploadLoraBytes", "bytes", [], [
+        "pm.test('201 under the name in the path', () => {",
+        "  pm.response.to.have.status(201);",
+        "  pm.expect(pm.response.json().name).to.eql(v('loraBytesName'));",
+        "});",
+    ]),
+    ("Get the uploaded LoRA", "getLora", None, [], [
+        "pm.test('200, the adapter uploaded above', () => {",
+        "  pm.response.to.have.status(200);",
+        "  pm.expect(pm.response.json().name).to.eql(v('loraName'));",
+        "});",
+    ]),
+    ("Delete the LoRA uploaded above", "deleteLora", None, [], [
+        "pm.test('204', () => pm.response.to.have.status(204));",
+    ]),
+    ("Delete the other uploaded LoRA", "deleteLora", "bytesName", [], [
+        "pm.test('204', () => pm.response.to.have.status(204));",
+    ]),
+    ("Submit a second job", "submitJob",
+     {"prompt": "a blue circle", "steps": 150, "seed": 8}, [], [
+        "pm.test('202 with an id', () => {",
+        "  pm.response.to.have.status(202);",
+        "  set('jobId', pm.response.json().id);",
+        "});",
+    ]),
+    ("Cancel the second job", "cancelJob", None, [], [
+        "pm.test('200 canceled or 202 canceling, the same job', () => {",
+        "  pm.expect(pm.response.code).to.be.oneOf([200, 202]);",
+        "  const job = pm.response.json();",
+        "  pm.expect(job.id).to.eql(v('jobId'));",
+        f"  if (pm.response.code === 200) pm.expect({_TERMINAL}).to.include(job.status);",
+        "});",
+    ]),
+]  # fmt: skip
+
+
+def walkthrough(spec: dict) -> list[dict]:
+    """The WALKTHROUGH requests, built from their operations, with their scripts."""
+    operations = {
+        operation["operationId"]: (path, method, operation)
+        for path, methods in spec["paths"].items()
+        for method, operation in methods.items()
+        if method in METHODS
+    }
+    items = []
+    for name, operation_id, body, prerequest, test in WALKTHROUGH:
+        path, method, operation = operations[operation_id]
+        request = postman_request(spec, path, method, operation)
+        request["header"] = [h for h in request["header"] if h["key"] == "Content-Type"]
+        if isinstance(body, dict):
+            request["body"] = {
+                "mode": "raw",
+                "raw": json.dumps(body, indent=2),
+                "options": {"raw": {"language": "json"}},
+            }
+        elif body == "multipart":
+            request["body"] = {
+                "mode": "formdata",
+                "formdata": [
+                    {"key": "file", "type": "file", "src": LORA_FILE},
+                    {"key": "name", "type": "text", "value": "{{loraName}}"},
+                ],
+            }
+        elif body in ("bytes", "bytesName"):
+            request["url"] = {
+                **request["url"],
+                "raw": request["url"]["raw"].replace("{{loraName}}", "{{loraBytesName}}"),
+                "path": [
+                    s.replace("{{loraName}}", "{{loraBytesName}}") for s in request["url"]["path"]
+                ],
+            }
+            if body == "bytes":
+                request["body"] = {"mode": "file", "file": {"src": LORA_FILE}}
+        events = [("prerequest", prerequest), ("test", test)]
+        items.append(
+            {
+                "name": name,
+                "event": [
+                    {
+                        "listen": listen,
+                        "script": {"type": "text/javascript", "exec": _JS_HELPERS + lines},
+                    }
+                    for listen, lines in events
+                    if lines
+                ],
+                "request": request,
+                "response": [],
+            }
+        )
+    return items
 
 
 def lora_example_name(spec: dict) -> str:

@@ -81,7 +81,7 @@ def test_postman_collection_covers_every_operation(spec, collection):
         if method in openapi_export.METHODS
     }
     in_postman = set()
-    for folder in collection["item"]:
+    for folder in collection["item"][1:]:  # the reference folders, after the Walkthrough
         for item in folder["item"]:
             request = item["request"]
             assert request["url"]["raw"].startswith("{{baseUrl}}/"), item["name"]
@@ -95,7 +95,7 @@ def test_postman_collection_covers_every_operation(spec, collection):
 def test_postman_submit_sends_the_documented_example_and_keeps_the_job_id(spec, collection):
     submit = next(
         item
-        for folder in collection["item"]
+        for folder in collection["item"][1:]  # the reference folders, after the Walkthrough
         for item in folder["item"]
         if item["request"]["method"] == "POST" and item["request"]["url"]["path"] == ["v1", "jobs"]
     )
@@ -107,6 +107,38 @@ def test_postman_submit_sends_the_documented_example_and_keeps_the_job_id(spec, 
     assert {"key": "Content-Type", "value": "application/json"} in submit["request"]["header"]
     assert "pm.collectionVariables.set('jobId'" in "".join(submit["event"][0]["script"]["exec"])
     assert submit["response"], "the 202 example answer is missing"
+
+
+def test_postman_walkthrough_asserts_every_answer_and_uploads_a_real_file(collection):
+    walkthrough = collection["item"][0]
+    assert walkthrough["name"] == "Walkthrough"
+    names = [item["name"] for item in walkthrough["item"]]
+    # Download before anything cancels; the cancel is of a second job, last.
+    assert names.index("Wait for success") < names.index("Download the image")
+    assert names[-2:] == ["Submit a second job", "Cancel the second job"]
+    for item in walkthrough["item"]:
+        tests = [e for e in item["event"] if e["listen"] == "test"]
+        assert tests and "pm.test(" in "".join(tests[0]["script"]["exec"]), item["name"]
+    uploads = [i["request"] for i in walkthrough["item"] if i["name"].startswith("Upload")]
+    files = [f["src"] for f in uploads[0]["body"]["formdata"] if f["type"] == "file"]
+    files.append(uploads[1]["body"]["file"]["src"])
+    assert len(files) == 2 and all((ROOT / src).stat().st_size > 1000 for src in files)
+    # It deletes only the adapters it uploaded under names of its own.
+    deleted = [
+        i["request"]["url"]["raw"]
+        for i in walkthrough["item"]
+        if i["request"]["method"] == "DELETE"
+    ]
+    assert sorted(deleted) == [
+        "{{baseUrl}}/v1/loras/{{loraBytesName}}",
+        "{{baseUrl}}/v1/loras/{{loraName}}",
+    ]
+    setup = "".join(
+        next(i for i in walkthrough["item"] if i["name"] == "List LoRA adapters")["event"][0][
+            "script"
+        ]["exec"]
+    )
+    assert "set('loraName', 'postman-' + Date.now())" in setup
 
 
 def test_swagger_ui_and_redoc_are_served(settings_for_docs):
