@@ -79,12 +79,15 @@ class ObjectStore:
         except self._transport_errors as exc:
             raise Unavailable(f"object storage unreachable: {exc}") from None
 
-    def ensure_bucket(self) -> None:
-        """Create the bucket if it does not exist (development servers; production pre-creates it)."""
+    def ensure_bucket(self) -> bool:
+        """Create the bucket if it does not exist (MinIO in development; production pre-creates
+        it). True when it was created."""
         try:
             self._call("head_bucket")
-        except (NotFound, Unavailable):
+            return False
+        except NotFound:
             self._call("create_bucket")
+            return True
 
     def put(
         self,

@@ -277,3 +277,39 @@ def test_up_and_demo_on_a_busy_port_fail_at_once_saying_so(
     assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
     assert "gensvc up: http" not in done.stderr  # no banner for a service that is not there
     assert not (tmp_path / "x.png").exists()
+
+
+def test_supervisor_stops_the_whole_process_group_of_a_killed_child(tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    # A child that starts a grandchild (as the webhook worker starts its RQ scheduler).
+    script = (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(600)"
+    )
+    supervisor = Supervisor([Child("parent", [sys.executable, "-c", script])], env=child_env())
+    supervisor.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the child never started its grandchild"
+            time.sleep(0.1)
+        grandchild = int(pid_file.read_text())
+        os.kill(supervisor.children[0].process.pid, signal.SIGKILL)
+        supervisor.children[0].process.wait()
+        supervisor.check()  # notices the death: the group goes before the restart
+        deadline = time.monotonic() + 10
+        while _alive(grandchild):
+            assert time.monotonic() < deadline, "the grandchild was left behind as an orphan"
+            time.sleep(0.1)
+    finally:
+        supervisor.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat")
+    return not (status.exists() and status.read_text().split()[2] == "Z")  # zombies are dead

@@ -28,7 +28,9 @@ from generative_service.api.routes import (
     web,
 )
 from generative_service.api.security import SecurityHeaders
+from generative_service.errors import ServiceError
 from generative_service.jobs import JobStore
+from generative_service.logs import get_logger
 from generative_service.redis_client import async_redis, sync_redis
 from generative_service.settings import Settings, get_settings
 from generative_service.storage import get_storage
@@ -60,6 +62,7 @@ TAGS = [
         "description": "AUTOMATIC1111 web UI API (`/sdapi/v1`): txt2img with `<lora:name:scale>` prompts, answered when done.",
     },
 ]
+log = get_logger(__name__)
 # What a web page on a GENSVC_CORS_ORIGINS origin may send and read (EventSource needs only GET).
 CORS_METHODS = ["GET", "POST", "DELETE"]
 CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "Last-Event-ID"]
@@ -111,11 +114,22 @@ def _async_redis(settings: Settings) -> AsyncRedis:
     )
 
 
+def _ensure_bucket(storage) -> None:
+    """Create a missing bucket at start (best effort: the gateway also starts without it)."""
+    try:
+        if storage.store.ensure_bucket():
+            log.info("storage.bucket_created", extra={"bucket": storage.store.bucket})
+    except ServiceError as exc:
+        log.warning("storage.bucket_unchecked", extra={"error": exc.message})
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Async connections belong to one event loop: make the client inside the server's loop.
     app.state.async_redis = _async_redis(app.state.settings)
     app.state.async_redis_loop = asyncio.get_running_loop()
+    if app.state.settings.storage_url:
+        await asyncio.to_thread(_ensure_bucket, app.state.storage)
     try:
         yield
     finally:

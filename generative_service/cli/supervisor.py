@@ -157,6 +157,9 @@ class Supervisor:
             if code is None:
                 continue
             if child.restart_at is None:
+                # NOTE: the whole group: a child killed hard leaves its own children (the webhook
+                # worker's RQ scheduler, which holds the scheduler lock) running as orphans.
+                _signal_group(child.process, signal.SIGKILL)
                 quick = now - child.started_at < QUICK_DEATH_S
                 child.quick_deaths = child.quick_deaths + 1 if quick else 0
                 delay = min(MAX_BACKOFF_S, 0.5 * 2**child.quick_deaths) if quick else 0.0
@@ -193,17 +196,28 @@ class Supervisor:
             if child.process is not None and child.process.poll() is None
         ]
         for child in alive:
-            child.process.send_signal(signal.SIGTERM)
+            _signal_group(child.process, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout_s
         for child in alive:
             try:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.log(f"{child.name} did not stop in {self.stop_timeout_s:.0f} s; killing it")
-                child.process.kill()
+                _signal_group(child.process, signal.SIGKILL)
                 child.process.wait()
+        for child in self.children:  # whatever a child left behind in its group
+            if child.process is not None:
+                _signal_group(child.process, signal.SIGKILL)
         if alive:
             self.log("stopped " + ", ".join(child.name for child in alive))
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    """Signal the child's process group (each child leads its own session, see _spawn)."""
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone already
 
 
 def service_children(

@@ -111,3 +111,12 @@ def test_unreachable_object_storage_is_503(make_s3_settings, make_api_client, re
 def test_storage_url_must_be_s3(make_settings) -> None:
     with pytest.raises(ValueError, match="s3://BUCKET/PREFIX"):
         make_settings(storage_url="gs://bucket/images")
+
+
+def test_gateway_creates_a_missing_bucket(make_s3_settings, make_api_client) -> None:
+    settings = make_s3_settings()
+    fresh = settings.model_copy(update={"storage_url": f"s3://new-{settings.key_prefix[-8:]}/x"})
+    make_api_client(fresh)  # its start creates the bucket (MinIO in docker compose)
+    bucket = fresh.storage_url.removeprefix("s3://").partition("/")[0]
+    client = boto3.client("s3", endpoint_url=fresh.s3_endpoint_url)
+    assert bucket in [item["Name"] for item in client.list_buckets()["Buckets"]]
