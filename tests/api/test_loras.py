@@ -26,7 +26,12 @@ def test_upload_list_use_delete(api_client, settings):
     )
     assert response.status_code == 201, response.text
     sha256 = hashlib.sha256(data).hexdigest()
-    assert response.json() == {"name": "ink", "size_bytes": len(data), "sha256": sha256, "scope": "shared"}
+    assert response.json() == {
+        "name": "ink",
+        "size_bytes": len(data),
+        "sha256": sha256,
+        "scope": "shared",
+    }
     assert response.headers["location"] == "/v1/loras/ink"
     assert (settings.lora_dir / "ink.safetensors").read_bytes() == data
     assert api_client.get("/v1/loras").json() == {
