@@ -8,18 +8,7 @@ import subprocess
 
 import httpx
 import pytest
-
-CHROMIUM_ARGS = (
-    "--headless=new",
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-)
+from browser import CHROMIUM_ARGS
 
 
 def rendered_dom(url: str, profile) -> str:
