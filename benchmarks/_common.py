@@ -73,6 +73,21 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
         time.sleep(0.2)
 
 
+def stop_processes(processes, *, timeout_s: float = 30.0) -> None:
+    """SIGTERM every child still running, then wait for each (SIGKILL past `timeout_s`)."""
+    import signal
+    import subprocess
+
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def purge_prefix(redis, prefix: str) -> None:
     """Delete a run's keys: its own prefix, its RQ queues and registries, and its RQ jobs."""
     from generative_service.keys import Keys

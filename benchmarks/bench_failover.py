@@ -18,14 +18,21 @@ import argparse
 import os
 import platform
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, free_port, http_ok, pct, wait_until, write_section  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    free_port,
+    http_ok,
+    pct,
+    stop_processes,
+    wait_until,
+    write_section,
+)
 
 sys.path.insert(0, str(ROOT / "tests"))
 from ha.failover import run_failover  # noqa: E402
@@ -67,14 +74,7 @@ def one_run(workdir: Path, cache_dir: str) -> dict:
             "sse": run.followed_status, "worker_alive": processes[1].poll() is None,
         }  # fmt: skip
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         servers.stop()
 
 

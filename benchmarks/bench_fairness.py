@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, http_ok, wait_until, write_section  # noqa: E402
+from _common import free_port, http_ok, stop_processes, wait_until, write_section  # noqa: E402
 
 SECTION = "fairness"
 BODY = {"prompt": "a handwritten two", "width": 64, "height": 64, "steps": 2, "seed": 7}
@@ -81,14 +80,7 @@ def run_tree(tree: Path, flood: int, max_wait_s: float) -> dict:
                 if b_job is None:  # still waiting: report what ran in front of it so far
                     b_job = _get(http, url, b_id, KEY_B)
         finally:
-            for process in reversed(processes):
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-            for process in processes:
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop_processes(list(reversed(processes)))
     b_started = b_job["started_at"] or "9999"  # not started: everything that ran was ahead
     ahead = [job for job in a_jobs if job["started_at"] and job["started_at"] < b_started]
     return {
