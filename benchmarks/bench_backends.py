@@ -214,6 +214,22 @@ def render(results: dict, args) -> str:
     return "\n".join(lines)
 
 
+RUN_KEYS = ("steps", "repeats", "threads", "load_before", "load_after")
+
+
+def report_from_json(args) -> None:
+    """One section from several runs (e.g. one per model; ratios stay within each run)."""
+    runs = [json.loads(Path(path).read_text()) for path in args.from_json]
+    results = {model: data for run in runs for model, data in run["results"].items()}
+    for key in RUN_KEYS:
+        values = {run["run"][key] for run in runs}
+        setattr(args, key, max(values) if key.startswith("load") else values.pop())
+    body = render(results, args)
+    print(body)
+    if not args.no_report:
+        write_section("engine-backends", body)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,demo")
@@ -222,6 +238,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--from-json",
+        nargs="+",
+        help="write the report from these --json files (one run per model) instead of running",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--start-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -231,6 +253,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.from_json:
+        report_from_json(args)
         return
     args.load_before = os.getloadavg()[0]
     backends = ["eager", *(b for b in args.backends.split(",") if b and b != "eager")]
@@ -258,6 +283,9 @@ def main() -> None:
                 results[model][backend] = data
                 print(f"{model}/{backend}: {json.dumps(data)}", flush=True)
     args.load_after = os.getloadavg()[0]
+    if args.json:
+        run = {key: getattr(args, key) for key in RUN_KEYS}
+        Path(args.json).write_text(json.dumps({"run": run, "results": results}, indent=1))
     body = render(results, args)
     print(body)
     if not args.no_report:

@@ -34,3 +34,30 @@ def test_worker_whose_backend_cannot_start_exits_with_the_reason(
     logs = service.logs("worker-0")
     assert "GENSVC_ONNX_PROVIDER" in logs and "cuda" in logs
     assert service.live_workers() == 0
+
+
+def test_compile_worker_with_a_bad_size_list_exits_with_the_reason(
+    start_service, worker_settings
+) -> None:
+    settings = worker_settings(engine_backend="compile", compile_sizes="64x64,64")
+    service = start_service(settings, workers=1, gateway=False, wait=False)
+    process = service.processes["worker-0"]
+    assert process.wait(timeout=300) == EXIT_CONFIG
+    logs = service.logs("worker-0")
+    assert "GENSVC_COMPILE_SIZES" in logs and "'64' is not WIDTHxHEIGHT" in logs
+    assert service.live_workers() == 0
+
+
+@pytest.mark.slow  # traces the UNet before inductor's C++ build fails
+def test_compile_worker_without_a_cpp_compiler_exits_with_the_reason(
+    start_service, worker_settings, monkeypatch
+) -> None:
+    monkeypatch.setenv("CXX", "/bin/false")  # inductor's C++ build cannot run
+    monkeypatch.setenv("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")  # no cached kernels to fall back on
+    settings = worker_settings(engine_backend="compile")
+    service = start_service(settings, workers=1, gateway=False, wait=False)
+    process = service.processes["worker-0"]
+    assert process.wait(timeout=1800) == EXIT_CONFIG
+    logs = service.logs("worker-0")
+    assert "GENSVC_ENGINE_BACKEND" in logs and "torch.compile (inductor) failed at start" in logs
+    assert service.live_workers() == 0

@@ -75,9 +75,16 @@ class CompiledBackend(Backend):
         )
         self.unet.forward = _UNetStandIn(self, self.unet)
         started = time.perf_counter()
-        with torch.no_grad():
-            for width, height in self.sizes:
-                self._warm_up(width, height)
+        try:
+            with torch.no_grad():
+                for width, height in self.sizes:
+                    self._warm_up(width, height)
+        except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for inductor: stop the worker
+            raise ModelLoadError(
+                "engine_backend",
+                f"compile: torch.compile ({self.settings.compile_compiler}) failed at start: "
+                f"{_first_line(exc)}",
+            ) from exc
         self.compile_seconds = time.perf_counter() - started
         started = time.perf_counter()
         self._check_real_jobs(engine)
@@ -114,7 +121,9 @@ class CompiledBackend(Backend):
 
     # --- the compiled call -------------------------------------------------------------------------
 
-    def _unet_call(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids, *residuals):
+    def _unet_call(
+        self, sample, timestep, encoder_hidden_states, text_embeds, time_ids, *residuals
+    ):
         unet = self.unet
         return type(unet).forward(
             unet,
@@ -160,7 +169,9 @@ class CompiledBackend(Backend):
         """All-zero ControlNet residuals for a UNet call without a ControlNet (cached per shape)."""
         key = (rows, *sample.shape[2:], sample.dtype, sample.device)
         if key not in self._zeros:
-            shapes = residual_shapes(self.unet.config, height=sample.shape[2], width=sample.shape[3])
+            shapes = residual_shapes(
+                self.unet.config, height=sample.shape[2], width=sample.shape[3]
+            )
             self._zeros[key] = [
                 torch.zeros((rows, *shape), dtype=sample.dtype, device=sample.device)
                 for shape in shapes
