@@ -287,7 +287,7 @@ class _RedisCollector:
         )
         for queue, count in sorted(queue_depths(self.redis, self.settings).items()):
             depth.add_metric([queue], count)
-        workers = live_workers(self.redis, self.settings)
+        workers = live_worker_records(self.redis, self.settings)
         alive = GaugeMetricFamily(
             f"{NAMESPACE}_workers_alive", "GPU workers with a fresh heartbeat.", value=len(workers)
         )
@@ -323,7 +323,7 @@ def queue_depths(redis: Redis, settings: Settings) -> dict[str, int]:
     return depths
 
 
-def live_workers(redis: Redis, settings: Settings) -> dict[str, dict]:
+def live_worker_records(redis: Redis, settings: Settings) -> dict[str, dict]:
     """Worker id -> its liveness record, for every `P:worker:{id}` key still alive (TTL-bound)."""
     keys = list(redis.scan_iter(match=settings.keys.worker_pattern, count=500))
     values = redis.mget(keys) if keys else []

@@ -11,7 +11,7 @@ Redis keys (named in keys.py):
   P:seq:{queue}             the queue's submission sequence counter
   P:tenants:{queue}         set of the RQ queue keys (one per API key) the queue's jobs wait in
   P:bell:{queue}            doorbell: an idle worker serving several RQ queues sleeps on it
-  P:burst:{queue}           submits less than GENSVC_BATCH_WINDOW_MS apart (the batcher waits only then)
+  P:burst:{queue}           submits less than GENSVC_BATCH_WINDOW_MS apart (the batch filler waits only then)
   P:idem:{owner}:{key}      Idempotency-Key -> {job_id, hash}
   P:stats:step_ms           hash: pixel class -> EWMA milliseconds per denoising step (ETAs)
   P:stats:finished:{bucket} jobs finished in a 10 s bucket (throughput, for Retry-After)
@@ -61,7 +61,7 @@ THROUGHPUT_BUCKETS = 6
 #   5 epoch, 6 RQ job hash, 7 RQ queue list, 8 RQ's set of queues, 9 queue order (zset),
 #   10 its sequence counter, 11 the job's event stream, 12 submitted-jobs metric hash,
 #   13 step times hash (read only, for the ETA of the answer), 14 the queue's set of RQ queues,
-#   15 the queue's burst counter (submits less than a batch window apart; the batcher reads it),
+#   15 the queue's burst counter (submits less than a batch window apart; the batch filler reads it),
 #   16 the queue's doorbell list (wakes an idle worker serving several RQ queues)
 # ARGV: 1 job id, 2 owner, 3 record JSON, 4 created (epoch s), 5 now, 6 MAX_QUEUED,
 #   7 MAX_QUEUED_PER_KEY, 8 idempotency value, 9 retention s, 10 `queued` event JSON (position

@@ -90,19 +90,19 @@ class RunningService:
         path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def live_workers(self) -> int:
+    def live_worker_count(self) -> int:
         from generative_service.redis_client import sync_redis
 
         redis = sync_redis(self.settings)  # the same Redis the service uses (Sentinel included)
         try:
-            return sum(1 for _ in redis.scan_iter(match=f"{self.settings.key_prefix}:worker:*"))
+            return sum(1 for _ in redis.scan_iter(match=self.settings.keys.worker_pattern))
         finally:
             redis.close()
 
     def wait_for_workers(self, count: int, timeout_s: float = WORKER_START_TIMEOUT_S) -> None:
         """Wait until `count` workers heartbeat; fail with the logs of a worker that exited."""
         deadline = time.monotonic() + timeout_s
-        while self.live_workers() < count:
+        while self.live_worker_count() < count:
             for name, process in self.processes.items():
                 if name.startswith("worker") and process.poll() is not None:
                     pytest.fail(

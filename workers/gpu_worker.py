@@ -3,7 +3,7 @@
 One long-lived process per GPU. It loads the engine, the NSFW filter and the upscaler once and
 keeps them, so it runs RQ in-process (a `SimpleWorker`; CUDA does not survive RQ's fork). RQ
 dequeues one job; `GpuWorker.execute_job` fills a batch around it with compatible waiting jobs
-(batcher.py), runs the batch (runner.py) and drives every job through RQ's own bookkeeping
+(batch_filler.py), runs the batch (runner.py) and drives every job through RQ's own bookkeeping
 (lifecycle.py). Threads beside the RQ loop: heartbeats and the watchdog (liveness.py), dead-worker
 maintenance (recovery.py), progress publishing (progress.py).
 
@@ -37,7 +37,7 @@ from generative_service.redis_client import sync_redis
 from generative_service.settings import Settings, get_settings
 from generative_service.storage import get_storage
 from workers import lifecycle
-from workers.batcher import Batcher
+from workers.batch_filler import BatchFiller
 from workers.fairshare import REFRESH_S as FAIRSHARE_REFRESH_S
 from workers.fairshare import TenantQueues, fair_queue_class
 from workers.liveness import Heartbeat, Watchdog
@@ -77,7 +77,7 @@ class GpuWorker(SimpleWorker):
         self.stop_requested = False
         self.dead = False
         self.tenants = TenantQueues(context.redis, context.store.queue, context.queues)
-        self.batcher = Batcher(
+        self.filler = BatchFiller(
             context.store,
             context.settings,
             validate=context.models.engine.validate,
@@ -154,11 +154,11 @@ class GpuWorker(SimpleWorker):
         if bound and store.queue.running_count(record.owner) >= bound:
             self._hand_back_unstarted(job, queue)
             return
-        candidate = self.batcher.check(record)
+        candidate = self.filler.check(record)
         if candidate.error is not None:
             self.runner.fail_alone(job, queue, record, candidate.error)
             return
-        self.runner.run(self.batcher.fill(job, queue, record, candidate.key))
+        self.runner.run(self.filler.fill(job, queue, record, candidate.key))
 
     def _hand_back_unstarted(self, job: Job, queue: Queue) -> None:
         """GENSVC_MAX_RUNNING_PER_KEY: the key has enough running; its job goes back to the front
@@ -292,7 +292,7 @@ def logs_flush() -> None:
             pass
 
 
-def load_models(settings: Settings, redis: Redis) -> Models:
+def load_worker_models(settings: Settings, redis: Redis) -> Models:
     """Load the engine, the NSFW filter and the upscaler once (ModelLoadError names the setting)."""
     from generative_service.engine import Engine
     from generative_service.postprocess import SafetyFilter, Upscaler
@@ -403,7 +403,7 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
     redis = sync_redis(settings)
     wait_for_redis(redis)
     try:
-        models = load_models(settings, redis)
+        models = load_worker_models(settings, redis)
     except ModelLoadError as exc:
         log.error("worker.model_load_failed", extra={"error": exc.message, "setting": exc.setting})
         return EXIT_CONFIG

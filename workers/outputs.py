@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Delivered:
-    """What `deliver` produced for one job."""
+class StoredImages:
+    """What `postprocess_and_store` produced for one job."""
 
     images: list[ImageInfo]
     timings: Timings
@@ -39,7 +39,7 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 1)
 
 
-def deliver(
+def postprocess_and_store(
     *,
     job_id: str,
     request: GenerationRequest,
@@ -51,7 +51,7 @@ def deliver(
     safety: Any,
     upscaler: Any,
     is_canceled: Callable[[], bool] = lambda: False,
-) -> Delivered:
+) -> StoredImages:
     """Filter, upscale (when asked) and store a job's images; returns their ImageInfo entries.
 
     Raises:
@@ -129,6 +129,6 @@ def deliver(
             )
         )
     timings.storing_ms = _ms(start)
-    return Delivered(
+    return StoredImages(
         images=infos, timings=timings, flagged=sum(1 for verdict in verdicts if verdict.flagged)
     )

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from generative_service import metrics
-from generative_service.engine.batching import images_in
+from generative_service.engine.compatibility import images_in
 from generative_service.engine.interrupt import Interrupted
 from generative_service.errors import ServiceError
 from generative_service.logs import get_logger
 from generative_service.schemas import BatchInfo
 from workers import lifecycle
-from workers.outputs import deliver
+from workers.outputs import postprocess_and_store
 from workers.progress import ProgressPublisher, preview_data_url
 from workers.step_hooks import CancelPoller, Outcome, StepTimer
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from generative_service.record import JobRecord
     from generative_service.settings import Settings
     from generative_service.storage import Storage
-    from workers.batcher import Batch
+    from workers.batch_filler import Batch
 
 log = get_logger(__name__)
 
@@ -296,7 +296,7 @@ class BatchRunner:
     # --- finishing ------------------------------------------------------------------------------
     def _batch_safety(self, slots: list[Slot], results: dict[str, Any]) -> Any:
         """The NSFW filter run once over every image of the batch (one model call, not one per
-        job); what deliver() gets as its filter. Falls back to per-job checks on any error."""
+        job); what postprocess_and_store() gets as its filter. Falls back to per-job checks on any error."""
         images = [
             image
             for slot in slots
@@ -359,19 +359,19 @@ class BatchRunner:
         if result.canceled or self._ended(slot.id) or self.store.is_cancel_requested(slot.id):
             return self._canceled(slot, queue)
         try:
-            delivered = deliver(
+            stored = postprocess_and_store(
                 job_id=slot.id, request=slot.record.request, images=result.images, seeds=result.seeds, inference_ms=result.inference_ms,
                 store=self.store, storage=self.storage, safety=safety, upscaler=self.models.upscaler,
                 is_canceled=partial(self.store.is_cancel_requested, slot.id),
             )  # fmt: skip
         except Interrupted:  # canceled during safety, upscaling or storing
             return self._canceled(slot, queue)
-        metrics.nsfw_flagged(self.store.redis, self.settings, delivered.flagged)
+        metrics.nsfw_flagged(self.store.redis, self.settings, stored.flagged)
         done = self._mark(
             self.store.mark_succeeded,
             slot.id,
-            images=delivered.images,
-            timings=delivered.timings,
+            images=stored.images,
+            timings=stored.timings,
             reproducibility=result.reproducibility,
         )
         if done is None and self._ended(slot.id):  # canceled while post-processing
@@ -382,7 +382,7 @@ class BatchRunner:
             job,
             queue,
             slot.execution,
-            {"status": "succeeded", "images": len(delivered.images)},
+            {"status": "succeeded", "images": len(stored.images)},
         )
         return Outcome.succeeded
 

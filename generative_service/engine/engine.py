@@ -1,7 +1,7 @@
 """The Engine: turns a list of compatible generation jobs into images with one pipeline call.
 
 A worker builds one Engine (`Engine.from_settings`) and keeps it. `run` executes jobs whose
-`batching.batch_key` is equal as one SDXL (or SDXL + ControlNet) call of at most
+`compatibility.batch_key` is equal as one SDXL (or SDXL + ControlNet) call of at most
 GENSVC_MAX_BATCH_IMAGES images; each job keeps its own prompts, seeds and guidance, and its images
 are the same whether it ran alone or batched.
 """
@@ -23,8 +23,8 @@ from PIL import Image
 from generative_service import rules
 from generative_service.engine import paths
 from generative_service.engine.backends import start_backend
-from generative_service.engine.batch import BatchPlan, GuidanceScales, plan_batch
-from generative_service.engine.batching import batch_key, images_in
+from generative_service.engine.batch_plan import BatchPlan, GuidanceScales, plan_batch
+from generative_service.engine.compatibility import batch_key, images_in
 from generative_service.engine.hashing import FileHasher
 from generative_service.engine.interrupt import (
     Interrupted,

@@ -1,6 +1,6 @@
 """Fill a batch around the job RQ handed out with compatible jobs waiting in the same logical queue.
 
-RQ dequeues one job. The batcher looks at the jobs waiting in every API key's RQ queue of the same
+RQ dequeues one job. The filler looks at the jobs waiting in every API key's RQ queue of the same
 logical queue (fairshare.py) and claims those with the same `batch_key`, taking the keys in turn
 (the first waiting job of each key, then the second, ...), until the batch holds
 GENSVC_MAX_BATCH_IMAGES images: compatible jobs of different keys share batches, and one key's
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from generative_service.engine.batching import batch_key, images_in
+from generative_service.engine.compatibility import batch_key, images_in
 from generative_service.errors import ServiceError
 from generative_service.jobs import JobStore
 from generative_service.record import JobRecord
@@ -51,7 +51,7 @@ return 0
 
 @dataclass
 class Candidate:
-    """What the batcher knows about one waiting job (cached across looks)."""
+    """What the filler knows about one waiting job (cached across looks)."""
 
     record: JobRecord | None
     key: str | None = None
@@ -76,7 +76,7 @@ class Batch:
         return sum(images_in(record.request) for _, record in self.jobs)
 
 
-class Batcher:
+class BatchFiller:
     """Claims compatible waiting jobs for the job RQ handed out.
 
     Args:
