@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlparse
 
-from generative_service.errors import NotFound, Unavailable
+from generative_service.errors import Conflict, NotFound, Unavailable
 from generative_service.settings import Settings
 
 CHUNK_BYTES = 256 * 1024
@@ -71,6 +71,9 @@ class ObjectStore:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise NotFound(f"object {kwargs.get('Key', '')!r} not found") from None
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                # an `if_absent` write lost to another writer of the same key
+                raise Conflict(f"object {kwargs.get('Key', '')!r} already exists") from None
             if code in ("NoSuchBucket",):
                 raise Unavailable(
                     f"object storage: bucket {self.bucket!r} does not exist"
@@ -96,15 +99,22 @@ class ObjectStore:
         *,
         content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,
+        if_absent: bool = False,
     ) -> None:
-        """Write one object; S3 makes it visible whole or not at all."""
-        if isinstance(body, bytes):
+        """Write one object; S3 makes it visible whole or not at all.
+
+        `if_absent`: a create-only write (`If-None-Match: *`, one PUT; AWS S3, MinIO and moto
+        honour it). Raises Conflict when the key exists, or appears while this write runs.
+        """
+        if isinstance(body, bytes) or if_absent:
+            conditions = {"IfNoneMatch": "*"} if if_absent else {}
             self._call(
                 "put_object",
                 Key=self._key(key),
                 Body=body,
                 ContentType=content_type,
                 Metadata=metadata or {},
+                **conditions,
             )
             return
         try:

@@ -69,7 +69,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from generative_service.cli.generate import run_demo
+    from generative_service.cli.demo import run_demo
 
     return run_demo(args)
 
@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--steps", type=int)
     p.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+    p.add_argument(
+        "--log-file", help="where the service's JSON logs go (default: OUT with .log, demo.log)"
+    )
     p.add_argument(
         "--ready-timeout", type=float, default=900.0, help="seconds to wait for a worker"
     )

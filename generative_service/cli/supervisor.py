@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import IO
 from urllib.parse import urlsplit
 
 from redis import Redis
@@ -126,13 +127,17 @@ class Child:
 
 
 class Supervisor:
-    """Starts children, restarts the ones that die, stops them all on request."""
+    """Starts children, restarts the ones that die, stops them all on request.
+
+    `output`: a file for the children's stdout and stderr (their JSON logs); None = ours.
+    """
 
     def __init__(self, children: list[Child], *, env: dict[str, str] | None = None, log: Callable[[str], None] = print,
-                 stop_timeout_s: float = 20.0) -> None:  # fmt: skip
+                 stop_timeout_s: float = 20.0, output: IO[bytes] | None = None) -> None:  # fmt: skip
         self.children = children
         self.env = env if env is not None else child_env()
         self.log = log
+        self.output = output
         self.stop_timeout_s = stop_timeout_s
         self.stopping = False
 
@@ -142,7 +147,8 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         # NOTE: own session, so a terminal's Ctrl-C reaches only us and we stop children in order.
-        child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
+        child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True, stdout=self.output,
+                                         stderr=None if self.output is None else subprocess.STDOUT)  # fmt: skip
         child.started_at = time.monotonic()
         child.restart_at = None
         self.log(f"started {child.name} (pid {child.process.pid})")
