@@ -197,25 +197,25 @@ class Supervisor:
         """SIGTERM every child, wait for them, SIGKILL whatever is left after `stop_timeout_s`."""
         self.stopping = True
         alive = [
-            child
+            (child.name, child.process)
             for child in self.children
             if child.process is not None and child.process.poll() is None
         ]
-        for child in alive:
-            _signal_group(child.process, signal.SIGTERM)
+        for _, process in alive:
+            _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout_s
-        for child in alive:
+        for name, process in alive:
             try:
-                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self.log(f"{child.name} did not stop in {self.stop_timeout_s:.0f} s; killing it")
-                _signal_group(child.process, signal.SIGKILL)
-                child.process.wait()
+                self.log(f"{name} did not stop in {self.stop_timeout_s:.0f} s; killing it")
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
         for child in self.children:  # whatever a child left behind in its group
             if child.process is not None:
                 _signal_group(child.process, signal.SIGKILL)
         if alive:
-            self.log("stopped " + ", ".join(child.name for child in alive))
+            self.log("stopped " + ", ".join(name for name, _ in alive))
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
