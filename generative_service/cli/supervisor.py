@@ -242,3 +242,23 @@ def service_children(
     ]
     children.append(Child("webhook-worker", [python, "-m", "workers.webhook_worker"]))
     return children
+
+
+def run_up(*, host: str, port: int, workers: int) -> int:
+    """`gensvc up`: Redis if none answers, then the service's processes until Ctrl-C."""
+    from generative_service.settings import get_settings
+
+    check_port_free("up", host, port)  # before anything starts or is printed
+    redis_port = ensure_redis(get_settings().redis_url)
+    supervisor = Supervisor(
+        service_children(host=host, port=port, workers=workers), env=child_env()
+    )
+    supervisor.start()
+    print(
+        f"gensvc up: http://{host}:{port} (docs at /docs); Ctrl-C stops everything", file=sys.stderr
+    )
+    try:
+        supervisor.run_forever()
+    finally:
+        stop_redis(redis_port)
+    return 0
