@@ -152,6 +152,13 @@ class GenerationRequest(_Strict):
     def uses_cfg(self) -> bool:
         return self.guidance_scale > 1.0
 
+    @property
+    def resolved_size(self) -> tuple[int, int]:
+        """(width, height) of a resolved request: the gateway fills both before a job is queued."""
+        if self.width is None or self.height is None:
+            raise ValueError("the request's width and height are not resolved yet")
+        return self.width, self.height
+
 
 # --- Job resource --------------------------------------------------------------------------------
 

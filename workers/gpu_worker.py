@@ -38,12 +38,13 @@ from generative_service.settings import Settings, get_settings
 from generative_service.storage import get_storage
 from workers import lifecycle
 from workers.batch_filler import BatchFiller
+from workers.boundary import Models
 from workers.fairshare import REFRESH_S as FAIRSHARE_REFRESH_S
 from workers.fairshare import TenantQueues, fair_queue_class
 from workers.liveness import Heartbeat, Watchdog
 from workers.progress import ProgressPublisher
 from workers.recovery import Maintenance, settle_lost
-from workers.runner import BatchRunner, BatchState, Models
+from workers.runner import BatchRunner, BatchState
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -237,7 +238,7 @@ class WorkerContext:
         self.heartbeat = Heartbeat(
             redis=side, settings=settings, worker_id=worker_id, queues=queues, state=self.state,
             get_worker=lambda: self.worker, describe=models.engine.describe,
-            layers=getattr(models.engine, "lora_layers", None),
+            layers=models.engine.lora_layers,
         )  # fmt: skip
         # NOTE: when the heartbeat's connection dies, the main client's idle pooled connections
         # to the same server are presumed dead too: dropped now, instead of each one costing a
