@@ -33,7 +33,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 from generative_service import logs, metrics
 from generative_service.errors import GenerationFailed, ModelLoadError, NotFound
 from generative_service.jobs import JobStore
-from generative_service.redis_client import sync_redis
+from generative_service.redis_client import sync_redis, worker_redis
 from generative_service.settings import Settings, get_settings
 from generative_service.storage import get_storage
 from workers import lifecycle
@@ -233,7 +233,7 @@ class WorkerContext:
         self.publisher = ProgressPublisher()
         self.worker: GpuWorker | None = None
         # Background threads get their own client with short timeouts: a stuck socket must not
-        # silence heartbeats (the main client blocks in BLMOVE for minutes by design).
+        # silence heartbeats.
         side = sync_redis(settings, socket_timeout=5, socket_connect_timeout=5)
         side_store = JobStore(side, settings)
         rq_queues = [settings.keys.rq_queue_name(name) for name in queues]
@@ -242,6 +242,10 @@ class WorkerContext:
             get_worker=lambda: self.worker, describe=models.engine.describe,
             layers=models.engine.lora_layers,
         )  # fmt: skip
+        # NOTE: when the heartbeat's connection dies, the main client's idle pooled connections
+        # to the same server are presumed dead too: dropped now, instead of each one costing a
+        # socket timeout (and perhaps a job) when next used. The in-use one times out by itself.
+        self.heartbeat.on_lost = lambda: redis.connection_pool.disconnect(inuse_connections=False)
         self.maintenance = Maintenance(
             redis=side, store=side_store, queue_names=rq_queues, get_worker=lambda: self.worker
         )
@@ -403,7 +407,7 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
         if name.strip()
     ]
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    redis = sync_redis(settings)
+    redis = worker_redis(settings)
     wait_for_redis(redis)
     try:
         models = load_worker_models(settings, redis)
