@@ -22,6 +22,12 @@ from generative_service.settings import get_settings
 log = logs.get_logger("workers.webhook_worker")
 
 
+# NOTE: how often an idle worker retries RQ's scheduler lock (RQ's maintenance interval, 10 min by
+# default). A worker killed hard leaves its lock for 61 s; the one restarted in its place takes
+# over scheduling (the retries) within this long after that, not ten minutes later.
+SCHEDULER_RETAKE_S = 15
+
+
 class WebhookWorker(SimpleWorker):
     """RQ's SimpleWorker, blocking in Redis for WORKER_BLOCK_S at a time (redis_client.py)."""
 
@@ -32,7 +38,12 @@ class WebhookWorker(SimpleWorker):
 
 def build_worker(redis: Redis, queue_name: str, *, name: str | None = None) -> SimpleWorker:
     """An in-process RQ worker for the webhook queue."""
-    return WebhookWorker([Queue(queue_name, connection=redis)], connection=redis, name=name)
+    return WebhookWorker(
+        [Queue(queue_name, connection=redis)],
+        connection=redis,
+        name=name,
+        maintenance_interval=SCHEDULER_RETAKE_S,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
