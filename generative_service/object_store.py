@@ -10,6 +10,7 @@ Layout under PREFIX: `images/JOB_ID/INDEX` and `loras/NAME.safetensors`.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ class ObjectStore:
         except (self._client_error, *self._transport_errors) as exc:
             raise Unavailable(f"object storage: listing failed: {exc}") from None
 
-    def delete_many(self, keys: list[str]) -> None:
+    def delete_many(self, keys: builtins.list[str]) -> None:
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
             batch = [{"Key": self._key(key)} for key in keys[start : start + 1000]]
             self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})

@@ -121,14 +121,19 @@ def async_redis(
     sentinel = redis.asyncio.sentinel.Sentinel(
         _sentinel_addresses(settings), sentinel_kwargs=_sentinel_kwargs(settings, options)
     )
-    pool_class = (
+    sentinel_pool_class = (
         _BlockingSentinelPool
         if max_connections is not None
         else redis.asyncio.sentinel.SentinelConnectionPool
     )
     return sentinel.master_for(
-        settings.redis_sentinel_master, connection_pool_class=pool_class, **kwargs
+        settings.redis_sentinel_master, connection_pool_class=sentinel_pool_class, **kwargs
     )
+
+
+def reply_text(value: bytes | str) -> str:
+    """A Redis reply value as text (a client may or may not decode its replies)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def describe(settings: Settings) -> str:

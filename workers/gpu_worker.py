@@ -156,8 +156,9 @@ class GpuWorker(SimpleWorker):
             self._hand_back_unstarted(job, queue)
             return
         candidate = self.filler.check(record)
-        if candidate.error is not None:
-            self.runner.fail_alone(job, queue, record, candidate.error)
+        if candidate.key is None:
+            error = candidate.error or GenerationFailed(f"job {job.id} could not be checked")
+            self.runner.fail_alone(job, queue, record, error)
             return
         self.runner.run(self.filler.fill(job, queue, record, candidate.key))
 
@@ -174,7 +175,8 @@ class GpuWorker(SimpleWorker):
         # The maintenance thread cleans registries on its own schedule and lock (recovery.py).
         from rq.utils import now
 
-        self.last_cleaned_at = now()
+        # rq's BaseWorker assigns None in __init__ and declares no type, so mypy infers None.
+        self.last_cleaned_at = now()  # type: ignore[assignment]
 
     def handle_job_failure(
         self,

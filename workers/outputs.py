@@ -22,9 +22,10 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from generative_service.jobs import JobStore
+    from generative_service.postprocess.upscaler import Upscaler
     from generative_service.schemas import GenerationRequest
     from generative_service.storage import Storage
-    from workers.boundary import ImageUpscaler, SafetyCheck
+    from workers.boundary import SafetyCheck
 
 
 @dataclass
@@ -50,7 +51,7 @@ def postprocess_and_store(
     store: JobStore,
     storage: Storage,
     safety: SafetyCheck,
-    upscaler: ImageUpscaler,
+    upscaler: Upscaler,
     safety_shared_ms: float = 0.0,
     is_canceled: Callable[[], bool] = lambda: False,
 ) -> StoredImages:

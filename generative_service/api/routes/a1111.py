@@ -33,11 +33,9 @@ from generative_service.api.deps import (
     caller_owner,
 )
 from generative_service.api.responses import error_responses
-from generative_service.api.routes.openai_compat import ServerTimeout
 from generative_service.errors import InvalidRequest, ServiceError
 from generative_service.jobs import JobRecord, JobStore
 from generative_service.schemas import MAX_SEED, GenerationRequest, JobStatus
-from generative_service.settings import Settings
 
 PREFIX = "/sdapi/v1"
 router = APIRouter(prefix=PREFIX, tags=["automatic1111"])
@@ -184,8 +182,7 @@ def to_generation_requests(body: Txt2ImgRequest) -> list[GenerationRequest]:
             GenerationRequest(**fields, seed=seed + k * body.batch_size) for k in range(body.n_iter)
         ]
     except ValidationError as exc:
-        first = errors.validation_details(list(exc.errors()))[0]
-        raise _renamed(InvalidRequest(first["field"], first["message"])) from None
+        raise _renamed(errors.first_problem(exc)) from None
 
 
 @router.post(
@@ -227,7 +224,7 @@ async def txt2img(
     )
     records = [await run_in_threadpool(store.get, record.id) for record in records]
     for record in records:
-        _check_finished(record, settings)
+        submit.require_succeeded(record, settings)
     images: list[str] = []
     seeds: list[int] = []
     for record in records:
@@ -239,20 +236,6 @@ async def txt2img(
     model = await run_in_threadpool(submit.served_model, redis, settings)
     info = _info(body, jobs[0], records, seeds, model)
     return Txt2ImgResponse(images=images, parameters=body.model_dump(), info=json.dumps(info))
-
-
-def _check_finished(record: JobRecord, settings: Settings) -> None:
-    if record.status == JobStatus.succeeded:
-        return
-    if not record.status.is_terminal:
-        raise ServerTimeout(
-            f"job {record.id} is still {record.status.value} after {settings.compat_wait_s:g} s (GENSVC_COMPAT_WAIT_S); GET /v1/jobs/{record.id} follows it",
-            details={"job_id": record.id},
-        )
-    reason = record.error.message if record.error else record.status.value
-    error = ServiceError(f"job {record.id} {record.status.value}: {reason}")
-    error.code = record.error.code if record.error else record.status.value
-    raise error
 
 
 def _info(
