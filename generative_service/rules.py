@@ -1,5 +1,5 @@
 """Every request rule and limit, in one place. Imports nothing heavy: the schema, the gateway's
-checks, the queue, the batcher and the engine all read it.
+checks, the queue, the batch filler and the engine all read it.
 
 A rule with a fixed bound is a constant here that `GenerationRequest` (schemas.py) declares on
 its field. A rule that also depends on configuration (sizes up to GENSVC_MAX_SIDE, images up to

@@ -4,6 +4,7 @@ a real gateway process, and `up` starting and stopping its children."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import subprocess
@@ -194,6 +195,39 @@ def test_generate_saves_the_image(start_service, settings, redis, tmp_path, proc
     assert result.stdout.strip() == str(out)
     assert Image.open(out).size == (64, 64)
     assert "(seed 5)" in result.stderr
+    # Off a terminal: one line per state, each once (tqdm wrote a \r-frame per refresh).
+    lines = result.stderr.splitlines()
+    assert "\r" not in result.stderr and len(lines) == len(set(lines)), result.stderr
+    assert "denoising (3 steps)" in lines and lines[-1] == "succeeded"
+
+
+def test_generate_control_type_choices_are_the_servers(
+    start_service, settings, redis, tmp_path, process_env
+):
+    gateway = start_service(settings, workers=0)
+    control = tmp_path / "edges.png"
+    Image.new("L", (64, 64), 255).save(control)
+
+    def generate_with(control_type: str) -> subprocess.CompletedProcess:
+        argv = ["generate", "x", "--out", str(tmp_path / "x.png"), "--url", gateway.base_url,
+                "--control-type", control_type, "--control-image", str(control)]  # fmt: skip
+        return subprocess.run([sys.executable, "-m", "generative_service.cli", *argv], env=process_env(settings),
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    refused = generate_with("canny")  # the tiny model has no ControlNet
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.strip()
+        == "error: --control-type canny is not served here; choose from: none"
+    )
+    # What a worker serving a depth ControlNet publishes at start.
+    redis.set(settings.keys.models, json.dumps({"controlnets": ["depth"]}))
+    refused = generate_with("canny")
+    assert (
+        refused.stderr.strip()
+        == "error: --control-type canny is not served here; choose from: depth"
+    )
+    assert not list(redis.scan_iter(match=f"{settings.key_prefix}:job:*"))  # nothing was submitted
 
 
 def test_generate_reports_a_rejected_request(start_service, settings, tmp_path, process_env):
@@ -242,15 +276,23 @@ def test_up_starts_the_gateway_and_stops_everything_on_sigterm(settings, process
 
 @pytest.mark.slow
 def test_demo_runs_everything_and_writes_the_image(settings, process_env, tmp_path, redis):
-    """`gensvc demo` on the tiny model: gateway + worker + webhook worker, one image, all stopped."""
-    out = tmp_path / "demo.png"
+    """`gensvc demo` on the tiny model: gateway + worker + webhook worker, one image, all stopped.
+    Its terminal shows its own lines and the progress; the children's logs go to the log file."""
+    out, logs = tmp_path / "demo.png", tmp_path / "demo.log"  # the default log file: OUT with .log
     result = subprocess.run(
         [sys.executable, "-m", "generative_service.cli", "demo", "--out", str(out), "--steps", "3"],
         env=process_env(settings), cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
-    assert Image.open(out).size == (64, 64)
-    assert "stopped gateway, gpu-worker-0, webhook-worker" in result.stderr
+    assert Image.open(out).size == (64, 64) and result.stdout.strip() == str(out)
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"gensvc demo: the service's logs go to {logs}"
+    assert not [line for line in lines if line.startswith("{")], result.stderr  # no JSON log here
+    assert "\r" not in result.stderr and len(lines) == len(set(lines))  # each state once
+    assert "denoising (3 steps)" in lines and lines[-1] == "succeeded"
+    records = [json.loads(line) for line in logs.read_text().splitlines()]
+    assert {"gateway", "gpu-worker"} <= {record.get("component") for record in records}
+    assert records[-1]["event"] == "stopped gateway, gpu-worker-0, webhook-worker"
     # Its job ran under the demo's own key prefix, never on the configured deployment's queues.
     assert not list(redis.scan_iter(match=f"{settings.key_prefix}:job:*"))
 

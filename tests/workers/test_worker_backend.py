@@ -33,7 +33,7 @@ def test_worker_whose_backend_cannot_start_exits_with_the_reason(
     assert process.wait(timeout=300) == EXIT_CONFIG
     logs = service.logs("worker-0")
     assert "GENSVC_ONNX_PROVIDER" in logs and "cuda" in logs
-    assert service.live_workers() == 0
+    assert service.live_worker_count() == 0
 
 
 def test_compile_worker_with_a_bad_size_list_exits_with_the_reason(
@@ -45,7 +45,7 @@ def test_compile_worker_with_a_bad_size_list_exits_with_the_reason(
     assert process.wait(timeout=300) == EXIT_CONFIG
     logs = service.logs("worker-0")
     assert "GENSVC_COMPILE_SIZES" in logs and "'64' is not WIDTHxHEIGHT" in logs
-    assert service.live_workers() == 0
+    assert service.live_worker_count() == 0
 
 
 @pytest.mark.slow  # traces the UNet before inductor's C++ build fails
@@ -60,4 +60,4 @@ def test_compile_worker_without_a_cpp_compiler_exits_with_the_reason(
     assert process.wait(timeout=1800) == EXIT_CONFIG
     logs = service.logs("worker-0")
     assert "GENSVC_ENGINE_BACKEND" in logs and "torch.compile (inductor) failed at start" in logs
-    assert service.live_workers() == 0
+    assert service.live_worker_count() == 0
