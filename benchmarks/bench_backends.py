@@ -206,8 +206,9 @@ def render(results: dict, args) -> str:
     lines += [
         "",
         "First start: loading the model plus, for onnxruntime, exporting the UNet, ControlNet(s) and",
-        "VAE decoder to an empty cache, and for compile, compiling and running every served shape",
-        "(batch 1 and 2+, with and without ControlNet). First use of a LoRA set: the extra seconds",
+        "VAE decoder to an empty cache, and for compile, compiling the UNet graph of the served size",
+        "(empty inductor cache; 'of which compiling') and the one-step real-job check. 'Start, cache",
+        "filled': a second process on the same cache. First use of a LoRA set: the extra seconds",
         "of the first call with it over the next one (onnxruntime: export of its fused UNet graph;",
         "compile: hot-swap into a slot; eager: loading the adapter).",
     ]
