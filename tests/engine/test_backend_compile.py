@@ -11,6 +11,7 @@ test_backend_compile_inductor.py (slow) runs the same tests with inductor.
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -106,7 +107,9 @@ def test_sizes_outside_the_compiled_set_run_eagerly(compiled_engine, engine, no_
     assert max_diff(out.images[0], run_one(engine, req(width=96, height=64)).images[0]) <= 2
 
 
-def test_too_many_adapters_are_refused_and_models_names_the_backend(compiled_engine, lora_dir):
+def test_too_many_adapters_are_refused_and_models_names_the_backend(
+    compiled_engine, lora_dir, engine_cache_dir
+):
     third = lora_dir / "tiny-style-third.safetensors"
     shutil.copy(lora_dir / f"{A}.safetensors", third)
     try:
@@ -118,6 +121,8 @@ def test_too_many_adapters_are_refused_and_models_names_the_backend(compiled_eng
     assert described["name"] == "compile"
     assert described["sizes"] == ["64x64"]
     assert described["batch"] == "mark_dynamic"
+    # inductor's caches live with the model cache, so a second start skips the C++ build
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(engine_cache_dir / "torch-compile")
 
 
 @pytest.mark.slow

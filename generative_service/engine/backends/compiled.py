@@ -309,8 +309,13 @@ def _pad(tensor: torch.Tensor, rows: int) -> torch.Tensor:
 
 def _use_cache_dir(path: Path) -> None:
     """Keep inductor's caches with the model cache (unless the operator chose a place)."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(path))
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    # NOTE: importing diffusers already sets the variable to torch's default (/tmp/...), and
+    # inductor reads it at every cache access: replace the default, keep an operator's choice.
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default_cache_dir()):
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
 
 
 def _parse_sizes(text: str, *, default) -> list[tuple[int, int]]:
