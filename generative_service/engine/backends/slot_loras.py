@@ -16,8 +16,8 @@ import torch
 from safetensors import safe_open
 
 from generative_service.engine.hashing import FileHasher
-from generative_service.engine.paths import list_lora_names, lora_path
-from generative_service.errors import LoraError
+from generative_service.errors import LoraError, NotFound
+from generative_service.lora_store import get_lora_store
 from generative_service.schemas import LoraSpec
 
 log = logging.getLogger(__name__)
@@ -27,13 +27,14 @@ DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 class SlotLoras:
     """LoRA adapters for a compiled UNet: fixed, always-active slots filled by hot-swapping.
 
-    Same interface as `LoraManager` (activate / text_signature / check_known / loaded).
+    Same interface as `LoraManager` (activate / text_signature / check_known / loaded / store).
     """
 
     def __init__(self, pipe, settings, *, hasher: FileHasher) -> None:
         self.pipe = pipe
         self.settings = settings
         self.hasher = hasher
+        self.store = get_lora_store(settings)  # Engine.describe lists its names
         self.rank = settings.lora_hotswap_rank
         self.slots = [f"slot{index}" for index in range(settings.compile_lora_slots)]
         self._held: list[tuple[str, tuple[int, int], str] | None] = [None] * len(self.slots)
@@ -49,8 +50,8 @@ class SlotLoras:
 
     def check_known(self, specs: list[LoraSpec]) -> None:
         for index, spec in enumerate(specs):
-            if not lora_path(self.settings, spec.name).is_file():
-                known = list_lora_names(self.settings)
+            if self.store.head(spec.name) is None:
+                known = self.store.names()
                 raise LoraError(
                     f"loras[{index}].name",
                     f"unknown LoRA {spec.name!r}; known: {', '.join(known) or 'none'}",
@@ -121,10 +122,14 @@ class SlotLoras:
         self._scales[index] = scale
 
     def _swap_in(self, index: int, name: str) -> str:
-        path = lora_path(self.settings, name)
         field = f"loras[{index}]"
-        if not path.is_file():
-            self.check_known([LoraSpec(name=name)] * (index + 1))
+        try:
+            path = self.store.fetch(name)
+        except (NotFound, FileNotFoundError):
+            known = self.store.names()
+            raise LoraError(
+                f"{field}.name", f"unknown LoRA {name!r}; known: {', '.join(known) or 'none'}"
+            ) from None
         stat = path.stat()
         stamp = (stat.st_size, stat.st_mtime_ns)
         held = self._held[index]
@@ -195,9 +200,10 @@ def _target_modules(unet, settings) -> list[str]:
         for name, module in unet.named_modules()
         if isinstance(module, torch.nn.Linear) and name.endswith(DEFAULT_TARGETS)
     }
-    for name in list_lora_names(settings):
+    store = get_lora_store(settings)
+    for name in store.names():
         try:
-            with safe_open(str(lora_path(settings, name)), framework="pt") as handle:
+            with safe_open(str(store.fetch(name)), framework="pt") as handle:
                 targets |= {module for key in handle.keys() if (module := _module_of(key))}
         except Exception:  # noqa: BLE001 - a broken file is refused when a request uses it
             continue
