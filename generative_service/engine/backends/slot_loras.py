@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 
 from generative_service.engine.hashing import FileHasher
+from generative_service.engine.lora import LoraManager
 from generative_service.errors import LoraError, NotFound
 from generative_service.lora_store import get_lora_store
 from generative_service.schemas import LoraSpec
@@ -48,14 +49,7 @@ class SlotLoras:
     def loaded(self) -> list[str]:
         return [held[0] for held in self._held if held is not None]
 
-    def check_known(self, specs: list[LoraSpec]) -> None:
-        for index, spec in enumerate(specs):
-            if self.store.head(spec.name) is None:
-                known = self.store.names()
-                raise LoraError(
-                    f"loras[{index}].name",
-                    f"unknown LoRA {spec.name!r}; known: {', '.join(known) or 'none'}",
-                )
+    check_known = LoraManager.check_known  # it reads only self.store
 
     def text_signature(self) -> str:
         return ""  # text-encoder LoRAs are refused by this backend
