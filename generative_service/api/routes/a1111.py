@@ -30,7 +30,7 @@ from generative_service.api.deps import (
     StorageDep,
     StoreDep,
     _bearer,
-    get_owner,
+    owner_of,
 )
 from generative_service.api.responses import error_responses
 from generative_service.api.routes.openai_compat import ServerTimeout
@@ -116,7 +116,7 @@ _basic = HTTPBasic(
 )
 
 
-def get_sdapi_owner(
+async def get_sdapi_owner(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
     basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)] = None,
@@ -124,7 +124,7 @@ def get_sdapi_owner(
     """The caller as `/v1` sees it; HTTP Basic (A1111's `--api-auth`) carries the key as password."""
     if bearer is None and basic is not None:
         bearer = HTTPAuthorizationCredentials(scheme="Bearer", credentials=basic.password)
-    return get_owner(request, bearer)
+    return owner_of(request, bearer)
 
 
 SdapiOwner = Annotated[str, Depends(get_sdapi_owner)]
