@@ -10,6 +10,12 @@ redis-server and `gensvc api --workers N` from that tree, then measures:
 
     .venv/bin/python benchmarks/bench_submit.py --tree before=/tmp/perf-base --tree after=. \
         [--api-workers 1,2] [--seconds 8] [--deep 100000] [--no-report]
+    .venv/bin/python benchmarks/bench_submit.py --tree before=OLD --tree after=. \
+        --tree "after, 2 proc=.@2" --interleave 3 --depth-only
+
+With `--interleave ROUNDS` every tree's gateway is up at once and they are measured in
+alternating slices (the fair comparison on a shared machine); `PATH@N` runs that tree's gateway
+as `gensvc api --workers N`. `--depth-only` then runs only the queue-depth part per tree.
 
 `hey` is the Debian package `hey` (`apt-get install hey`). Writes the "submit" section of
 benchmarks/REPORT.md and benchmarks/figures/submit_latency.png.
@@ -195,6 +201,12 @@ def depth(tree: Path, api_workers: int, deep: int, seconds: float) -> dict[str, 
     return out
 
 
+def tree_spec(path: str) -> tuple[Path, int]:
+    """`PATH` or `PATH@N` (N gateway processes)."""
+    where, _, workers = path.partition("@")
+    return Path(where).resolve(), int(workers or 1)
+
+
 def interleaved(trees: list[list[str]], rounds: int, seconds: float) -> dict[str, dict[str, Load]]:
     """Every tree's gateway up at once and measured in alternating short slices, so the load of a
     shared machine falls on all trees alike (sequential runs minutes apart see different loads)."""
@@ -205,7 +217,8 @@ def interleaved(trees: list[list[str]], rounds: int, seconds: float) -> dict[str
         try:
             for label, path in trees:
                 (Path(tmp) / label).mkdir()
-                services[label] = Service(Path(path).resolve(), Path(tmp) / label, 1)
+                where, workers = tree_spec(path)
+                services[label] = Service(where, Path(tmp) / label, workers)
             out: dict[str, dict[str, Load]] = {label: {} for label in services}
             ids = {}
             for label, service in services.items():
@@ -280,9 +293,12 @@ def report(results: dict[str, dict[str, Load]], deep: int, seconds: float) -> st
         for key, load in loads.items():
             lines.append(f"| {label} | {names.get(key, key)} | {load.row()} |")
     labels = list(results)
-    if len(labels) >= 2:
-        first, last = results[labels[0]], results[labels[-1]]
-        lines += ["", f"Ratios {labels[-1]} / {labels[0]}:", ""]
+    first = results[labels[0]] if labels else {}
+    for label in labels[1:]:
+        last = results[label]
+        if not any(key in first and key in last for key in ("post10", "post100", "get50")):
+            continue
+        lines += ["", f"Ratios {label} / {labels[0]}:", ""]
         for key in ("post10", "post100", "get50"):
             if key in first and key in last and first[key].rate:
                 lines.append(
@@ -306,6 +322,11 @@ def main() -> int:
         help="ROUNDS of alternating slices, all trees up at once",
     )
     parser.add_argument("--interleave-only", action="store_true", help="skip the sequential runs")
+    parser.add_argument(
+        "--depth-only",
+        action="store_true",
+        help="instead of the sequential runs, only the queue-depth part (1 process) per tree",
+    )
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--json", help="also write the raw numbers here")
     args = parser.parse_args()
@@ -313,13 +334,23 @@ def main() -> int:
         raise SystemExit("hey is not installed (apt-get install hey)")
     trees = [item.split("=", 1) for item in args.tree] or [["this", str(ROOT)]]
     results: dict[str, dict[str, Load]] = {}
+    loads = [os.getloadavg()]
     if args.interleave:
         results = {
             f"{k}, interleaved": v
             for k, v in interleaved(trees, args.interleave, args.seconds).items()
         }
+        loads.append(os.getloadavg())
+    if args.depth_only:
+        for label, path in trees:
+            where, workers = tree_spec(path)
+            if workers == 1:
+                results[f"{label}, depth"] = depth(where, 1, args.deep, args.seconds)
+                loads.append(os.getloadavg())
     for workers in (
-        [int(w) for w in args.api_workers.split(",")] if not args.interleave_only else []
+        [int(w) for w in args.api_workers.split(",")]
+        if not (args.interleave_only or args.depth_only)
+        else []
     ):
         for label, path in trees:
             name = f"{label}, {workers} proc" if "," in args.api_workers else label
@@ -332,6 +363,11 @@ def main() -> int:
                 print(f"  {key}: {load.row()}", file=sys.stderr)
     figure({k: v for k, v in results.items() if "post10" in v})
     text = report(results, args.deep, args.seconds)
+    text += (
+        "\n\nLoad average (1 min) of the machine at the start and after each part: "
+        + ", ".join(f"{load[0]:.1f}" for load in loads)
+        + f" ({os.cpu_count()} CPUs; `hey`, Redis and the gateways share them)."
+    )
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(
