@@ -109,7 +109,7 @@ def start_baseline(procs: Processes):
 
 def start_service(label: str, tree: Path, procs: Processes):
     """Start redis, a gateway and one worker from `tree`; returns one user request (submit with
-    `Prefer: wait`, then download the image)."""
+    `Prefer: wait`, then download the image) and a wait for the service to be ready."""
     redis_port, port = free_port(), free_port()
     workdir = procs.workdir / label
     workdir.mkdir()
@@ -124,7 +124,6 @@ def start_service(label: str, tree: Path, procs: Processes):
     procs.spawn(f"{label}-gateway", argv, env, tree)
     procs.spawn(f"{label}-worker", [sys.executable, "-m", "workers.gpu_worker"], env, tree)
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_ok(f"{url}/readyz"), 600, f"service of {label}")
 
     async def one(http: httpx.AsyncClient, prompt: str, seed: int) -> None:
         body = {"prompt": prompt, "width": 64, "height": 64, "steps": 20, "seed": seed}
@@ -134,7 +133,10 @@ def start_service(label: str, tree: Path, procs: Processes):
         image = await http.get(f"{url}/v1/jobs/{job['id']}/images/0")
         assert image.status_code == 200, image.text[:200]
 
-    return one
+    def ready() -> None:
+        wait_until(lambda: http_ok(f"{url}/readyz"), 900, f"service of {label}")
+
+    return one, ready
 
 
 def interleaved(servers: dict, users: list[int], seconds: float, rounds: int) -> dict:
@@ -197,8 +199,12 @@ def main() -> int:
         procs = Processes(Path(tmp))
         try:
             servers = {BASELINE: start_baseline(procs)}
-            for label, path in trees:
-                servers[label] = start_service(label, Path(path).resolve(), procs)
+            starting = {  # all start at once; each loads its models
+                label: start_service(label, Path(path).resolve(), procs) for label, path in trees
+            }
+            for label, (one, ready) in starting.items():
+                ready()
+                servers[label] = one
             loads.append(os.getloadavg()[0])
             results = interleaved(servers, users, args.seconds, args.rounds)
             loads.append(os.getloadavg()[0])
