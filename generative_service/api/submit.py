@@ -100,6 +100,29 @@ async def submit(
     return Submitted(record=record, created=created, waited=waited, resource=resource)
 
 
+@dataclass(frozen=True)
+class Submitter:
+    """`submit` bound to one app's store and clients: what every API's submit route calls."""
+
+    store: JobStore
+    redis: Redis
+    aredis: AsyncRedis
+    settings: Settings
+
+    async def submit(
+        self,
+        body: GenerationRequest,
+        *,
+        owner: str,
+        idempotency_key: str | None = None,
+        wait_s: float | None = None,
+    ) -> Submitted:
+        return await submit(
+            body, store=self.store, redis=self.redis, aredis=self.aredis, settings=self.settings,
+            owner=owner, idempotency_key=idempotency_key, wait_s=wait_s,
+        )  # fmt: skip
+
+
 def models_info_of(redis: Redis, settings: Settings) -> dict:
     """What the workers published at start (`GET /v1/models`), or {} when none has."""
     raw = redis.get(settings.keys.models)

@@ -214,7 +214,7 @@ class EvalStore:
 
     async def _submit(self, record: StudyRecord, item: Item) -> bool:
         """Submit `item`'s job. False when the queue has no room for it now."""
-        from generative_service.api import submit
+        from generative_service.api.submit import Submitter
 
         arm = record.arms[item.arm]
         request = self._request(
@@ -222,12 +222,9 @@ class EvalStore:
             study_id=record.id,
         )  # fmt: skip
         try:
-            submitted = await submit.submit(
+            submitter = Submitter(self.jobs, self.redis, self.aredis, self.settings)
+            submitted = await submitter.submit(
                 request,
-                store=self.jobs,
-                redis=self.redis,
-                aredis=self.aredis,
-                settings=self.settings,
                 owner=record.owner,
                 idempotency_key=f"{record.id}.{item.arm}.{item.prompt}.{item.seed}",
             )

@@ -24,11 +24,11 @@ from starlette.concurrency import run_in_threadpool
 
 from generative_service.api import errors, loras, submit
 from generative_service.api.deps import (
-    AsyncRedisDep,
     RedisDep,
     SettingsDep,
     StorageDep,
     StoreDep,
+    SubmitterDep,
     _bearer,
     caller_owner,
 )
@@ -194,21 +194,18 @@ def to_generation_requests(body: Txt2ImgRequest) -> list[GenerationRequest]:
 )
 async def txt2img(
     body: Txt2ImgRequest,
-    store: StoreDep,
-    redis: RedisDep,
-    aredis: AsyncRedisDep,
+    submitter: SubmitterDep,
     settings: SettingsDep,
     storage: StorageDep,
     owner: SdapiOwner,
 ) -> Txt2ImgResponse:
     """Runs `n_iter` jobs and answers once all are done (at most GENSVC_COMPAT_WAIT_S)."""
+    store = submitter.store
     jobs = to_generation_requests(body)
     records: list[JobRecord] = []
     try:
         for job in jobs:
-            submitted = await submit.submit(
-                job, store=store, redis=redis, aredis=aredis, settings=settings, owner=owner
-            )
+            submitted = await submitter.submit(job, owner=owner)
             records.append(submitted.record)
     except InvalidRequest as exc:
         raise _renamed(exc) from None
@@ -218,7 +215,9 @@ async def txt2img(
         raise
     await asyncio.gather(
         *(
-            submit.wait_for_end(aredis, settings.key_prefix, record.id, settings.compat_wait_s)
+            submit.wait_for_end(
+                submitter.aredis, settings.key_prefix, record.id, settings.compat_wait_s
+            )
             for record in records
         )
     )
@@ -233,7 +232,7 @@ async def txt2img(
             if body.send_images and not image.blocked and image.url:
                 raw, _ = await run_in_threadpool(storage.get, record.id, image.index)
                 images.append(base64.b64encode(raw).decode())
-    model = await run_in_threadpool(submit.served_model, redis, settings)
+    model = await run_in_threadpool(submit.served_model, submitter.redis, settings)
     info = _info(body, jobs[0], records, seeds, model)
     return Txt2ImgResponse(images=images, parameters=body.model_dump(), info=json.dumps(info))
 

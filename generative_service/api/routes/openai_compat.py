@@ -18,12 +18,11 @@ from starlette.concurrency import run_in_threadpool
 from generative_service import rules
 from generative_service.api import errors, submit
 from generative_service.api.deps import (
-    AsyncRedisDep,
     OwnerDep,
     RedisDep,
     SettingsDep,
     StorageDep,
-    StoreDep,
+    SubmitterDep,
 )
 from generative_service.api.responses import error_responses
 from generative_service.errors import InvalidRequest
@@ -194,27 +193,18 @@ def to_generation_request(body: ImageGenerationRequest, model: str) -> Generatio
 async def create_image(
     body: ImageGenerationRequest,
     request: Request,
-    store: StoreDep,
-    redis: RedisDep,
-    aredis: AsyncRedisDep,
+    submitter: SubmitterDep,
     settings: SettingsDep,
     storage: StorageDep,
     owner: OwnerDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> ImagesResponse:
     """Runs one job through the queue and answers once it is done (at most GENSVC_COMPAT_WAIT_S)."""
-    model = await run_in_threadpool(submit.served_model, redis, settings)
+    model = await run_in_threadpool(submit.served_model, submitter.redis, settings)
     job = to_generation_request(body, model)
     try:
-        submitted = await submit.submit(
-            job,
-            store=store,
-            redis=redis,
-            aredis=aredis,
-            settings=settings,
-            owner=owner,
-            idempotency_key=idempotency_key,
-            wait_s=settings.compat_wait_s,
+        submitted = await submitter.submit(
+            job, owner=owner, idempotency_key=idempotency_key, wait_s=settings.compat_wait_s
         )
     except InvalidRequest as exc:
         raise _renamed(exc) from None
