@@ -17,18 +17,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def pid_alive(pid: int) -> bool:
-    """True while process `pid` runs (a zombie, exited but not reaped, counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # the state follows the parenthesised command name, which may hold spaces
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:  # gone between the two looks
-        return False
-
-
 def wait_for(
     predicate: Callable[[], object], *, timeout: float = 60.0, what: str = "condition"
 ) -> object:
@@ -56,3 +44,16 @@ def check_error(response, status: int, code: str | None = None, message: str | N
     if message is not None:
         assert message in error["message"], error["message"]
     return error
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, exited but not reaped, counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

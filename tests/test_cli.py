@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from services import wait_for_health
-from support import free_port, pid_alive
+from support import free_port, process_alive
 
 from generative_service import cli
 from generative_service.cli.generate import request_from_args
@@ -331,7 +331,7 @@ def test_supervisor_stops_the_whole_process_group_of_a_killed_child(tmp_path):
         supervisor.children[0].process.wait()
         supervisor.check()  # notices the death: the group goes before the restart
         deadline = time.monotonic() + 10
-        while pid_alive(grandchild):
+        while process_alive(grandchild):
             assert time.monotonic() < deadline, "the grandchild was left behind as an orphan"
             time.sleep(0.1)
     finally:

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from support import pid_alive
+from support import process_alive
 
 from generative_service.cli.supervisor import Supervisor, child_env, service_children
 from generative_service.jobs import JobStore
@@ -69,17 +69,19 @@ def test_killed_webhook_worker_leaves_no_scheduler_and_its_pending_retry_is_deli
             os.kill(first, signal.SIGKILL)  # before the retry is due
             checker.start()  # the supervisor notices, stops the group and restarts the worker
             wait_for(
-                lambda: not pid_alive(scheduler), timeout=15, what="the orphaned scheduler to go"
+                lambda: not process_alive(scheduler),
+                timeout=15,
+                what="the orphaned scheduler to go",
             )
-            wait_for(lambda: child.process.pid != first and pid_alive(child.process.pid),
+            wait_for(lambda: child.process.pid != first and process_alive(child.process.pid),
                      what="the restarted worker")  # fmt: skip
 
             wait_for(lambda: len(receiver.requests) == 2, timeout=240, what="the pending retry")
             first_try, retry = receiver.requests
             assert first_try.headers["webhook-id"] == retry.headers["webhook-id"]
             assert first_try.body == retry.body
-            assert child.restarts == 1 and pid_alive(child.process.pid)
+            assert child.restarts == 1 and process_alive(child.process.pid)
         finally:
             stop.set()
             supervisor.stop()
-    assert not pid_alive(scheduler)
+    assert not process_alive(scheduler)
