@@ -126,6 +126,8 @@ def schema_example(spec: dict, schema: dict, depth: int = 0) -> Any:
         return [schema_example(spec, schema.get("items", {}), depth + 1)]
     if "enum" in schema:
         return schema["enum"][0]
+    if not isinstance(kind, str):
+        return None
     return {"string": "string", "integer": 0, "number": 0.0, "boolean": False}.get(kind)
 
 

@@ -39,6 +39,7 @@ from generative_service.engine import paths
 from generative_service.errors import Conflict, InvalidRequest, QueueFull
 from generative_service.keys import RQ_QUEUE_NAMESPACE, Ttl
 from generative_service.record import ANONYMOUS, JobRecord
+from generative_service.redis_client import reply_text
 from generative_service.schemas import GenerationRequest, JobStatus, Progress
 from generative_service.settings import Settings
 
@@ -197,7 +198,7 @@ class JobQueue:
         """Every RQ queue of logical `queue`: its own first, then each key's, in a stable order."""
         base = self.keys.rq_queue_name(queue)
         keys = self.redis.smembers(self.tenants_key(queue))  # RQ queue keys
-        members = sorted(_text(key).removeprefix(RQ_QUEUE_NAMESPACE) for key in keys)
+        members = sorted(reply_text(key).removeprefix(RQ_QUEUE_NAMESPACE) for key in keys)
         return [base, *(name for name in members if name != base)]
 
     def order_key(self, queue: str) -> str:
@@ -286,7 +287,9 @@ class JobQueue:
         if record.status != JobStatus.queued:
             return None
         rank = self.redis.zrank(self.order_key(record.queue), record.id)
-        return 1 if rank is None else rank + 1  # queued but not ranked: a worker took it, next
+        if not isinstance(rank, int):  # None: queued but not ranked: a worker took it, next
+            return 1
+        return rank + 1
 
     def status_change(self, pipe, record: JobRecord, old: JobStatus, front_score: float) -> None:
         """Queue the counter and order changes of `record` moving from `old` to its status
@@ -310,7 +313,7 @@ class JobQueue:
     def front_score(self, queue: str) -> float:
         """A score that sorts before every waiting job of `queue`."""
         first = self.redis.zrange(self.order_key(queue), 0, 0, withscores=True)
-        return (first[0][1] - 1) if first else 0.0
+        return (float(first[0][1]) - 1) if first else 0.0
 
     def running_count(self, owner: str) -> int:
         return int(self.redis.hget(self.counts_key, f"running:{owner}") or 0)
@@ -365,7 +368,7 @@ class JobQueue:
 
     # --- step times and ETAs --------------------------------------------------------------------
     def step_times(self) -> dict[str, float]:
-        return {_text(k): float(v) for k, v in self.redis.hgetall(self.step_ms_key).items()}
+        return {reply_text(k): float(v) for k, v in self.redis.hgetall(self.step_ms_key).items()}
 
     def mean_step_ms(self, width: int | None = None, height: int | None = None) -> float | None:
         return mean_step_ms(self.step_times(), width, height)
@@ -404,7 +407,3 @@ def mean_step_ms(
         return step_times[pixel_class(width, height)]
     values = list(step_times.values())
     return sum(values) / len(values) if values else None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

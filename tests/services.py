@@ -32,21 +32,6 @@ def cleanup_prefix(redis: Redis, prefix: str) -> None:
     Keys(prefix).purge(redis)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """`settings` as GENSVC_* environment variables, for child processes."""
-    env = {}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, list):
-            value = ",".join(str(item) for item in value)
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"GENSVC_{name.upper()}"] = str(value)
-    return env
-
-
 @dataclass
 class RunningService:
     """A gateway and workers running as real processes on one Settings."""
@@ -139,7 +124,7 @@ class RunningService:
 def child_env(settings: Settings) -> dict[str, str]:
     """Our environment without any GENSVC_* of the developer's, plus `settings`."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("GENSVC_")}
-    env.update(settings_env(settings))
+    env.update(settings.as_env())
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))

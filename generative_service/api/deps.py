@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
+from generative_service.api.submit import Submitter
 from generative_service.errors import Unauthorized
 from generative_service.jobs import JobStore, owner_for_key
 from generative_service.settings import Settings
@@ -44,6 +45,18 @@ def app_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
+async def app_submitter(request: Request) -> Submitter:
+    from generative_service.api.app import async_redis_for
+
+    state = request.app.state
+    return Submitter(
+        store=state.store,
+        redis=state.redis,
+        aredis=async_redis_for(request.app),
+        settings=state.settings,
+    )
+
+
 def caller_owner(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
@@ -73,3 +86,4 @@ AsyncRedisDep = Annotated[AsyncRedis, Depends(app_async_redis)]
 StoreDep = Annotated[JobStore, Depends(app_store)]
 StorageDep = Annotated[Storage, Depends(app_storage)]
 OwnerDep = Annotated[str, Depends(caller_owner)]
+SubmitterDep = Annotated[Submitter, Depends(app_submitter)]

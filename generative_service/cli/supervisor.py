@@ -197,25 +197,25 @@ class Supervisor:
         """SIGTERM every child, wait for them, SIGKILL whatever is left after `stop_timeout_s`."""
         self.stopping = True
         alive = [
-            child
+            (child.name, child.process)
             for child in self.children
             if child.process is not None and child.process.poll() is None
         ]
-        for child in alive:
-            _signal_group(child.process, signal.SIGTERM)
+        for _, process in alive:
+            _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout_s
-        for child in alive:
+        for name, process in alive:
             try:
-                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self.log(f"{child.name} did not stop in {self.stop_timeout_s:.0f} s; killing it")
-                _signal_group(child.process, signal.SIGKILL)
-                child.process.wait()
+                self.log(f"{name} did not stop in {self.stop_timeout_s:.0f} s; killing it")
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
         for child in self.children:  # whatever a child left behind in its group
             if child.process is not None:
                 _signal_group(child.process, signal.SIGKILL)
         if alive:
-            self.log("stopped " + ", ".join(child.name for child in alive))
+            self.log("stopped " + ", ".join(name for name, _ in alive))
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
@@ -242,3 +242,23 @@ def service_children(
     ]
     children.append(Child("webhook-worker", [python, "-m", "workers.webhook_worker"]))
     return children
+
+
+def run_up(*, host: str, port: int, workers: int) -> int:
+    """`gensvc up`: Redis if none answers, then the service's processes until Ctrl-C."""
+    from generative_service.settings import get_settings
+
+    check_port_free("up", host, port)  # before anything starts or is printed
+    redis_port = ensure_redis(get_settings().redis_url)
+    supervisor = Supervisor(
+        service_children(host=host, port=port, workers=workers), env=child_env()
+    )
+    supervisor.start()
+    print(
+        f"gensvc up: http://{host}:{port} (docs at /docs); Ctrl-C stops everything", file=sys.stderr
+    )
+    try:
+        supervisor.run_forever()
+    finally:
+        stop_redis(redis_port)
+    return 0

@@ -347,9 +347,13 @@ class Engine:
         from generative_service.engine.control import canny_image, decode_control_image
 
         spec = job.request.control
+        if spec is None:  # plan_batch asks only for jobs with a control image
+            raise InvalidRequest("control", "this job has no control image")
         source = decode_control_image(spec.image, max_pixels=self.settings.max_control_pixels)
         if spec.type == "canny":
             return canny_image(source, size=size, low=spec.canny_low, high=spec.canny_high)
+        if self.models.depth is None:  # validate() refuses depth jobs first
+            raise InvalidRequest("control.type", "no depth estimator is loaded for this model")
         return self.models.depth(source, size=size)
 
     def _canceled(self, job: EngineJob, elapsed_ms: float) -> JobOutput:

@@ -193,9 +193,19 @@ function loadJob(job) {
   setStatus(`Loaded ${job.id} (${job.status}).`);
 }
 
+// The form's bounds come from the server (`limits` of GET /v1/models), so no rule is written twice.
+function applyLimits(limits) {
+  const side = { min: limits.min_side, max: limits.max_side, step: limits.side_multiple };
+  const bounds = { steps: { max: limits.max_steps }, num_images: { max: limits.max_images_per_job }, width: side, height: side };
+  for (const [id, attrs] of Object.entries(bounds)) {
+    for (const [name, value] of Object.entries(attrs)) if (value != null) $(id)[name] = value;
+  }
+}
+
 async function loadOptions() {
   try {
     const models = await apiJson("/v1/models");
+    applyLimits(models.limits || {});
     const sampler = $("sampler");
     const current = sampler.value;
     sampler.replaceChildren(...models.samplers.map((name) => el("option", { value: name, text: name })));
