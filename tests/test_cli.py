@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from support import free_port
+from support import free_port, process_alive
 
 from generative_service import cli
 from generative_service.cli.generate import request_from_args
@@ -341,17 +341,8 @@ def test_supervisor_stops_the_whole_process_group_of_a_killed_child(tmp_path):
         supervisor.children[0].process.wait()
         supervisor.check()  # notices the death: the group goes before the restart
         deadline = time.monotonic() + 10
-        while _alive(grandchild):
+        while process_alive(grandchild):
             assert time.monotonic() < deadline, "the grandchild was left behind as an orphan"
             time.sleep(0.1)
     finally:
         supervisor.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/stat")
-    return not (status.exists() and status.read_text().split()[2] == "Z")  # zombies are dead
