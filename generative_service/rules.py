@@ -33,6 +33,8 @@ DEFAULT_SAMPLER = "dpmpp_2m_karras"
 MIN_STEPS, MAX_STEPS, DEFAULT_STEPS = 1, 150, 30
 MIN_SIDE, SIDE_MULTIPLE = 64, 8
 MAX_SEED = 2**63  # seeds are in [0, MAX_SEED)
+# A seed the service picks is below this: A1111's range, and exact as a JavaScript number.
+RANDOM_SEEDS = 2**32
 MAX_IMAGES = 4  # per job, whatever the batch size
 MIN_GUIDANCE, MAX_GUIDANCE, DEFAULT_GUIDANCE = 0.0, 30.0, 7.5
 MAX_PROMPT_CHARS = 4000  # prompt and negative prompt each
