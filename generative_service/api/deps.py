@@ -1,6 +1,7 @@
-"""Request dependencies: settings, Redis clients, the job store, storage and the caller's identity.
+"""Request dependencies: the app's settings, Redis clients, job store and storage (`app_*`, read from
+`app.state`), and the caller's identity (`caller_owner`).
 
-All of them are `async def` although none waits for anything: FastAPI runs a plain `def`
+The dependencies are all `async def` although none waits for anything: FastAPI runs a plain `def`
 dependency in its thread pool, a thread hop per dependency per request (a submit had four).
 """
 
@@ -14,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
+from generative_service.api.submit import Submitter
 from generative_service.errors import Unauthorized
 from generative_service.jobs import JobStore, owner_for_key
 from generative_service.settings import Settings
@@ -25,37 +27,44 @@ _bearer = HTTPBearer(
 )
 
 
-async def get_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_redis(request: Request) -> Redis:
+async def app_redis(request: Request) -> Redis:
     return request.app.state.redis
 
 
-async def get_async_redis(request: Request) -> AsyncRedis:
+async def app_async_redis(request: Request) -> AsyncRedis:
     from generative_service.api.app import async_redis_for
 
     return async_redis_for(request.app)
 
 
-async def get_store(request: Request) -> JobStore:
+async def app_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-async def get_storage(request: Request) -> Storage:
+async def app_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-async def get_owner(
+async def app_submitter(request: Request) -> Submitter:
+    from generative_service.api.app import async_redis_for
+
+    state = request.app.state
+    return Submitter(
+        store=state.store,
+        redis=state.redis,
+        aredis=async_redis_for(request.app),
+        settings=state.settings,
+    )
+
+
+def caller_owner(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
 ) -> str:
-    """The caller's owner id (`owner_of`), as a dependency."""
-    return owner_of(request, credentials)
-
-
-def owner_of(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str:
     """The owner id of the caller: `anonymous` without API keys, else derived from the Bearer key.
 
     Raises:
@@ -75,9 +84,18 @@ def owner_of(request: Request, credentials: HTTPAuthorizationCredentials | None)
     return owner_for_key(credentials.credentials)
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-RedisDep = Annotated[Redis, Depends(get_redis)]
-AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
-StoreDep = Annotated[JobStore, Depends(get_store)]
-StorageDep = Annotated[Storage, Depends(get_storage)]
-OwnerDep = Annotated[str, Depends(get_owner)]
+async def caller_owner_dependency(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+) -> str:
+    """`caller_owner` as a dependency (on the event loop: it only compares and hashes)."""
+    return caller_owner(request, credentials)
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+RedisDep = Annotated[Redis, Depends(app_redis)]
+AsyncRedisDep = Annotated[AsyncRedis, Depends(app_async_redis)]
+StoreDep = Annotated[JobStore, Depends(app_store)]
+StorageDep = Annotated[Storage, Depends(app_storage)]
+OwnerDep = Annotated[str, Depends(caller_owner_dependency)]
+SubmitterDep = Annotated[Submitter, Depends(app_submitter)]
