@@ -31,10 +31,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, free_port, http_ok, pct, wait_until, write_section  # noqa: E402
+from _common import ROOT, free_port, http_ok, pct, save_figure, wait_until, write_section  # noqa: E402
 
 SECTION = "baseline"
-FIGURES = ROOT / "benchmarks" / "figures"
 MODEL = ROOT / "generative_service" / "models" / "demo" / "pipeline"
 BASELINE = "plain diffusers + FastAPI"
 PROMPTS = ["a handwritten seven", "the digit three", "a handwritten two", "the digit eight"]
@@ -163,7 +162,6 @@ def figure(results: dict[str, dict[int, tuple]], users: list[int]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    FIGURES.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for label, rows in results.items():
         left.plot(users, [len(rows[n][0]) / rows[n][1] for n in users], marker="o", label=label)
@@ -177,9 +175,7 @@ def figure(results: dict[str, dict[int, tuple]], users: list[int]) -> None:
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(FIGURES / "service_vs_baseline.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, "service_vs_baseline.png")
 
 
 def main() -> int:

@@ -27,9 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import write_section  # noqa: E402
-
-FIGURES = ROOT / "benchmarks" / "figures"
+from _common import save_figure, write_section  # noqa: E402
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -144,7 +142,6 @@ def figure(batches: list[dict], *, steps: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    FIGURES.mkdir(parents=True, exist_ok=True)
     sizes = [row["batch"] for row in batches]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(sizes, [row["s_per_call"] * 1000 for row in batches], marker="o")
@@ -157,9 +154,7 @@ def figure(batches: list[dict], *, steps: int) -> None:
         ax.set_xticks(sizes)
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(FIGURES / "engine_batch.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, "engine_batch.png")
 
 
 def render(batches: list[dict], lora: dict, emb: dict, *, steps: int, threads: int) -> str:
@@ -168,7 +163,8 @@ def render(batches: list[dict], lora: dict, emb: dict, *, steps: int, threads: i
         "## Engine on CPU (tiny model) — `benchmarks/bench_engine.py`",
         "",
         f"64x64, {steps} steps, DPM++ 2M Karras, CFG on; torch threads {threads}; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} logical CPUs (shared with other work: expect noise). Medians.",
+        f"{os.cpu_count()} logical CPUs (shared with other work: expect noise; load average "
+        f"{os.getloadavg()[0]:.1f} at the end). Medians.",
         "",
         "| batch | s / call | s / image | images / s | vs batch 1 |",
         "|---:|---:|---:|---:|---:|",

@@ -25,15 +25,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, free_port, http_ok, stop_processes, wait_until, write_section  # noqa: E402
+from _common import ROOT, free_port, http_ok, publish, save_figure, stop_processes, wait_until  # noqa: E402
 
 SECTION = "memory"
-FIGURES = ROOT / "benchmarks" / "figures"
 BODY = {"prompt": "a red circle", "width": 64, "height": 64, "steps": 1}
 CLIENTS = 20
 
@@ -96,14 +96,26 @@ async def wave(url: str, count: int) -> list[str]:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                answer = await http.post("/v1/jobs", json=BODY)
-                assert answer.status_code == 202, answer.text[:300]
+                # A kept-alive connection the server has just closed fails the request (ReadError);
+                # the Idempotency-Key makes sending it again safe: at most one job either way.
+                headers = {"Idempotency-Key": uuid.uuid4().hex}
+                for attempt in range(3):
+                    try:
+                        answer = await http.post("/v1/jobs", json=BODY, headers=headers)
+                        break
+                    except httpx.TransportError:
+                        if attempt == 2:
+                            raise
+                assert answer.status_code in (200, 202), answer.text[:300]
                 ids.append(answer.json()["id"])
 
         await asyncio.gather(*(client() for _ in range(CLIENTS)))
         for job_id in ids:
             while True:
-                job = (await http.get(f"/v1/jobs/{job_id}")).json()
+                try:
+                    job = (await http.get(f"/v1/jobs/{job_id}")).json()
+                except httpx.TransportError:  # as above; a GET is safe to repeat
+                    continue
                 if job["status"] in ("succeeded", "failed", "canceled"):
                     assert job["status"] == "succeeded", job
                     break
@@ -126,7 +138,6 @@ def figure(samples: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    FIGURES.mkdir(parents=True, exist_ok=True)
     jobs = [s["jobs"] for s in samples]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(jobs, [s["gateway_mb"] for s in samples], marker="o", label="gateway RSS")
@@ -139,9 +150,7 @@ def figure(samples: list[dict]) -> None:
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
     left.legend()
-    fig.tight_layout()
-    fig.savefig(FIGURES / "memory_growth.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, "memory_growth.png")
 
 
 def report(samples: list[dict], keys: dict[str, int], args, seconds: float) -> str:
@@ -233,10 +242,8 @@ def main() -> int:
         finally:
             stack.stop()
     text = report(samples, keys, args, time.monotonic() - started)
-    print(text)
     figure(samples)
-    if not args.no_report:
-        write_section(SECTION, text)
+    publish(SECTION, text, report=not args.no_report)
     return 0
 
 

@@ -126,26 +126,25 @@ class Service:
         log.close()
 
     def fill(self, count: int) -> None:
-        """Put `count` jobs in the default queue, the fastest way this tree's code allows."""
-        helper = self.tree / "benchmarks" / "_fill_queue.py"
-        if helper.exists():  # the tree knows how to write real queued jobs quickly
-            env = {**os.environ, "PYTHONPATH": str(self.tree), "GENSVC_REDIS_URL": self.redis_url,
-                   "GENSVC_KEY_PREFIX": self.prefix, "GENSVC_MODEL": "tiny", "GENSVC_MAX_QUEUED": "1000000",
-                   "GENSVC_MAX_QUEUED_PER_KEY": "1000000"}  # fmt: skip
-            subprocess.run(
-                [sys.executable, str(helper), str(count)], env=env, cwd=self.tree, check=True
-            )
-            return
-        # The old code reads the queue only as RQ's list (LLEN for admission, LPOS for the
-        # position), so ids in that list are what its submit and GET pay for.
+        """Put `count` waiting job ids where the tree's submit and GET look: RQ's queue list (the
+        old code's LLEN and LPOS read it) and the queue-order sorted set with its counters (this
+        code's ZRANK and bounds read those). Ids only, no records: what each submit and GET pays
+        for with that many jobs ahead is the same, and 100 000 real submits would take minutes."""
         from redis import Redis
 
+        from generative_service.keys import Keys
+
+        keys = Keys(self.prefix)
         redis = Redis.from_url(self.redis_url)
-        key = f"rq:queue:{self.prefix}:default"
         for start in range(0, count, 10_000):
-            redis.rpush(
-                key, *[f"job_filler{i:010d}" for i in range(start, min(count, start + 10_000))]
-            )
+            ids = [f"job_filler{i:010d}" for i in range(start, min(count, start + 10_000))]
+            pipe = redis.pipeline(transaction=False)
+            pipe.rpush(f"rq:queue:{self.prefix}:default", *ids)
+            pipe.zadd(keys.order("default"), {job_id: start + n for n, job_id in enumerate(ids)})
+            pipe.execute()
+        redis.set(keys.sequence("default"), count)
+        redis.hincrby(keys.counts, "queued", count)
+        redis.hincrby(keys.counts, "queued:anonymous", count)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
