@@ -183,8 +183,10 @@ class RQJobTemplate:
         fields = dict(self.base)
         stamp = utcformat(rq_now())
         fields["created_at"] = fields["enqueued_at"] = stamp
-        call = (GENERATE_FUNC, None, (job_id,), {})
-        fields["data"] = zlib.compress(self._serializer.dumps(call))
+        kwargs: dict[str, object] = {}  # (func, instance, args, kwargs): what RQ pickles
+        fields["data"] = zlib.compress(
+            self._serializer.dumps((GENERATE_FUNC, None, (job_id,), kwargs))
+        )
         fields["description"] = str(fields["description"]).replace(
             repr(self._STAND_IN), repr(job_id)
         )
