@@ -145,7 +145,7 @@ def resolve(request: GenerationRequest, settings: Settings) -> GenerationRequest
     if request.height is None:
         updates["height"] = size
     if request.seed is None:
-        updates["seed"] = secrets.randbelow(2**32)
+        updates["seed"] = secrets.randbelow(rules.RANDOM_SEEDS)
     resolved = request.model_copy(update=updates)
     for field in ("width", "height"):
         problem = rules.side_problem(getattr(resolved, field), settings.max_side)
