@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, http_ok, stop_processes, wait_until, write_section  # noqa: E402
+from _common import free_port, http_ok, poll, publish, stop_processes, wait_until  # noqa: E402
 
 SECTION = "fairness"
 BODY = {"prompt": "a handwritten two", "width": 64, "height": 64, "steps": 2, "seed": 7}
@@ -68,10 +68,10 @@ def run_tree(tree: Path, flood: int, max_wait_s: float) -> dict:
             wait_until(lambda: http_ok(f"{url}/readyz"), 900, "worker")
             headers_b = {"Authorization": f"Bearer {KEY_B}"}
             with httpx.Client(timeout=30) as http:
-                _wait(lambda: _get(http, url, a_ids[0], KEY_A)["status"] != "queued", 300)
+                poll(lambda: _get(http, url, a_ids[0], KEY_A)["status"] != "queued", 300)
                 submitted = time.monotonic()
                 b_id = http.post(f"{url}/v1/jobs", json=BODY, headers=headers_b).json()["id"]
-                b_job = _wait(
+                b_job = poll(
                     lambda: (j := _get(http, url, b_id, KEY_B))["status"] == "succeeded" and j,
                     max_wait_s,
                 )
@@ -120,16 +120,6 @@ def _get(http: httpx.Client, url: str, job_id: str, key: str) -> dict:
     return http.get(f"{url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}).json()
 
 
-def _wait(predicate, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    return None
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", action="append", default=[], help="LABEL=PATH (repeatable)")
@@ -161,9 +151,7 @@ def main() -> int:
         "|---|---:|---:|---:|---:|---|",
         *rows,
     ])  # fmt: skip
-    print(text)
-    if not args.no_report:
-        write_section(SECTION, text)
+    publish(SECTION, text, report=not args.no_report)
     return 0
 
 

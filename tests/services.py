@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,22 @@ WORKER_START_TIMEOUT_S = 600.0  # the first worker of a session builds the tiny 
 def cleanup_prefix(redis: Redis, prefix: str) -> None:
     """Delete every key a test with this prefix left (Keys.purge)."""
     Keys(prefix).purge(redis)
+
+
+def wait_for_health(
+    base_url: str, process: subprocess.Popen, logs: Callable[[], str], timeout_s: float
+) -> None:
+    """Wait until `base_url`/healthz answers 200; fail with `logs()` if `process` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"gateway did not start:\n{logs()[-4000:]}")
+        time.sleep(0.1)
 
 
 @dataclass
@@ -98,16 +115,9 @@ class RunningService:
             time.sleep(0.2)
 
     def wait_for_gateway(self, timeout_s: float = SERVICE_START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.processes["gateway"].poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"gateway did not start:\n{self.logs('gateway')[-4000:]}")
-            time.sleep(0.1)
+        wait_for_health(
+            self.base_url or "", self.processes["gateway"], lambda: self.logs("gateway"), timeout_s
+        )
 
     def stop(self) -> None:
         for process in self.processes.values():

@@ -13,10 +13,10 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
-from support import free_port
+from services import wait_for_health
+from support import free_port, process_alive
 
 from generative_service import cli
 from generative_service.cli.generate import request_from_args
@@ -246,17 +246,7 @@ def test_up_starts_the_gateway_and_stops_everything_on_sigterm(settings, process
     up = subprocess.Popen([sys.executable, "-m", "generative_service.cli", "up", "--port", str(port), "--workers", "0"],
                           env=process_env(settings), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert up.poll() is None and time.monotonic() < deadline, (
-                tmp_path / "up.log"
-            ).read_text()
-            time.sleep(0.2)
+        wait_for_health(f"http://127.0.0.1:{port}", up, (tmp_path / "up.log").read_text, 60)
         pids = [
             int(line.split("pid ")[1].rstrip(")"))
             for line in (tmp_path / "up.log").read_text().splitlines()
@@ -341,17 +331,8 @@ def test_supervisor_stops_the_whole_process_group_of_a_killed_child(tmp_path):
         supervisor.children[0].process.wait()
         supervisor.check()  # notices the death: the group goes before the restart
         deadline = time.monotonic() + 10
-        while _alive(grandchild):
+        while process_alive(grandchild):
             assert time.monotonic() < deadline, "the grandchild was left behind as an orphan"
             time.sleep(0.1)
     finally:
         supervisor.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/stat")
-    return not (status.exists() and status.read_text().split()[2] == "Z")  # zombies are dead

@@ -9,6 +9,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from support import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -67,14 +68,20 @@ def test_progress_off_a_terminal_prints_each_state_once():
     assert "\r" not in out.getvalue()
 
 
-def test_progress_on_a_terminal_is_one_bar_redrawn_in_place():
+@pytest.mark.parametrize(("rows", "columns"), [(0, 0), (24, 60)])  # 0x0: a pty nobody sized
+def test_progress_on_a_terminal_is_one_bar_redrawn_in_place(rows, columns, monkeypatch):
+    import fcntl
     import pty
+    import struct
+    import termios
 
     from generative_service.cli.progress import ProgressDisplay
 
     leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     with os.fdopen(follower, "w") as terminal:
-        display = ProgressDisplay(terminal)
+        monkeypatch.setattr(sys, "stderr", terminal)  # tqdm sizes its bar only on sys.stderr/stdout
+        display = ProgressDisplay()
         for event in _job_events():
             display.update(event)
         display.close()
@@ -93,3 +100,4 @@ def test_progress_on_a_terminal_is_one_bar_redrawn_in_place():
     assert drawn.count("\n") == 1 and drawn.count("\r") >= len(_job_events())
     last_frame = drawn.rstrip("\r\n").split("\r")[-1]
     assert last_frame.startswith("succeeded: 100%") and "4/4" in last_frame
+    assert len(last_frame) <= (columns or 80)

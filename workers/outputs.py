@@ -120,7 +120,7 @@ def postprocess_and_store(
             )
             continue
         check()
-        data, content_type = encode_image(image, request.output_format)
+        data, content_type = encode_image(image, request.output_format, check=check)
         storage.put(job_id, index, data, content_type)
         infos.append(
             ImageInfo(

@@ -8,16 +8,16 @@ children's JSON logs (and the supervisor's lines) go to a file whose path is pri
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import secrets
 import socket
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from generative_service import logs
 from generative_service.cli.generate import generate
 from generative_service.cli.supervisor import (
     Supervisor,
@@ -45,18 +45,18 @@ def log_path(args: argparse.Namespace) -> Path:
 
 
 def json_line_writer(log: IO[bytes]) -> Callable[[str], None]:
-    """A `log` callable for the supervisor that writes JSON lines like the children's own."""
+    """A `log` callable for the supervisor that writes JSON lines in the children's own format."""
+    formatter = logs.JsonFormatter("demo")
 
     def write(message: str) -> None:
-        line = {"ts": datetime.now(UTC).isoformat(), "level": "info", "component": "demo",
-                "logger": "gensvc.demo", "event": message}  # fmt: skip
-        log.write((json.dumps(line) + "\n").encode())
+        record = logging.LogRecord("gensvc.demo", logging.INFO, __file__, 0, message, None, None)
+        log.write((formatter.format(record) + "\n").encode())
         log.flush()
 
     return write
 
 
-def wait_ready(client: Client, supervisor: Supervisor, timeout_s: float, *, logs: Path) -> None:
+def wait_ready(client: Client, supervisor: Supervisor, timeout_s: float, *, logs_at: Path) -> None:
     """Poll /readyz until a worker is up; keeps the children supervised meanwhile."""
     deadline = time.monotonic() + timeout_s
     print(
@@ -74,10 +74,12 @@ def wait_ready(client: Client, supervisor: Supervisor, timeout_s: float, *, logs
         ]
         if broken:
             raise SystemExit(
-                f"{', '.join(broken)} keeps exiting right after it starts; see its log in {logs}"
+                f"{', '.join(broken)} keeps exiting right after it starts; see its log in {logs_at}"
             )
         time.sleep(0.5)
-    raise SystemExit(f"the service was not ready within {timeout_s:.0f} s (see the logs in {logs})")
+    raise SystemExit(
+        f"the service was not ready within {timeout_s:.0f} s (see the logs in {logs_at})"
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -85,19 +87,24 @@ def run_demo(args: argparse.Namespace) -> int:
     settings = get_settings()
     port = args.port or free_port()
     check_port_free("demo", "127.0.0.1", port)  # never talk to whatever else listens there
-    logs = log_path(args)
-    print(f"gensvc demo: the service's logs go to {logs}", file=sys.stderr)
-    with logs.open("wb") as log:
+    logs_at = log_path(args)
+    print(f"gensvc demo: the service's logs go to {logs_at}", file=sys.stderr)
+    with logs_at.open("wb") as log:
         note = json_line_writer(log)
         redis_port = ensure_redis(settings.redis_url, log=note)
         try:
-            return _run(args, port=port, log=log, note=note, logs=logs)
+            return _run(args, port=port, log=log, note=note, logs_at=logs_at)
         finally:
             stop_redis(redis_port)
 
 
 def _run(
-    args: argparse.Namespace, *, port: int, log: IO[bytes], note: Callable[[str], None], logs: Path
+    args: argparse.Namespace,
+    *,
+    port: int,
+    log: IO[bytes],
+    note: Callable[[str], None],
+    logs_at: Path,
 ) -> int:
     # Its own key prefix: the demo's job never runs on another deployment's workers (same Redis).
     prefix = {"GENSVC_KEY_PREFIX": f"gensvc-demo-{secrets.token_hex(4)}"}
@@ -107,13 +114,13 @@ def _run(
     url = f"http://127.0.0.1:{port}"
     try:
         with Client(url) as client:
-            wait_ready(client, supervisor, args.ready_timeout, logs=logs)
+            wait_ready(client, supervisor, args.ready_timeout, logs_at=logs_at)
         body = {"prompt": args.prompt, "seed": args.seed}
         if args.steps:
             body["steps"] = args.steps
         code = generate(url, body, args.out)
         if code:
-            print(f"the service's logs: {logs}", file=sys.stderr)
+            print(f"the service's logs: {logs_at}", file=sys.stderr)
         return code
     finally:
         supervisor.stop()

@@ -7,6 +7,7 @@ each printed once - tqdm would write a frame per refresh, carriage returns and a
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TextIO
 
@@ -30,6 +31,19 @@ def state_of(event: Event) -> str | None:
     return None
 
 
+def terminal_size(stream: TextIO, default: tuple[int, int] = (80, 24)) -> tuple[int, int]:
+    """The terminal's (columns, rows); `default` for what it reports as 0.
+
+    NOTE: a pseudo-terminal nobody sized (`script` without a terminal, some `docker run -t`)
+    reports 0x0, and tqdm then hides its bar (its row is past the last of 0): no bar at all.
+    """
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return default
+    return size.columns or default[0], size.lines or default[1]
+
+
 class ProgressDisplay:
     """Shows a job's progress on `stream`: a bar on a terminal, state lines elsewhere."""
 
@@ -40,7 +54,10 @@ class ProgressDisplay:
         self.total_steps: int | None = None
         self.bar: tqdm | None = None
         if not quiet and self.stream.isatty():
-            self.bar = tqdm(total=None, unit="step", file=self.stream, desc="queued")
+            columns, rows = terminal_size(self.stream)
+            self.bar = tqdm(
+                total=None, unit="step", file=self.stream, desc="queued", ncols=columns, nrows=rows
+            )
 
     def update(self, event: Event) -> None:
         """Take one event into the display."""

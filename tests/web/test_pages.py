@@ -60,6 +60,8 @@ def test_playground_generates_an_image_with_live_progress(
     # the form's bounds are the server's rules (GET /v1/models limits), not a second copy
     assert steps.get_attribute("max") == str(rules.MAX_STEPS)
     assert browser.find_element(By.ID, "width").get_attribute("step") == str(rules.SIDE_MULTIPLE)
+    guidance = browser.find_element(By.ID, "guidance_scale")
+    assert float(guidance.get_attribute("max")) == rules.MAX_GUIDANCE
     steps.clear()
     steps.send_keys("8")
     browser.find_element(By.ID, "seed").send_keys("1234")

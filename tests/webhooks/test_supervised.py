@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from support import process_alive
 
 from generative_service.cli.supervisor import Supervisor, child_env, service_children
 from generative_service.jobs import JobStore
@@ -29,18 +30,6 @@ def _children(pid: int) -> list[int]:
             if int(fields[1]) == pid and fields[0] != "Z":  # ppid, state
                 found.append(int(entry.name))
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.slow  # the dead scheduler's lock must expire (RQ: 61 s) before retries resume
@@ -79,16 +68,20 @@ def test_killed_webhook_worker_leaves_no_scheduler_and_its_pending_retry_is_deli
 
             os.kill(first, signal.SIGKILL)  # before the retry is due
             checker.start()  # the supervisor notices, stops the group and restarts the worker
-            wait_for(lambda: not _alive(scheduler), timeout=15, what="the orphaned scheduler to go")
-            wait_for(lambda: child.process.pid != first and _alive(child.process.pid),
+            wait_for(
+                lambda: not process_alive(scheduler),
+                timeout=15,
+                what="the orphaned scheduler to go",
+            )
+            wait_for(lambda: child.process.pid != first and process_alive(child.process.pid),
                      what="the restarted worker")  # fmt: skip
 
             wait_for(lambda: len(receiver.requests) == 2, timeout=240, what="the pending retry")
             first_try, retry = receiver.requests
             assert first_try.headers["webhook-id"] == retry.headers["webhook-id"]
             assert first_try.body == retry.body
-            assert child.restarts == 1 and _alive(child.process.pid)
+            assert child.restarts == 1 and process_alive(child.process.pid)
         finally:
             stop.set()
             supervisor.stop()
-    assert not _alive(scheduler)
+    assert not process_alive(scheduler)

@@ -22,6 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicC
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from generative_service import rules
 from generative_service.api import errors, loras, submit
 from generative_service.api.deps import (
     RedisDep,
@@ -35,7 +36,7 @@ from generative_service.api.deps import (
 from generative_service.api.responses import error_responses
 from generative_service.errors import InvalidRequest, ServiceError
 from generative_service.jobs import JobRecord, JobStore
-from generative_service.schemas import MAX_SEED, GenerationRequest, JobStatus
+from generative_service.schemas import GenerationRequest, JobStatus
 
 PREFIX = "/sdapi/v1"
 router = APIRouter(prefix=PREFIX, tags=["automatic1111"])
@@ -114,7 +115,7 @@ _basic = HTTPBasic(
 )
 
 
-def sdapi_caller_owner(
+async def sdapi_caller_owner(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
     basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)] = None,
@@ -164,7 +165,7 @@ def _renamed(exc: InvalidRequest) -> InvalidRequest:
 def to_generation_requests(body: Txt2ImgRequest) -> list[GenerationRequest]:
     """One job per `n_iter`; job k's first seed is `seed + k * batch_size`, as in A1111."""
     prompt, lora_specs = split_loras(body.prompt)
-    seed = body.seed if body.seed >= 0 else secrets.randbelow(MAX_SEED // 2)
+    seed = body.seed if body.seed >= 0 else secrets.randbelow(rules.RANDOM_SEEDS)
     fields: dict[str, Any] = {
         "prompt": prompt,
         "negative_prompt": body.negative_prompt,
