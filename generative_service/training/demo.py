@@ -63,12 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         type=Path,
-        default=DEMO_ROOT,
-        help=f"bundle directory to write (default: {DEMO_ROOT})",
+        default=None,
+        help=f"bundle directory to write (default: {DEMO_ROOT}; shapes: CACHE_DIR/demo-shapes)",
     )
     parser.add_argument(
         "--budget",
-        choices=BUDGETS,
+        choices=(*BUDGETS, "short"),
         default="full",
         help="step budget: quick (seconds, smoke test) or full (the committed model)",
     )
@@ -85,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
         "--no-eval", action="store_true", help="skip the evaluation (the model card says so)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--world",
+        choices=("digits", "shapes"),
+        default="digits",
+        help="training world: digits (the embedded default today) or shapes (issue #19); "
+        "shapes also takes --budget short and writes to CACHE_DIR/demo-shapes unless --out is given",
+    )
     return parser
 
 
@@ -102,7 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(
         2
     )  # NOTE: one training job at a time; more threads only fight on a shared CPU
-    work = args.work or Path(get_settings().cache_dir) / "train-demo" / args.budget
+    cache = Path(get_settings().cache_dir)
+    if args.world == "shapes":
+        return _main_shapes(args, cache)
+    if args.budget not in BUDGETS:
+        print(f"error: --budget {args.budget} is a shapes-world budget", file=sys.stderr)
+        return 2
+    from generative_service.engine.paths import DEMO_ROOT
+
+    args.out = args.out or DEMO_ROOT
+    work = args.work or cache / "train-demo" / args.budget
     try:
         report = train(
             args.out,
@@ -124,6 +140,34 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"prompted-digit accuracy {ev['accuracy_by_guidance']} (unseen phrasings: {ev['heldout_accuracy']:.3f})"
         )
+    return 0
+
+
+def _main_shapes(args, cache: Path) -> int:
+    from generative_service.training import shapes_demo
+    from generative_service.training.loop import StageMismatch
+
+    out = args.out or cache / "demo-shapes"
+    work = args.work or cache / "train-demo" / f"shapes-{args.budget}"
+    try:
+        report = shapes_demo.train(
+            out,
+            budget=args.budget,
+            work=work,
+            resume=args.resume,
+            evaluate=not args.no_eval,
+            progress=not args.no_progress,
+        )
+    except StageMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {out} ({report['bundle_mb']:.1f} MB): {report['train_minutes']:.1f} min of training, "
+        f"this run {report['run_minutes']:.1f} min"
+    )
+    ev = report.get("evaluation")
+    if ev:
+        print(f"accuracy by category: {ev['accuracy']}")
     return 0
 
 
