@@ -86,6 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="shapes: only measure the bundle at --out and rewrite its card",
+    )
+    parser.add_argument(
+        "--per-category",
+        type=int,
+        default=None,
+        help="shapes: evaluation prompts per category (default by budget: quick 1, short 20, full 100)",
+    )
+    parser.add_argument(
         "--world",
         choices=("digits", "shapes"),
         default="digits",
@@ -149,6 +160,10 @@ def _main_shapes(args, cache: Path) -> int:
 
     out = args.out or cache / "demo-shapes"
     work = args.work or cache / "train-demo" / f"shapes-{args.budget}"
+    if args.eval_only:
+        ev = shapes_demo.evaluate_only(out, per_category=args.per_category)["evaluation"]
+        print(f"{out}: accuracy by category {ev['accuracy']} (judge on real renders {ev['judge_on_real']})")
+        return 0
     try:
         report = shapes_demo.train(
             out,
@@ -157,6 +172,7 @@ def _main_shapes(args, cache: Path) -> int:
             resume=args.resume,
             evaluate=not args.no_eval,
             progress=not args.no_progress,
+            eval_per_category=args.per_category,
         )
     except StageMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -237,13 +237,23 @@ def train(
     report["bundle_mb"] = bundle.bundle_bytes(out) / 1e6
     (Path(out) / "training.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     if evaluate:
+        report["evaluation"] = evaluate_only(out, per_category=eval_per_category)["evaluation"]
+    else:
         from generative_service.training import shapes_eval
 
-        report["evaluation"] = shapes_eval.evaluate_bundle(
-            out, per_category=eval_per_category or shapes_eval.per_category_for(budget)
-        )
         shapes_eval.write_card(out, report)
     report["run_minutes"] = (time.monotonic() - began) / 60
+    return report
+
+
+def evaluate_only(out: Path, *, per_category: int | None = None) -> dict:
+    """Measure the bundle at `out` through the Engine and rewrite its card (`--eval-only`)."""
+    from generative_service.training import shapes_eval
+
+    report = json.loads((Path(out) / "training.json").read_text())
+    count = per_category or shapes_eval.per_category_for(report["budget"])
+    report["evaluation"] = shapes_eval.evaluate_bundle(out, per_category=count)
+    shapes_eval.write_card(out, report)
     return report
 
 
