@@ -97,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
         help="shapes: evaluation prompts per category (default by budget: quick 1, short 20, full 100)",
     )
     parser.add_argument(
+        "--stop-after",
+        choices=("vae", "decoder", "unet"),
+        default=None,
+        help="shapes: train up to this stage only (resume later with --resume)",
+    )
+    parser.add_argument(
         "--world",
         choices=("digits", "shapes"),
         default="digits",
@@ -162,7 +168,9 @@ def _main_shapes(args, cache: Path) -> int:
     work = args.work or cache / "train-demo" / f"shapes-{args.budget}"
     if args.eval_only:
         ev = shapes_demo.evaluate_only(out, per_category=args.per_category)["evaluation"]
-        print(f"{out}: accuracy by category {ev['accuracy']} (judge on real renders {ev['judge_on_real']})")
+        print(
+            f"{out}: accuracy by category {ev['accuracy']} (judge on real renders {ev['judge_on_real']})"
+        )
         return 0
     try:
         report = shapes_demo.train(
@@ -173,10 +181,14 @@ def _main_shapes(args, cache: Path) -> int:
             evaluate=not args.no_eval,
             progress=not args.no_progress,
             eval_per_category=args.per_category,
+            stop_after=args.stop_after,
         )
     except StageMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if "stopped_after" in report:
+        print(f"stopped after {report['stopped_after']}: VAE ceiling {report['vae_ceiling']}")
+        return 0
     print(
         f"wrote {out} ({report['bundle_mb']:.1f} MB): {report['train_minutes']:.1f} min of training, "
         f"this run {report['run_minutes']:.1f} min"

@@ -1,7 +1,7 @@
 """`gensvc models train-demo --world shapes`: train the shapes demo model (issue #19).
 
 Stages: VAE (then its reconstructions are read by the exact judge: the ceiling of everything
-after it) -> latent scaling factor -> UNet with both text encoders -> decoder-only VAE fine-tune
+after it) -> latent scaling factor -> decoder-only VAE fine-tune -> UNet with both text encoders
 -> canny ControlNet -> `pastel` style LoRA; then the bundle (fp16 safetensors) and, unless
 `--no-eval`, the evaluation of `shapes_eval` through the service's Engine and the model card.
 
@@ -45,8 +45,8 @@ def stage_configs(budget: str) -> dict:
                  warmup_steps=30, seed=21, checkpoint_every=25),
         "unet": C("unet", steps=600 if short else 3000, batch_size=32 if short else 64, lr=1e-3,
                   warmup_steps=50, ema_decay=0.999, seed=22, checkpoint_every=25),
-        "decoder": C("decoder", steps=100 if short else 400, batch_size=16 if short else 32,
-                     lr=5e-4, warmup_steps=10, seed=23, checkpoint_every=25),
+        "decoder": C("decoder", steps=900 if short else 1200, batch_size=16 if short else 32,
+                     lr=1e-3, warmup_steps=10, seed=23, checkpoint_every=25),
         "controlnet": C("controlnet", steps=40 if short else 400, batch_size=16 if short else 32,
                         lr=2e-3, warmup_steps=10, seed=24, checkpoint_every=20),
         "lora": C("lora", steps=30 if short else 200, batch_size=16 if short else 32,
@@ -72,8 +72,13 @@ def train(
     evaluate: bool = True,
     progress: bool = True,
     eval_per_category: int | None = None,
+    stop_after: str | None = None,
 ) -> dict:
-    """Train every stage, write the bundle to `out`, evaluate it, write the card; returns the report."""
+    """Train every stage, write the bundle to `out`, evaluate it, write the card; returns the report.
+
+    `stop_after` ("vae", "decoder", "unet"): train up to that stage only (its checkpoints stay in
+    `work` for a later `resume`) and return without a bundle.
+    """
     import copy
 
     import torch
@@ -113,23 +118,11 @@ def train(
     scale = stages.measure_scaling_factor(mean, std)
     vae.register_to_config(scaling_factor=scale)
     latents = stages.Latents(mean, std, scale)
+    if stop_after == "vae":
+        return {"stopped_after": "vae", "vae_ceiling": ceiling}
 
-    # 2. UNet and both text encoders together.
-    scheduler = components.noise_scheduler()
-    joint = M.UNetAndText(unet, text)
-    results.append(
-        run_stage(
-            configs["unet"],
-            joint,
-            M.unet_loss(joint, scheduler, latents, data, batch_size=configs["unet"].batch_size),
-            work_dir=work,
-            resume=resume,
-            progress=progress,
-        )
-    )
-    joint.requires_grad_(False)
-
-    # 3. Decoder-only fine-tune (the encoder, hence the UNet's latents, stays as it was).
+    # 2. Decoder-only fine-tune: the encoder stays frozen, so the latents the UNet trains on are
+    #    the same whether this runs before or after the UNet (the feasibility run did it after).
     vae.decoder.requires_grad_(True)
     vae.post_quant_conv.requires_grad_(True)
     results.append(
@@ -145,6 +138,26 @@ def train(
     vae.requires_grad_(False)
     ceiling["after_decoder"] = reconstruction_accuracy(vae, _ceiling_count(budget))
     _log(f"fine-tuned decoder reconstructions judged: {ceiling['after_decoder']}")
+
+    if stop_after == "decoder":
+        return {"stopped_after": "decoder", "vae_ceiling": ceiling}
+
+    # 3. UNet and both text encoders together.
+    scheduler = components.noise_scheduler()
+    joint = M.UNetAndText(unet, text)
+    results.append(
+        run_stage(
+            configs["unet"],
+            joint,
+            M.unet_loss(joint, scheduler, latents, data, batch_size=configs["unet"].batch_size),
+            work_dir=work,
+            resume=resume,
+            progress=progress,
+        )
+    )
+    joint.requires_grad_(False)
+    if stop_after == "unet":
+        return {"stopped_after": "unet", "vae_ceiling": ceiling}
 
     # 4. Canny ControlNet over the frozen UNet.
     controlnet = M.build_controlnet(unet)

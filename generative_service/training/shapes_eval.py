@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def edge_f1(images: np.ndarray, control_edges: np.ndarray, *, tolerance: int = 1
     """Mean F1 between each image's Canny edges and its control edges, within `tolerance` px."""
     import cv2
 
-    kernel = np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8)
+    kernel: np.ndarray = np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8)
     scores = []
     for edges, control in zip(S.canny_edges(images), control_edges, strict=True):
         near_control = cv2.dilate(control.astype(np.uint8), kernel) > 0
@@ -78,12 +79,15 @@ def evaluate_bundle(
     from generative_service.training.drawing import EngineDrawer
 
     drawer = EngineDrawer(model)
-    info = json.loads((Path(drawer.engine_root) / "bundle.json").read_text())
+    root = drawer.engine_root
+    if root is None:
+        raise ValueError(f"{model} is not a local bundle")
+    info = json.loads((root / "bundle.json").read_text())
     guidance = guidance if guidance is not None else float(info["default_guidance"])
     lora = info["loras"][0]
     extras = extras if extras is not None else max(2, per_category // 2)
     ablation_per_category = ablation_per_category or max(1, per_category // 4)
-    common = {"steps": STEPS, "sampler": SAMPLER, "rgb": True}
+    common: dict[str, Any] = {"steps": STEPS, "sampler": SAMPLER, "rgb": True}
 
     specs = S.eval_specs(per_category)
     prompts, seeds = [s.prompt for s in specs], [s.seed for s in specs]
@@ -106,7 +110,10 @@ def evaluate_bundle(
     report["guidance_ablation"] = {}
     for g in GUIDANCES:
         drawn = drawer.draw(
-            [s.prompt for s in ablation_specs], [s.seed for s in ablation_specs], guidance=g, **common
+            [s.prompt for s in ablation_specs],
+            [s.seed for s in ablation_specs],
+            guidance=g,
+            **common,
         )
         report["guidance_ablation"][str(g)] = S.accuracy_by_category(ablation_specs, drawn)
     report["ablation_per_category"] = ablation_per_category
@@ -114,7 +121,7 @@ def evaluate_bundle(
     report["negative"] = evaluate_negative(drawer, extras, guidance=guidance, **common)
     report["controlnet"] = evaluate_controlnet(drawer, extras, guidance=guidance, **common)
     report["lora"] = evaluate_lora(drawer, extras, lora, guidance=guidance, **common)
-    report["grid"] = write_grid(drawer, Path(drawer.engine_root) / "grid.png", guidance=guidance)
+    report["grid"] = write_grid(drawer, root / "grid.png", guidance=guidance)
     return report
 
 

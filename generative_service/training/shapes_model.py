@@ -287,7 +287,15 @@ def edge_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def controlnet_loss(
-    controlnet, unet, text: TextSide, scheduler, latents: Latents, data: SceneSet, edges, *, batch_size
+    controlnet,
+    unet,
+    text: TextSide,
+    scheduler,
+    latents: Latents,
+    data: SceneSet,
+    edges,
+    *,
+    batch_size,
 ):
     """Denoising through the frozen UNet steered by the ControlNet; prompts often generic or
     dropped so the edges must carry the shapes; high-noise steps weigh more."""
