@@ -8,7 +8,7 @@ EXTRAS ?= test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-all test-deps typecheck lint openapi postman bench redis clean gpu-check gpu-check-smoke
+.PHONY: install demo test test-all test-deps typecheck lint openapi postman test-postman bench redis clean gpu-check gpu-check-smoke
 
 $(BIN)/gensvc: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -54,6 +54,12 @@ openapi: install
 # live service: POSTMAN_URL (default GENSVC_URL, else http://127.0.0.1:8000), POSTMAN_API_KEY.
 postman:
 	scripts/postman
+
+# CI's second step (.ci/run): newman runs the Walkthrough against a service the test starts (gateway +
+# worker on the tiny model), every assertion must pass. Slow-marked (minutes), so not in `make test`.
+test-postman: install test-deps redis
+	@command -v npm >/dev/null || { echo "test-postman: npm is needed for newman (apt-get install npm)" >&2; exit 1; }
+	$(BIN)/python -m pytest -q -m slow tests/clients/test_postman.py
 
 bench: install redis
 	$(BIN)/python -m benchmarks.run_all

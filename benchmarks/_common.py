@@ -14,9 +14,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "benchmarks" / "REPORT.md"
+T = TypeVar("T")
 _HEADER = "# Benchmark report\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
 
 if str(ROOT) not in sys.path:
@@ -64,13 +66,20 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def poll(predicate: Callable[[], T], timeout_s: float) -> T | None:
+    """The first truthy value `predicate()` returns within `timeout_s`, else None."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+    return value
+
+
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     """Poll `predicate` until true; exit the benchmark naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{what} did not come up within {timeout_s:.0f} s")
-        time.sleep(0.2)
+    if not poll(predicate, timeout_s):
+        raise SystemExit(f"{what} did not come up within {timeout_s:.0f} s")
 
 
 def stop_processes(processes, *, timeout_s: float = 30.0) -> None:

@@ -6,7 +6,8 @@ sized so that the stage lasts seconds, the benchmark follows its SSE events, sen
 the job's `canceled` event (the worker writes it when it has stopped). It also reports how long the
 same stage takes when not canceled, for scale.
 
-    .venv/bin/python benchmarks/bench_cancel.py [--runs 2] [--threads 1] [--no-report]
+    .venv/bin/python benchmarks/bench_cancel.py [--runs 2] [--threads 1] [--only STAGE...]
+                                                [--no-full] [--no-report]
 
 Writes the "cancel" section of benchmarks/REPORT.md.
 """
@@ -75,6 +76,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="*", default=list(SCENARIOS))
     parser.add_argument("--no-report", action="store_true")
+    parser.add_argument(
+        "--no-full", action="store_true", help="skip the uncanceled run per stage (stage s: -)"
+    )
     args = parser.parse_args()
 
     from redis import Redis
@@ -94,7 +98,7 @@ def main() -> None:
         with Client(service.base_url, timeout=600) as client:
             for stage in args.only:
                 body, trigger = SCENARIOS[stage]
-                full = run_once(client, body, trigger, cancel=False)
+                full = {} if args.no_full else run_once(client, body, trigger, cancel=False)
                 runs = [run_once(client, body, trigger, cancel=True) for _ in range(args.runs)]
                 latencies = [r["latency_s"] for r in runs if r["latency_s"] is not None]
                 row = {

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, http_ok, stop_processes, wait_until, write_section  # noqa: E402
+from _common import free_port, http_ok, poll, stop_processes, wait_until, write_section  # noqa: E402
 
 SECTION = "fairness"
 BODY = {"prompt": "a handwritten two", "width": 64, "height": 64, "steps": 2, "seed": 7}
@@ -68,10 +68,10 @@ def run_tree(tree: Path, flood: int, max_wait_s: float) -> dict:
             wait_until(lambda: http_ok(f"{url}/readyz"), 900, "worker")
             headers_b = {"Authorization": f"Bearer {KEY_B}"}
             with httpx.Client(timeout=30) as http:
-                _wait(lambda: _get(http, url, a_ids[0], KEY_A)["status"] != "queued", 300)
+                poll(lambda: _get(http, url, a_ids[0], KEY_A)["status"] != "queued", 300)
                 submitted = time.monotonic()
                 b_id = http.post(f"{url}/v1/jobs", json=BODY, headers=headers_b).json()["id"]
-                b_job = _wait(
+                b_job = poll(
                     lambda: (j := _get(http, url, b_id, KEY_B))["status"] == "succeeded" and j,
                     max_wait_s,
                 )
@@ -118,16 +118,6 @@ async def _flood(url: str, count: int) -> list[str]:
 
 def _get(http: httpx.Client, url: str, job_id: str, key: str) -> dict:
     return http.get(f"{url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}).json()
-
-
-def _wait(predicate, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    return None
 
 
 def main() -> int:

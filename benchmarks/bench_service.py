@@ -54,15 +54,7 @@ class Service:
         self.env = {
             key: value for key, value in os.environ.items() if not key.startswith("GENSVC_")
         }
-        for name in type(settings).model_fields:
-            value = getattr(settings, name)
-            if value is None:
-                continue
-            if isinstance(value, list):
-                value = ",".join(str(item) for item in value)
-            elif isinstance(value, bool):
-                value = "true" if value else "false"
-            self.env[f"GENSVC_{name.upper()}"] = str(value)
+        self.env.update(settings.as_env())
         self.env.update(
             PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), GENSVC_LOG_LEVEL="WARNING"
         )

@@ -12,10 +12,11 @@ Errors come back as `APIError` carrying the server's `code`, `message` and `deta
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -83,6 +84,10 @@ def _submit_args(
     return {"json": body, "headers": headers}
 
 
+# One server-sent event: (id, event name, data).
+Frame = tuple[str | None, str | None, str]
+
+
 class SSEParser:
     """Turns `text/event-stream` lines into (id, event, data) frames; comments become `None` frames."""
 
@@ -91,7 +96,7 @@ class SSEParser:
         self.event: str | None = None
         self.data: list[str] = []
 
-    def feed(self, line: str) -> tuple[str | None, str | None, str] | None | bool:
+    def feed(self, line: str) -> Frame | None | Literal[False]:
         """A frame when `line` ends one, None for a comment (keep-alive), False otherwise."""
         if line.startswith(":"):
             return None
@@ -112,7 +117,7 @@ class SSEParser:
         return False
 
 
-def _to_event(frame: tuple[str | None, str | None, str]) -> tuple[str, Event]:
+def _to_event(frame: Frame) -> tuple[str, Event]:
     return frame[0] or "", Event.model_validate_json(frame[2])
 
 
@@ -208,7 +213,7 @@ class Client(_Base):
     def image(self, job_id: str, index: int = 0) -> bytes:
         return _check(self.http.get(f"/v1/jobs/{job_id}/images/{index}")).content
 
-    def save_images(self, job: JobResource, out: str | Path) -> list[Path]:
+    def save_images(self, job: JobResource, out: str | Path) -> builtins.list[Path]:
         """Download every (not blocked) image of `job` to `out` (numbered when there are several)."""
         saved = []
         for image, path in zip(job.images, image_paths(out, len(job.images)), strict=True):

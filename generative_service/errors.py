@@ -68,6 +68,13 @@ class QueueFull(ServiceError):
         self.retry_after_s = retry_after_s
 
 
+class ServerTimeout(ServiceError):
+    """The compatibility APIs answer when the job is done; it was not done within their wait."""
+
+    status_code = 504
+    code = "timeout"
+
+
 class Unavailable(ServiceError):
     """Redis or workers unavailable; `retry_after_s` becomes the Retry-After header."""
 

@@ -9,11 +9,14 @@ NOTE: never read with `$`: a client that reconnects must get what it missed.
 from __future__ import annotations
 
 import json
+from typing import cast
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.typing import StreamRangeResponse, XReadResponse
 
 from generative_service.keys import Keys
+from generative_service.redis_client import reply_text
 from generative_service.schemas import Event
 
 STREAM_MAXLEN = 2000
@@ -29,12 +32,27 @@ def publish(redis: Redis, prefix: str, event: Event, *, ttl_s: int) -> str:
     return event_id.decode() if isinstance(event_id, bytes) else event_id
 
 
-def _decode(entries: list) -> list[tuple[str, Event]]:
+def xread_streams(reply: XReadResponse | None) -> list[tuple[str, StreamRangeResponse]]:
+    """XREAD's reply as (stream key, entries) pairs.
+
+    NOTE: our clients speak RESP2, whose reply is a list of [key, entries] pairs; redis-py types
+    it as a union with RESP3's dict forms.
+    """
+    if not reply:
+        return []
+    pairs = cast("list[tuple[bytes | str, StreamRangeResponse]]", reply)
+    return [(reply_text(key), entries) for key, entries in pairs]
+
+
+def _decode(entries: StreamRangeResponse | None) -> list[tuple[str, Event]]:
     out = []
-    for event_id, fields in entries:
-        event_id = event_id.decode() if isinstance(event_id, bytes) else event_id
+    for event_id, fields in entries or []:
+        if event_id is None or fields is None:  # a trimmed entry: nothing left to decode
+            continue
         raw = fields.get(b"data", fields.get("data"))
-        out.append((event_id, Event.model_validate_json(raw)))
+        if raw is None:
+            continue
+        out.append((reply_text(event_id), Event.model_validate_json(raw)))
     return out
 
 
@@ -64,10 +82,8 @@ async def read_async(
         return _decode(
             await redis.xrange(key, min=f"({after}" if after != "0-0" else "-", count=count)
         )
-    result = await redis.xread({key: after}, count=count, block=block_ms)
-    if not result:
-        return []
-    return _decode(result[0][1])
+    streams = xread_streams(await redis.xread({key: after}, count=count, block=block_ms))
+    return _decode(streams[0][1]) if streams else []
 
 
 def valid_event_id(value: str) -> bool:

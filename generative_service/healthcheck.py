@@ -15,7 +15,7 @@ import socket
 import sys
 import urllib.request
 
-from generative_service.metrics import live_workers
+from generative_service.metrics import live_worker_records
 from generative_service.redis_client import describe, sync_redis
 from generative_service.settings import get_settings
 
@@ -51,7 +51,7 @@ def check_worker(hostname: str | None = None) -> str | None:
     settings = get_settings()
     host = hostname or socket.gethostname()
     redis = sync_redis(settings, socket_timeout=3, socket_connect_timeout=3)
-    for worker_id, info in live_workers(redis, settings).items():
+    for worker_id, info in live_worker_records(redis, settings).items():
         if host in worker_id or info.get("hostname") == host or info.get("host") == host:
             return None
     return f"no live worker heartbeat for host {host!r} under prefix {settings.key_prefix!r}"

@@ -20,6 +20,7 @@ idempotency, enqueueing, positions and ETAs) lives in queue.py.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import json
 import math
@@ -27,6 +28,7 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import cast
 
 from redis import Redis, WatchError
 from redis.asyncio import Redis as AsyncRedis
@@ -43,6 +45,7 @@ from generative_service.queue import (
     resolve,
 )
 from generative_service.record import ANONYMOUS, JobRecord
+from generative_service.redis_client import reply_text
 from generative_service.schemas import (
     BatchInfo,
     Event,
@@ -104,7 +107,7 @@ class JobStore:
             owner=owner,
             created_at=utcnow(),
             queue=self.settings.queue_for(
-                pixels=resolved.width * resolved.height,
+                pixels=math.prod(resolved.resolved_size),
                 loras=[lora.name for lora in resolved.loras],
             ),
             request=resolved,
@@ -117,7 +120,7 @@ class JobStore:
         queue, rq_queue = self.queue, self.queue.rq_queue_of(record)
         keys = [
             idem_key or "", queue.counts_key, self.keys.job(record.id), self.keys.owner(owner),
-            self.keys.epoch, _text(RQJob.key_for(record.id)), rq_queue.key, rq_queue.redis_queues_keys,
+            self.keys.epoch, reply_text(RQJob.key_for(record.id)), rq_queue.key, rq_queue.redis_queues_keys,
             queue.order_key(record.queue), queue.sequence_key(record.queue), self.keys.events(record.id),
             metrics.submitted_counter_key(self.settings), queue.step_ms_key, queue.tenants_key(record.queue),
             queue.burst_key(record.queue), queue.bell_key(record.queue),
@@ -197,7 +200,7 @@ class JobStore:
         Raises:
             QueueFull: a bound refused the job. Conflict: the key was used with another body.
         """
-        kind = _text(reply[0])
+        kind = reply_text(reply[0])
         if kind == "replay":
             return self.queue.replayed_id(reply[1], submission.digest)
         if kind in ("full", "key_full"):
@@ -330,15 +333,24 @@ class JobStore:
         out: list[JobRecord] = []
         next_cursor = None
         while len(out) < limit:
-            ids = self.redis.zrevrangebyscore(
-                self.keys.owner(owner), max_score, "-inf", start=0, num=limit * 2, withscores=True
+            # withscores=True: [(member, score), ...] (redis-py types the reply as a wider union)
+            ids = cast(
+                "list[tuple[bytes | str, float]]",
+                self.redis.zrevrangebyscore(
+                    self.keys.owner(owner),
+                    max_score,
+                    "-inf",
+                    start=0,
+                    num=limit * 2,
+                    withscores=True,
+                ),
             )
             if not ids:
                 break
             for job_id, score in ids:
                 max_score = f"({score!r}"
                 try:
-                    record = self.get(job_id.decode() if isinstance(job_id, bytes) else job_id)
+                    record = self.get(reply_text(job_id))
                 except NotFound:
                     self.redis.zrem(self.keys.owner(owner), job_id)  # expired
                     continue
@@ -468,7 +480,9 @@ class JobStore:
             ),
         )
 
-    def report_progress_many(self, updates: list[tuple[str, int, int, str | None]]) -> None:
+    def report_progress_many(
+        self, updates: builtins.list[tuple[str, int, int, str | None]]
+    ) -> None:
         """`report_progress` for several jobs (job id, step, total, preview) in one transaction:
         one batch step costs the same few round trips whatever the batch size."""
         keys = [self.keys.job(job_id) for job_id, *_ in updates]
@@ -524,7 +538,7 @@ class JobStore:
         self,
         job_id: str,
         *,
-        images: list[ImageInfo],
+        images: builtins.list[ImageInfo],
         timings: Timings,
         reproducibility: dict | None = None,
     ) -> JobRecord | None:
@@ -645,17 +659,13 @@ def _total_ms(record: JobRecord) -> float:
     return round((utcnow() - record.created_at).total_seconds() * 1000, 1)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _pairs(flat: list) -> dict[str, float]:
     """A Lua HGETALL answer (field, value, field, value, ...) as step times."""
-    return {_text(flat[i]): float(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+    return {reply_text(flat[i]): float(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
 
 def _decode_map(raw: dict) -> dict[str, float]:
-    return {_text(key): float(value) for key, value in raw.items()}
+    return {reply_text(key): float(value) for key, value in raw.items()}
 
 
 def _plausible_id(job_id: str) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -148,17 +149,19 @@ class ObjectLoraStore:
         return Path(tempfile.gettempdir())
 
     def put(self, name: str, path: Path, *, sha256: str) -> StoredLora:
-        # NOTE: two uploads of one new name at the same moment can both pass this check; the
-        # later one then wins (S3 has no portable create-only write).
-        if self.head(name) is not None:
-            raise Conflict(f"LoRA {name!r} already exists; delete it first")
+        # NOTE: two uploads of one new name at the same moment both pass the gateway's early
+        # check; the create-only write lets exactly one of them in.
         with open(path, "rb") as handle:
-            self.objects.put(
-                self._key(name),
-                handle,
-                content_type="application/octet-stream",
-                metadata={SHA256_META: sha256},
-            )
+            try:
+                self.objects.put(
+                    self._key(name),
+                    handle,
+                    content_type="application/octet-stream",
+                    metadata={SHA256_META: sha256},
+                    if_absent=True,
+                )
+            except Conflict:
+                raise Conflict(f"LoRA {name!r} already exists; delete it first") from None
         return StoredLora(name=name, size_bytes=path.stat().st_size, sha256=sha256)
 
     def delete(self, name: str) -> None:
@@ -218,6 +221,20 @@ class ObjectLoraStore:
                     self.objects.put(key, handle, metadata={SHA256_META: sha256_file(source)})
         seeded.add(str(root.resolve()))
         self.objects.put(_SEEDED_KEY, "\n".join(sorted(seeded)).encode(), content_type="text/plain")
+
+
+def with_hashes(store: LoraStore, items: list[StoredLora]) -> list[StoredLora]:
+    """`items` with every missing sha256 read from the store: a bucket listing carries no object
+    metadata, so those are one HEAD each (a few at a time)."""
+    missing = [item.name for item in items if item.sha256 is None]
+    if not missing:
+        return items
+    with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+        heads = dict(zip(missing, pool.map(store.head, missing), strict=True))
+    return [
+        item if item.sha256 is not None else (heads[item.name] or item)  # None: deleted meanwhile
+        for item in items
+    ]
 
 
 def _listing_version(info) -> str:

@@ -39,6 +39,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from generative_service.logs import get_logger
+from generative_service.redis_client import reply_text
 from generative_service.settings import Settings
 
 log = get_logger(__name__)
@@ -258,7 +259,7 @@ class _RedisCollector:
                 f"{NAMESPACE}_{spec.name}", spec.help, labels=[spec.label] if spec.label else None
             )
             if spec.label:
-                for label, value in sorted((_text(k), float(v)) for k, v in values.items()):
+                for label, value in sorted((reply_text(k), float(v)) for k, v in values.items()):
                     family.add_metric([label], value)
             else:
                 family.add_metric([], float(values.get(b"", values.get("", 0))))
@@ -269,7 +270,7 @@ class _RedisCollector:
         out = []
         for spec in HISTOGRAMS.values():
             raw = {
-                _text(k): float(v)
+                reply_text(k): float(v)
                 for k, v in self.redis.hgetall(self.settings.keys.histogram(spec.name)).items()
             }
             cumulative, buckets = 0.0, []
@@ -287,7 +288,7 @@ class _RedisCollector:
         )
         for queue, count in sorted(queue_depths(self.redis, self.settings).items()):
             depth.add_metric([queue], count)
-        workers = live_workers(self.redis, self.settings)
+        workers = live_worker_records(self.redis, self.settings)
         alive = GaugeMetricFamily(
             f"{NAMESPACE}_workers_alive", "GPU workers with a fresh heartbeat.", value=len(workers)
         )
@@ -314,16 +315,16 @@ def queue_depths(redis: Redis, settings: Settings) -> dict[str, int]:
     keys = settings.keys
     lists = {keys.rq_queue_list(name): name for name in {*settings.routed_queues, *settings.queues}}
     for key in redis.smembers(Queue.redis_queues_keys):  # also every API key's queue (fair share)
-        name = keys.logical_queue(_text(key))
+        name = keys.logical_queue(reply_text(key))
         if name is not None:
-            lists[_text(key)] = name
+            lists[reply_text(key)] = name
     depths: dict[str, int] = dict.fromkeys(lists.values(), 0)
     for key, name in lists.items():
         depths[name] += redis.llen(key)
     return depths
 
 
-def live_workers(redis: Redis, settings: Settings) -> dict[str, dict]:
+def live_worker_records(redis: Redis, settings: Settings) -> dict[str, dict]:
     """Worker id -> its liveness record, for every `P:worker:{id}` key still alive (TTL-bound)."""
     keys = list(redis.scan_iter(match=settings.keys.worker_pattern, count=500))
     values = redis.mget(keys) if keys else []
@@ -335,7 +336,7 @@ def live_workers(redis: Redis, settings: Settings) -> dict[str, dict]:
             info = json.loads(value)
         except (ValueError, TypeError):
             info = {}
-        out[settings.keys.worker_id(_text(key))] = info if isinstance(info, dict) else {}
+        out[settings.keys.worker_id(reply_text(key))] = info if isinstance(info, dict) else {}
     return out
 
 
@@ -359,10 +360,6 @@ def serve_process_metrics(settings: Settings) -> bool:
             _server_started = True
             log.info("metrics.serving", extra={"port": settings.worker_metrics_port})
     return True
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _le(bound: float) -> str:

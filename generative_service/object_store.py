@@ -10,16 +10,21 @@ Layout under PREFIX: `images/JOB_ID/INDEX` and `loras/NAME.safetensors`.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlparse
 
-from generative_service.errors import NotFound, Unavailable
+from generative_service.errors import Conflict, NotFound, Unavailable
 from generative_service.settings import Settings
 
 CHUNK_BYTES = 256 * 1024
+
+
+class _NoConditionalWrites(Exception):
+    """The server answered 501 to `If-None-Match: *` on PutObject."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,11 @@ class ObjectStore:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise NotFound(f"object {kwargs.get('Key', '')!r} not found") from None
+            if code in ("NotImplemented", "501") and "IfNoneMatch" in kwargs:
+                raise _NoConditionalWrites() from None
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                # an `if_absent` write lost to another writer of the same key
+                raise Conflict(f"object {kwargs.get('Key', '')!r} already exists") from None
             if code in ("NoSuchBucket",):
                 raise Unavailable(
                     f"object storage: bucket {self.bucket!r} does not exist"
@@ -96,16 +106,26 @@ class ObjectStore:
         *,
         content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,
+        if_absent: bool = False,
     ) -> None:
-        """Write one object; S3 makes it visible whole or not at all."""
-        if isinstance(body, bytes):
-            self._call(
-                "put_object",
-                Key=self._key(key),
-                Body=body,
-                ContentType=content_type,
-                Metadata=metadata or {},
-            )
+        """Write one object; S3 makes it visible whole or not at all.
+
+        `if_absent`: a create-only write (`If-None-Match: *`, one PUT; AWS S3, MinIO and moto
+        honour it). Raises Conflict when the key exists, or appears while this write runs. A
+        server that refuses the condition (501) gets a plain PUT: the later of two racing
+        writers then wins.
+        """
+        if isinstance(body, bytes) or if_absent:
+            args = {"Key": self._key(key), "ContentType": content_type, "Metadata": metadata or {}}
+            if if_absent:
+                start = body.tell() if not isinstance(body, bytes) else 0
+                try:
+                    self._call("put_object", Body=body, IfNoneMatch="*", **args)
+                    return
+                except _NoConditionalWrites:
+                    if not isinstance(body, bytes):
+                        body.seek(start)
+            self._call("put_object", Body=body, **args)
             return
         try:
             self.client.upload_fileobj(
@@ -176,7 +196,7 @@ class ObjectStore:
         except (self._client_error, *self._transport_errors) as exc:
             raise Unavailable(f"object storage: listing failed: {exc}") from None
 
-    def delete_many(self, keys: list[str]) -> None:
+    def delete_many(self, keys: builtins.list[str]) -> None:
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
             batch = [{"Key": self._key(key)} for key in keys[start : start + 1000]]
             self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})

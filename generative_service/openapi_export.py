@@ -10,9 +10,10 @@ bodies filled with the documented examples. Its first folder, "Walkthrough", is 
 postman` runs with newman against a live service: the requests of WALKTHROUGH in a working order
 (models, submit, get, list, events, wait for success, download, webhook log, LoRAs: list, upload a
 real adapter both ways, read, delete only those two; then submit and cancel a second job), each
-with `pm.test` assertions on status and shape. The uploads send openapi/tiny-lora.safetensors, a
-LoRA for the tiny model (`engine.tiny.save_sample_lora`, rank 4, seed 303). The other folders are
-the reference: one request per operation, not run.
+with `pm.test` assertions on status and shape. The uploads send `walkthrough-lora.safetensors`
+from newman's working directory: scripts/postman points it at openapi/loras/MODEL/, the adapter
+for the model the service reports (`scripts/walkthrough-lora MODEL` writes one). The other folders
+are the reference: one request per operation, not run.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from generative_service import config_doc, rules
 
 OPENAPI_PATH = Path("openapi/openapi.json")
 POSTMAN_PATH = Path("openapi/postman_collection.json")
-LORA_FILE = "openapi/tiny-lora.safetensors"  # newman resolves it from the repository root
+# Resolved from newman's --working-dir: scripts/postman passes openapi/loras/<served model>/.
+LORA_FILE = "walkthrough-lora.safetensors"
 POSTMAN_SCHEMA = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
 # Path parameters become collection variables so requests chain (submit, then get/cancel/...).
 PATH_VARIABLES = {
@@ -124,6 +126,8 @@ def schema_example(spec: dict, schema: dict, depth: int = 0) -> Any:
         return [schema_example(spec, schema.get("items", {}), depth + 1)]
     if "enum" in schema:
         return schema["enum"][0]
+    if not isinstance(kind, str):
+        return None
     return {"string": "string", "integer": 0, "number": 0.0, "boolean": False}.get(kind)
 
 

@@ -11,7 +11,7 @@ Redis keys (named in keys.py):
   P:seq:{queue}             the queue's submission sequence counter
   P:tenants:{queue}         set of the RQ queue keys (one per API key) the queue's jobs wait in
   P:bell:{queue}            doorbell: an idle worker serving several RQ queues sleeps on it
-  P:burst:{queue}           submits less than GENSVC_BATCH_WINDOW_MS apart (the batcher waits only then)
+  P:burst:{queue}           submits less than GENSVC_BATCH_WINDOW_MS apart (the batch filler waits only then)
   P:idem:{owner}:{key}      Idempotency-Key -> {job_id, hash}
   P:stats:step_ms           hash: pixel class -> EWMA milliseconds per denoising step (ETAs)
   P:stats:finished:{bucket} jobs finished in a 10 s bucket (throughput, for Retry-After)
@@ -39,6 +39,7 @@ from generative_service.engine import paths
 from generative_service.errors import Conflict, InvalidRequest, QueueFull
 from generative_service.keys import RQ_QUEUE_NAMESPACE, Ttl
 from generative_service.record import ANONYMOUS, JobRecord
+from generative_service.redis_client import reply_text
 from generative_service.schemas import GenerationRequest, JobStatus, Progress
 from generative_service.settings import Settings
 
@@ -61,7 +62,7 @@ THROUGHPUT_BUCKETS = 6
 #   5 epoch, 6 RQ job hash, 7 RQ queue list, 8 RQ's set of queues, 9 queue order (zset),
 #   10 its sequence counter, 11 the job's event stream, 12 submitted-jobs metric hash,
 #   13 step times hash (read only, for the ETA of the answer), 14 the queue's set of RQ queues,
-#   15 the queue's burst counter (submits less than a batch window apart; the batcher reads it),
+#   15 the queue's burst counter (submits less than a batch window apart; the batch filler reads it),
 #   16 the queue's doorbell list (wakes an idle worker serving several RQ queues)
 # ARGV: 1 job id, 2 owner, 3 record JSON, 4 created (epoch s), 5 now, 6 MAX_QUEUED,
 #   7 MAX_QUEUED_PER_KEY, 8 idempotency value, 9 retention s, 10 `queued` event JSON (position
@@ -144,7 +145,7 @@ def resolve(request: GenerationRequest, settings: Settings) -> GenerationRequest
     if request.height is None:
         updates["height"] = size
     if request.seed is None:
-        updates["seed"] = secrets.randbelow(2**32)
+        updates["seed"] = secrets.randbelow(rules.RANDOM_SEEDS)
     resolved = request.model_copy(update=updates)
     for field in ("width", "height"):
         problem = rules.side_problem(getattr(resolved, field), settings.max_side)
@@ -197,7 +198,7 @@ class JobQueue:
         """Every RQ queue of logical `queue`: its own first, then each key's, in a stable order."""
         base = self.keys.rq_queue_name(queue)
         keys = self.redis.smembers(self.tenants_key(queue))  # RQ queue keys
-        members = sorted(_text(key).removeprefix(RQ_QUEUE_NAMESPACE) for key in keys)
+        members = sorted(reply_text(key).removeprefix(RQ_QUEUE_NAMESPACE) for key in keys)
         return [base, *(name for name in members if name != base)]
 
     def order_key(self, queue: str) -> str:
@@ -286,7 +287,9 @@ class JobQueue:
         if record.status != JobStatus.queued:
             return None
         rank = self.redis.zrank(self.order_key(record.queue), record.id)
-        return 1 if rank is None else rank + 1  # queued but not ranked: a worker took it, next
+        if not isinstance(rank, int):  # None: queued but not ranked: a worker took it, next
+            return 1
+        return rank + 1
 
     def status_change(self, pipe, record: JobRecord, old: JobStatus, front_score: float) -> None:
         """Queue the counter and order changes of `record` moving from `old` to its status
@@ -310,7 +313,7 @@ class JobQueue:
     def front_score(self, queue: str) -> float:
         """A score that sorts before every waiting job of `queue`."""
         first = self.redis.zrange(self.order_key(queue), 0, 0, withscores=True)
-        return (first[0][1] - 1) if first else 0.0
+        return (float(first[0][1]) - 1) if first else 0.0
 
     def running_count(self, owner: str) -> int:
         return int(self.redis.hget(self.counts_key, f"running:{owner}") or 0)
@@ -365,7 +368,7 @@ class JobQueue:
 
     # --- step times and ETAs --------------------------------------------------------------------
     def step_times(self) -> dict[str, float]:
-        return {_text(k): float(v) for k, v in self.redis.hgetall(self.step_ms_key).items()}
+        return {reply_text(k): float(v) for k, v in self.redis.hgetall(self.step_ms_key).items()}
 
     def mean_step_ms(self, width: int | None = None, height: int | None = None) -> float | None:
         return mean_step_ms(self.step_times(), width, height)
@@ -404,7 +407,3 @@ def mean_step_ms(
         return step_times[pixel_class(width, height)]
     values = list(step_times.values())
     return sum(values) / len(values) if values else None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

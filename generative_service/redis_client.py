@@ -32,6 +32,16 @@ from generative_service.settings import Settings
 FAILOVER_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _URL_KEYS = ("db", "username", "password")
 
+# Long-running workers (GPU workers, the webhook sender). A blocking read (BLMOVE, BLPOP) waits at
+# most WORKER_BLOCK_S; a read with no answer for WORKER_SOCKET_TIMEOUT_S means the connection is
+# dead (the master's machine vanished without closing TCP, a half-open socket after a failover):
+# redis-py drops it and the next command connects again (through the sentinels, to the master).
+# NOTE: RQ raises a client's socket timeout to its dequeue timeout + 10 s (Worker._set_connection),
+# so the webhook worker blocks for WORKER_BLOCK_S, not RQ's default of minutes (GPU workers: ~1 s).
+WORKER_BLOCK_S = 10
+WORKER_SOCKET_TIMEOUT_S = WORKER_BLOCK_S + 10
+WORKER_HEALTH_CHECK_S = 15  # an idle connection is PINGed before reuse after this long
+
 
 def _url_kwargs(settings: Settings) -> dict[str, Any]:
     kwargs = parse_url(settings.redis_url)
@@ -70,6 +80,18 @@ def sync_redis(settings: Settings, **options: Any) -> redis.Redis:
     return sentinel.master_for(settings.redis_sentinel_master, **kwargs)
 
 
+def worker_redis(settings: Settings) -> redis.Redis:
+    """The main client of a GPU worker or the webhook sender: bounded reads, TCP keepalive and a
+    health check, so a dead connection is noticed and replaced instead of hanging the worker."""
+    return sync_redis(
+        settings,
+        socket_timeout=WORKER_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+        health_check_interval=WORKER_HEALTH_CHECK_S,
+    )
+
+
 class _BlockingSentinelPool(
     redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
 ):
@@ -99,14 +121,19 @@ def async_redis(
     sentinel = redis.asyncio.sentinel.Sentinel(
         _sentinel_addresses(settings), sentinel_kwargs=_sentinel_kwargs(settings, options)
     )
-    pool_class = (
+    sentinel_pool_class = (
         _BlockingSentinelPool
         if max_connections is not None
         else redis.asyncio.sentinel.SentinelConnectionPool
     )
     return sentinel.master_for(
-        settings.redis_sentinel_master, connection_pool_class=pool_class, **kwargs
+        settings.redis_sentinel_master, connection_pool_class=sentinel_pool_class, **kwargs
     )
+
+
+def reply_text(value: bytes | str) -> str:
+    """A Redis reply value as text (a client may or may not decode its replies)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def describe(settings: Settings) -> str:

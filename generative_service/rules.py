@@ -1,5 +1,5 @@
 """Every request rule and limit, in one place. Imports nothing heavy: the schema, the gateway's
-checks, the queue, the batcher and the engine all read it.
+checks, the queue, the batch filler and the engine all read it.
 
 A rule with a fixed bound is a constant here that `GenerationRequest` (schemas.py) declares on
 its field. A rule that also depends on configuration (sizes up to GENSVC_MAX_SIDE, images up to
@@ -33,6 +33,8 @@ DEFAULT_SAMPLER = "dpmpp_2m_karras"
 MIN_STEPS, MAX_STEPS, DEFAULT_STEPS = 1, 150, 30
 MIN_SIDE, SIDE_MULTIPLE = 64, 8
 MAX_SEED = 2**63  # seeds are in [0, MAX_SEED)
+# A seed the service picks is below this: A1111's range, and exact as a JavaScript number.
+RANDOM_SEEDS = 2**32
 MAX_IMAGES = 4  # per job, whatever the batch size
 MIN_GUIDANCE, MAX_GUIDANCE, DEFAULT_GUIDANCE = 0.0, 30.0, 7.5
 MAX_PROMPT_CHARS = 4000  # prompt and negative prompt each
@@ -126,6 +128,11 @@ def limits(settings: _Limits) -> dict[str, Any]:
         "max_batch_images": settings.max_batch_images,
         "max_images_per_job": min(MAX_IMAGES, settings.max_batch_images),
         "max_steps": MAX_STEPS,
+        "min_guidance": MIN_GUIDANCE,
+        "max_guidance": MAX_GUIDANCE,
+        "min_lora_scale": MIN_LORA_SCALE,
+        "max_lora_scale": MAX_LORA_SCALE,
+        "max_conditioning_scale": MAX_CONDITIONING_SCALE,
         "max_prompt_chars": MAX_PROMPT_CHARS,
         "max_control_pixels": settings.max_control_pixels,
         "max_active_loras": settings.lora_cache_size,

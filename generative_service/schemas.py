@@ -26,6 +26,12 @@ class _Strict(BaseModel):
 
 # --- Request ----------------------------------------------------------------------------------
 
+WebhookEvent = Literal["started", "progress", "completed"]
+
+
+def _completed_only() -> list[WebhookEvent]:
+    return ["completed"]
+
 
 class LoraSpec(_Strict):
     name: str = Field(
@@ -107,9 +113,7 @@ class GenerationRequest(_Strict):
     output_format: Literal["png", "jpeg", "webp"] = "png"
     preview: PreviewSpec | None = None
     webhook: str | None = Field(None, max_length=rules.MAX_WEBHOOK_URL_CHARS)
-    webhook_events_filter: list[Literal["started", "progress", "completed"]] = Field(
-        default_factory=lambda: ["completed"]
-    )
+    webhook_events_filter: list[WebhookEvent] = Field(default_factory=_completed_only)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("prompt")
@@ -151,6 +155,13 @@ class GenerationRequest(_Strict):
     @property
     def uses_cfg(self) -> bool:
         return self.guidance_scale > 1.0
+
+    @property
+    def resolved_size(self) -> tuple[int, int]:
+        """(width, height) of a resolved request: the gateway fills both before a job is queued."""
+        if self.width is None or self.height is None:
+            raise ValueError("the request's width and height are not resolved yet")
+        return self.width, self.height
 
 
 # --- Job resource --------------------------------------------------------------------------------

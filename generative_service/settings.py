@@ -466,6 +466,20 @@ class Settings(BaseSettings):
         """The queue a job of `pixels` (width*height) without LoRAs is routed to."""
         return self.queue_for(pixels=pixels)
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as GENSVC_* environment variables, for child processes (tests, benchmarks)."""
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, list):
+                value = ",".join(str(item) for item in value)
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"GENSVC_{name.upper()}"] = str(value)
+        return env
+
 
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,19 +33,20 @@ def cleanup_prefix(redis: Redis, prefix: str) -> None:
     Keys(prefix).purge(redis)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """`settings` as GENSVC_* environment variables, for child processes."""
-    env = {}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, list):
-            value = ",".join(str(item) for item in value)
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"GENSVC_{name.upper()}"] = str(value)
-    return env
+def wait_for_health(
+    base_url: str, process: subprocess.Popen, logs: Callable[[], str], timeout_s: float
+) -> None:
+    """Wait until `base_url`/healthz answers 200; fail with `logs()` if `process` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"gateway did not start:\n{logs()[-4000:]}")
+        time.sleep(0.1)
 
 
 @dataclass
@@ -90,19 +92,19 @@ class RunningService:
         path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def live_workers(self) -> int:
+    def live_worker_count(self) -> int:
         from generative_service.redis_client import sync_redis
 
         redis = sync_redis(self.settings)  # the same Redis the service uses (Sentinel included)
         try:
-            return sum(1 for _ in redis.scan_iter(match=f"{self.settings.key_prefix}:worker:*"))
+            return sum(1 for _ in redis.scan_iter(match=self.settings.keys.worker_pattern))
         finally:
             redis.close()
 
     def wait_for_workers(self, count: int, timeout_s: float = WORKER_START_TIMEOUT_S) -> None:
         """Wait until `count` workers heartbeat; fail with the logs of a worker that exited."""
         deadline = time.monotonic() + timeout_s
-        while self.live_workers() < count:
+        while self.live_worker_count() < count:
             for name, process in self.processes.items():
                 if name.startswith("worker") and process.poll() is not None:
                     pytest.fail(
@@ -113,16 +115,9 @@ class RunningService:
             time.sleep(0.2)
 
     def wait_for_gateway(self, timeout_s: float = SERVICE_START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.processes["gateway"].poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"gateway did not start:\n{self.logs('gateway')[-4000:]}")
-            time.sleep(0.1)
+        wait_for_health(
+            self.base_url or "", self.processes["gateway"], lambda: self.logs("gateway"), timeout_s
+        )
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -139,7 +134,7 @@ class RunningService:
 def child_env(settings: Settings) -> dict[str, str]:
     """Our environment without any GENSVC_* of the developer's, plus `settings`."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("GENSVC_")}
-    env.update(settings_env(settings))
+    env.update(settings.as_env())
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))

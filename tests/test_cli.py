@@ -4,6 +4,7 @@ a real gateway process, and `up` starting and stopping its children."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import subprocess
@@ -12,10 +13,10 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
-from support import free_port
+from services import wait_for_health
+from support import free_port, process_alive
 
 from generative_service import cli
 from generative_service.cli.generate import request_from_args
@@ -194,6 +195,39 @@ def test_generate_saves_the_image(start_service, settings, redis, tmp_path, proc
     assert result.stdout.strip() == str(out)
     assert Image.open(out).size == (64, 64)
     assert "(seed 5)" in result.stderr
+    # Off a terminal: one line per state, each once (tqdm wrote a \r-frame per refresh).
+    lines = result.stderr.splitlines()
+    assert "\r" not in result.stderr and len(lines) == len(set(lines)), result.stderr
+    assert "denoising (3 steps)" in lines and lines[-1] == "succeeded"
+
+
+def test_generate_control_type_choices_are_the_servers(
+    start_service, settings, redis, tmp_path, process_env
+):
+    gateway = start_service(settings, workers=0)
+    control = tmp_path / "edges.png"
+    Image.new("L", (64, 64), 255).save(control)
+
+    def generate_with(control_type: str) -> subprocess.CompletedProcess:
+        argv = ["generate", "x", "--out", str(tmp_path / "x.png"), "--url", gateway.base_url,
+                "--control-type", control_type, "--control-image", str(control)]  # fmt: skip
+        return subprocess.run([sys.executable, "-m", "generative_service.cli", *argv], env=process_env(settings),
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    refused = generate_with("canny")  # the tiny model has no ControlNet
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.strip()
+        == "error: --control-type canny is not served here; choose from: none"
+    )
+    # What a worker serving a depth ControlNet publishes at start.
+    redis.set(settings.keys.models, json.dumps({"controlnets": ["depth"]}))
+    refused = generate_with("canny")
+    assert (
+        refused.stderr.strip()
+        == "error: --control-type canny is not served here; choose from: depth"
+    )
+    assert not list(redis.scan_iter(match=f"{settings.key_prefix}:job:*"))  # nothing was submitted
 
 
 def test_generate_reports_a_rejected_request(start_service, settings, tmp_path, process_env):
@@ -212,17 +246,7 @@ def test_up_starts_the_gateway_and_stops_everything_on_sigterm(settings, process
     up = subprocess.Popen([sys.executable, "-m", "generative_service.cli", "up", "--port", str(port), "--workers", "0"],
                           env=process_env(settings), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert up.poll() is None and time.monotonic() < deadline, (
-                tmp_path / "up.log"
-            ).read_text()
-            time.sleep(0.2)
+        wait_for_health(f"http://127.0.0.1:{port}", up, (tmp_path / "up.log").read_text, 60)
         pids = [
             int(line.split("pid ")[1].rstrip(")"))
             for line in (tmp_path / "up.log").read_text().splitlines()
@@ -242,15 +266,23 @@ def test_up_starts_the_gateway_and_stops_everything_on_sigterm(settings, process
 
 @pytest.mark.slow
 def test_demo_runs_everything_and_writes_the_image(settings, process_env, tmp_path, redis):
-    """`gensvc demo` on the tiny model: gateway + worker + webhook worker, one image, all stopped."""
-    out = tmp_path / "demo.png"
+    """`gensvc demo` on the tiny model: gateway + worker + webhook worker, one image, all stopped.
+    Its terminal shows its own lines and the progress; the children's logs go to the log file."""
+    out, logs = tmp_path / "demo.png", tmp_path / "demo.log"  # the default log file: OUT with .log
     result = subprocess.run(
         [sys.executable, "-m", "generative_service.cli", "demo", "--out", str(out), "--steps", "3"],
         env=process_env(settings), cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
-    assert Image.open(out).size == (64, 64)
-    assert "stopped gateway, gpu-worker-0, webhook-worker" in result.stderr
+    assert Image.open(out).size == (64, 64) and result.stdout.strip() == str(out)
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"gensvc demo: the service's logs go to {logs}"
+    assert not [line for line in lines if line.startswith("{")], result.stderr  # no JSON log here
+    assert "\r" not in result.stderr and len(lines) == len(set(lines))  # each state once
+    assert "denoising (3 steps)" in lines and lines[-1] == "succeeded"
+    records = [json.loads(line) for line in logs.read_text().splitlines()]
+    assert {"gateway", "gpu-worker"} <= {record.get("component") for record in records}
+    assert records[-1]["event"] == "stopped gateway, gpu-worker-0, webhook-worker"
     # Its job ran under the demo's own key prefix, never on the configured deployment's queues.
     assert not list(redis.scan_iter(match=f"{settings.key_prefix}:job:*"))
 
@@ -299,17 +331,8 @@ def test_supervisor_stops_the_whole_process_group_of_a_killed_child(tmp_path):
         supervisor.children[0].process.wait()
         supervisor.check()  # notices the death: the group goes before the restart
         deadline = time.monotonic() + 10
-        while _alive(grandchild):
+        while process_alive(grandchild):
             assert time.monotonic() < deadline, "the grandchild was left behind as an orphan"
             time.sleep(0.1)
     finally:
         supervisor.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/stat")
-    return not (status.exists() and status.read_text().split()[2] == "Z")  # zombies are dead

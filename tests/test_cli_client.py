@@ -1,4 +1,5 @@
-"""`gensvc` as a person at a terminal sees it: GENSVC_URL, a refused connection, --version."""
+"""`gensvc` as a person at a terminal sees it: GENSVC_URL, a refused connection, --version, the
+progress display on a terminal and off one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from support import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,15 +39,65 @@ def test_version():
     assert done.stdout.strip() == f"gensvc {metadata.version('generative-service')}"
 
 
-def test_control_type_choices_come_from_the_server():
-    from generative_service.cli.generate import _check_control_type
+def _job_events() -> list:
+    from generative_service.schemas import Event
 
-    class Server:
-        def models(self) -> dict:
-            return {"controlnets": ["canny"]}
+    job = "job_0123456789abcdef01234567"
+    events = [Event(type="queued", job_id=job, position=1), Event(type="started", job_id=job)]
+    events += [Event(type="progress", job_id=job, step=step, total_steps=4) for step in range(1, 5)]
+    events += [
+        Event(type="stage", job_id=job, stage="safety"),
+        Event(type="stage", job_id=job, stage="storing"),
+    ]
+    return [*events, Event(type="succeeded", job_id=job)]
 
-    assert _check_control_type(Server(), {"control": {"type": "canny"}}) is None
-    assert _check_control_type(Server(), {"control": {"type": "depth"}}) == (
-        "--control-type depth is not served here; choose from: canny"
-    )
-    assert _check_control_type(Server(), {}) is None
+
+def test_progress_off_a_terminal_prints_each_state_once():
+    import io
+
+    from generative_service.cli.progress import ProgressDisplay
+
+    out = io.StringIO()
+    display = ProgressDisplay(out)
+    for event in _job_events():
+        display.update(event)
+    display.close()
+    assert out.getvalue().splitlines() == [
+        "queued (position 1)", "running", "denoising (4 steps)", "safety", "storing", "succeeded"
+    ]  # fmt: skip
+    assert "\r" not in out.getvalue()
+
+
+@pytest.mark.parametrize(("rows", "columns"), [(0, 0), (24, 60)])  # 0x0: a pty nobody sized
+def test_progress_on_a_terminal_is_one_bar_redrawn_in_place(rows, columns, monkeypatch):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from generative_service.cli.progress import ProgressDisplay
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    with os.fdopen(follower, "w") as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)  # tqdm sizes its bar only on sys.stderr/stdout
+        display = ProgressDisplay()
+        for event in _job_events():
+            display.update(event)
+        display.close()
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other end is closed and everything is read
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    drawn = b"".join(chunks).decode().replace("\r\n", "\n")  # the tty turns \n into \r\n
+    # Redrawn with carriage returns on one line, ended by one newline when the job ends.
+    assert drawn.count("\n") == 1 and drawn.count("\r") >= len(_job_events())
+    last_frame = drawn.rstrip("\r\n").split("\r")[-1]
+    assert last_frame.startswith("succeeded: 100%") and "4/4" in last_frame
+    assert len(last_frame) <= (columns or 80)

@@ -3,7 +3,7 @@
 One long-lived process per GPU. It loads the engine, the NSFW filter and the upscaler once and
 keeps them, so it runs RQ in-process (a `SimpleWorker`; CUDA does not survive RQ's fork). RQ
 dequeues one job; `GpuWorker.execute_job` fills a batch around it with compatible waiting jobs
-(batcher.py), runs the batch (runner.py) and drives every job through RQ's own bookkeeping
+(batch_filler.py), runs the batch (runner.py) and drives every job through RQ's own bookkeeping
 (lifecycle.py). Threads beside the RQ loop: heartbeats and the watchdog (liveness.py), dead-worker
 maintenance (recovery.py), progress publishing (progress.py).
 
@@ -33,17 +33,18 @@ from rq.worker import SimpleWorker, WorkerStatus
 from generative_service import logs, metrics
 from generative_service.errors import GenerationFailed, ModelLoadError, NotFound
 from generative_service.jobs import JobStore
-from generative_service.redis_client import sync_redis
+from generative_service.redis_client import sync_redis, worker_redis
 from generative_service.settings import Settings, get_settings
 from generative_service.storage import get_storage
 from workers import lifecycle
-from workers.batcher import Batcher
+from workers.batch_filler import BatchFiller
+from workers.boundary import Models
 from workers.fairshare import REFRESH_S as FAIRSHARE_REFRESH_S
 from workers.fairshare import TenantQueues, fair_queue_class
 from workers.liveness import Heartbeat, Watchdog
 from workers.progress import ProgressPublisher
 from workers.recovery import Maintenance, settle_lost
-from workers.runner import BatchRunner, BatchState, Models
+from workers.runner import BatchRunner, BatchState
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -77,7 +78,7 @@ class GpuWorker(SimpleWorker):
         self.stop_requested = False
         self.dead = False
         self.tenants = TenantQueues(context.redis, context.store.queue, context.queues)
-        self.batcher = Batcher(
+        self.filler = BatchFiller(
             context.store,
             context.settings,
             validate=context.models.engine.validate,
@@ -154,11 +155,12 @@ class GpuWorker(SimpleWorker):
         if bound and store.queue.running_count(record.owner) >= bound:
             self._hand_back_unstarted(job, queue)
             return
-        candidate = self.batcher.check(record)
-        if candidate.error is not None:
-            self.runner.fail_alone(job, queue, record, candidate.error)
+        candidate = self.filler.check(record)
+        if candidate.key is None:
+            error = candidate.error or GenerationFailed(f"job {job.id} could not be checked")
+            self.runner.fail_alone(job, queue, record, error)
             return
-        self.runner.run(self.batcher.fill(job, queue, record, candidate.key))
+        self.runner.run(self.filler.fill(job, queue, record, candidate.key))
 
     def _hand_back_unstarted(self, job: Job, queue: Queue) -> None:
         """GENSVC_MAX_RUNNING_PER_KEY: the key has enough running; its job goes back to the front
@@ -173,7 +175,8 @@ class GpuWorker(SimpleWorker):
         # The maintenance thread cleans registries on its own schedule and lock (recovery.py).
         from rq.utils import now
 
-        self.last_cleaned_at = now()
+        # rq's BaseWorker assigns None in __init__ and declares no type, so mypy infers None.
+        self.last_cleaned_at = now()  # type: ignore[assignment]
 
     def handle_job_failure(
         self,
@@ -230,15 +233,19 @@ class WorkerContext:
         self.publisher = ProgressPublisher()
         self.worker: GpuWorker | None = None
         # Background threads get their own client with short timeouts: a stuck socket must not
-        # silence heartbeats (the main client blocks in BLMOVE for minutes by design).
+        # silence heartbeats.
         side = sync_redis(settings, socket_timeout=5, socket_connect_timeout=5)
         side_store = JobStore(side, settings)
         rq_queues = [settings.keys.rq_queue_name(name) for name in queues]
         self.heartbeat = Heartbeat(
             redis=side, settings=settings, worker_id=worker_id, queues=queues, state=self.state,
             get_worker=lambda: self.worker, describe=models.engine.describe,
-            layers=getattr(models.engine, "lora_layers", None),
+            layers=models.engine.lora_layers,
         )  # fmt: skip
+        # NOTE: when the heartbeat's connection dies, the main client's idle pooled connections
+        # to the same server are presumed dead too: dropped now, instead of each one costing a
+        # socket timeout (and perhaps a job) when next used. The in-use one times out by itself.
+        self.heartbeat.on_lost = lambda: redis.connection_pool.disconnect(inuse_connections=False)
         self.maintenance = Maintenance(
             redis=side, store=side_store, queue_names=rq_queues, get_worker=lambda: self.worker
         )
@@ -292,7 +299,7 @@ def logs_flush() -> None:
             pass
 
 
-def load_models(settings: Settings, redis: Redis) -> Models:
+def load_worker_models(settings: Settings, redis: Redis) -> Models:
     """Load the engine, the NSFW filter and the upscaler once (ModelLoadError names the setting)."""
     from generative_service.engine import Engine
     from generative_service.postprocess import SafetyFilter, Upscaler
@@ -400,10 +407,10 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
         if name.strip()
     ]
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    redis = sync_redis(settings)
+    redis = worker_redis(settings)
     wait_for_redis(redis)
     try:
-        models = load_models(settings, redis)
+        models = load_worker_models(settings, redis)
     except ModelLoadError as exc:
         log.error("worker.model_load_failed", extra={"error": exc.message, "setting": exc.setting})
         return EXIT_CONFIG

@@ -45,7 +45,7 @@ def succeed(worker: BaseWorker, job: Job, queue: Queue, execution: Execution, re
 
 
 def fail(
-    worker: BaseWorker, job: Job, queue: Queue, execution: Execution | None, error: BaseException
+    worker: BaseWorker, job: Job, queue: Queue, execution: Execution, error: BaseException
 ) -> None:
     """RQ's failure handling: FAILED, failed registry, failure result. Never retried.
 

@@ -68,6 +68,7 @@ class Heartbeat(threading.Thread):
         self.started_at = utcnow().isoformat()
         self.stopped = threading.Event()
         self._failing = False
+        self.on_lost: Callable[[], None] | None = None  # called once when an outage begins
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -82,6 +83,8 @@ class Heartbeat(threading.Thread):
                         "heartbeat.redis_error",
                         extra={"worker_id": self.worker_id, "error": repr(exc)},
                     )
+                    if self.on_lost is not None:
+                        self.on_lost()
                 self._failing = True
             self.stopped.wait(self.settings.worker_heartbeat_s)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from generative_service.engine.interrupt import CancelCheck
 from generative_service.schemas import ImageInfo, NsfwVerdict, Stage, Timings
@@ -22,13 +22,15 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from generative_service.jobs import JobStore
+    from generative_service.postprocess.upscaler import Upscaler
     from generative_service.schemas import GenerationRequest
     from generative_service.storage import Storage
+    from workers.boundary import SafetyCheck
 
 
 @dataclass
-class Delivered:
-    """What `deliver` produced for one job."""
+class StoredImages:
+    """What `postprocess_and_store` produced for one job."""
 
     images: list[ImageInfo]
     timings: Timings
@@ -39,7 +41,7 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 1)
 
 
-def deliver(
+def postprocess_and_store(
     *,
     job_id: str,
     request: GenerationRequest,
@@ -48,11 +50,15 @@ def deliver(
     inference_ms: float,
     store: JobStore,
     storage: Storage,
-    safety: Any,
-    upscaler: Any,
+    safety: SafetyCheck,
+    upscaler: Upscaler,
+    safety_shared_ms: float = 0.0,
     is_canceled: Callable[[], bool] = lambda: False,
-) -> Delivered:
+) -> StoredImages:
     """Filter, upscale (when asked) and store a job's images; returns their ImageInfo entries.
+
+    `safety_shared_ms` is the time of a filter call made once for the whole batch (added to
+    every job's `safety_ms`).
 
     Raises:
         Interrupted: `is_canceled()` turned true; nothing more is done for the job.
@@ -69,7 +75,7 @@ def deliver(
         check()
         verdicts.extend(safety.check([image]))
     shown = [safety.apply(image, verdict) for image, verdict in zip(images, verdicts, strict=True)]
-    timings.safety_ms = round(_ms(start) + getattr(safety, "shared_ms", 0.0), 1)
+    timings.safety_ms = round(_ms(start) + safety_shared_ms, 1)
 
     # 2. Upscaling (only when asked); blocked images are not upscaled.
     factor = request.upscale or 1
@@ -99,7 +105,7 @@ def deliver(
         nsfw = NsfwVerdict(flagged=bool(verdict.flagged), score=round(float(verdict.score), 4))
         content_type = f"image/{request.output_format}"
         if image is None:
-            width, height = request.width * factor, request.height * factor
+            width, height = (side * factor for side in request.resolved_size)
             infos.append(
                 ImageInfo(
                     index=index,
@@ -114,7 +120,7 @@ def deliver(
             )
             continue
         check()
-        data, content_type = encode_image(image, request.output_format)
+        data, content_type = encode_image(image, request.output_format, check=check)
         storage.put(job_id, index, data, content_type)
         infos.append(
             ImageInfo(
@@ -129,6 +135,6 @@ def deliver(
             )
         )
     timings.storing_ms = _ms(start)
-    return Delivered(
+    return StoredImages(
         images=infos, timings=timings, flagged=sum(1 for verdict in verdicts if verdict.flagged)
     )

@@ -11,45 +11,45 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NamedTuple
 
 from redis.exceptions import RedisError
 
 from generative_service import metrics
-from generative_service.engine.batching import images_in
+from generative_service.engine.compatibility import images_in
 from generative_service.engine.interrupt import Interrupted
 from generative_service.errors import ServiceError
 from generative_service.logs import get_logger
 from generative_service.schemas import BatchInfo
 from workers import lifecycle
-from workers.outputs import deliver
+from workers.outputs import postprocess_and_store
 from workers.progress import ProgressPublisher, preview_data_url
 from workers.step_hooks import CancelPoller, Outcome, StepTimer
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
     from rq.executions import Execution
     from rq.job import Job
     from rq.queue import Queue
     from rq.worker import BaseWorker
 
+    from generative_service.engine.engine import JobOutput, StepInfo
     from generative_service.jobs import JobStore
+    from generative_service.postprocess.safety import SafetyVerdict
     from generative_service.record import JobRecord
+    from generative_service.schemas import GenerationRequest
     from generative_service.settings import Settings
     from generative_service.storage import Storage
-    from workers.batcher import Batch
+    from workers.batch_filler import Batch
+    from workers.boundary import Models, SafetyCheck
+
+    # What the engine gave for one job: its output, or the exception that stopped it.
+    EngineResult = JobOutput | BaseException
 
 log = get_logger(__name__)
-
-
-@dataclass
-class Models:
-    """What a worker loads once and keeps: the engine, the NSFW filter, the upscaler."""
-
-    engine: Any
-    safety: Any
-    upscaler: Any
 
 
 @dataclass
@@ -58,8 +58,8 @@ class Slot:
 
     rq_job: Job
     record: JobRecord
+    execution: Execution
     queue: Queue | None = None  # the RQ queue the job was taken from (its key's)
-    execution: Execution | None = None
     outcome: Outcome | None = None
 
     @property
@@ -101,20 +101,25 @@ class BatchState:
 
 class BatchVerdicts:
     """The NSFW filter's verdicts for a whole batch, computed in one call (see _batch_safety);
-    answers `check` for images of the batch from them and delegates everything else."""
+    answers `check` for images of the batch from them and passes the rest to the filter."""
 
-    def __init__(self, safety: Any, verdicts: dict[int, Any], shared_ms: float) -> None:
+    def __init__(
+        self,
+        safety: SafetyCheck,
+        verdicts: dict[int, SafetyVerdict] | None = None,
+        shared_ms: float = 0.0,
+    ) -> None:
         self.safety = safety
-        self.verdicts = verdicts
+        self.verdicts = verdicts or {}
         self.shared_ms = shared_ms  # the batch's one filter call, counted in each job's safety_ms
 
-    def check(self, images: list) -> list:
+    def check(self, images: Sequence[Image]) -> list[SafetyVerdict]:
         if all(id(image) in self.verdicts for image in images):
             return [self.verdicts[id(image)] for image in images]
         return self.safety.check(images)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.safety, name)
+    def apply(self, image: Image, verdict: SafetyVerdict) -> tuple[Image | None, bool]:
+        return self.safety.apply(image, verdict)
 
 
 def error_code(exc: BaseException) -> tuple[str, str]:
@@ -194,8 +199,9 @@ class BatchRunner:
         lifecycle.fail(self.worker, job, queue, execution, error)
 
     def _start(self, job: Job, record: JobRecord, queue: Queue, info: BatchInfo) -> Slot | None:
-        slot = Slot(rq_job=job, record=record, queue=queue)
-        slot.execution = lifecycle.start(self.worker, job)
+        slot = Slot(
+            rq_job=job, record=record, execution=lifecycle.start(self.worker, job), queue=queue
+        )
         self.state.add(slot)
         started = self.store.mark_started(record.id, batch=info, worker_id=self.worker_id)
         if started is None:  # canceled while it was being claimed
@@ -208,7 +214,7 @@ class BatchRunner:
         return slot
 
     # --- denoising ------------------------------------------------------------------------------
-    def _generate(self, slots: list[Slot]) -> dict[str, Any]:
+    def _generate(self, slots: list[Slot]) -> dict[str, EngineResult]:
         """JobOutput (or the exception) per job id. A failed multi-job batch is retried job by job,
         so one job that breaks the pipeline call does not take its batch-mates down with it."""
         try:
@@ -220,7 +226,7 @@ class BatchRunner:
                 "batch.failed_retrying_alone",
                 extra={"error": repr(exc), "jobs": [s.id for s in slots]},
             )
-        results: dict[str, Any] = {}
+        results: dict[str, EngineResult] = {}
         for slot in slots:
             try:
                 results.update({output.job_id: output for output in self._run_engine([slot])})
@@ -228,14 +234,14 @@ class BatchRunner:
                 results[slot.id] = exc
         return results
 
-    def _run_engine(self, slots: list[Slot]) -> list:
+    def _run_engine(self, slots: list[Slot]) -> list[JobOutput]:
         from generative_service.engine import EngineJob
 
         by_id = {slot.id: slot for slot in slots}
         first = slots[0].id
         timer = StepTimer()
 
-        pending: list[tuple] = []
+        pending: list[StepReport] = []
         pending_lock = threading.Lock()
 
         def write_pending() -> None:
@@ -246,7 +252,7 @@ class BatchRunner:
             if items:
                 self._progress_many(items)
 
-        def on_step(info: Any) -> None:
+        def on_step(info: StepInfo) -> None:
             request = by_id[info.job_id].record.request
             image = (
                 info.preview
@@ -255,14 +261,12 @@ class BatchRunner:
                 else None
             )
             with pending_lock:
-                pending.append((info.job_id, info.step, info.total_steps, image, request))
+                pending.append(StepReport(info.job_id, info.step, info.total_steps, image, request))
             self.publisher.submit(write_pending)
             step_ms = timer.tick(info.step) if info.job_id == first else None
             if step_ms is not None:
                 self.publisher.submit(
-                    lambda: self.store.queue.record_step_time(
-                        request.width, request.height, step_ms
-                    )
+                    lambda: self.store.queue.record_step_time(*request.resolved_size, step_ms)
                 )
 
         is_canceled = CancelPoller(
@@ -286,17 +290,17 @@ class BatchRunner:
         )
         return outputs
 
-    def _progress_many(self, items: list[tuple]) -> None:
-        """Write step events (job id, step, total, preview image, request), in order, at once."""
+    def _progress_many(self, items: list[StepReport]) -> None:
+        """Write step events, in order, at once."""
         self.store.report_progress_many([
-            (job_id, step, total, preview_data_url(image, request.preview.max_px) if image is not None else None)
-            for job_id, step, total, image, request in items
+            (item.job_id, item.step, item.total, _preview_url(item))
+            for item in items
         ])  # fmt: skip
 
     # --- finishing ------------------------------------------------------------------------------
-    def _batch_safety(self, slots: list[Slot], results: dict[str, Any]) -> Any:
+    def _batch_safety(self, slots: list[Slot], results: dict[str, EngineResult]) -> BatchVerdicts:
         """The NSFW filter run once over every image of the batch (one model call, not one per
-        job); what deliver() gets as its filter. Falls back to per-job checks on any error."""
+        job); what postprocess_and_store() gets as its filter. Falls back to per-job checks on any error."""
         images = [
             image
             for slot in slots
@@ -306,21 +310,29 @@ class BatchRunner:
             for image in result.images
         ]
         if len(images) < 2 or self.abort.is_set():
-            return self.models.safety
+            return BatchVerdicts(self.models.safety)
         start = time.perf_counter()
         try:
             verdicts = self.models.safety.check(images)
         except Exception:  # noqa: BLE001 - each job's own check reports the error
             log.exception("batch.safety_failed")
-            return self.models.safety
+            return BatchVerdicts(self.models.safety)
         shared_ms = (time.perf_counter() - start) * 1000.0
         return BatchVerdicts(
             self.models.safety, dict(zip(map(id, images), verdicts, strict=True)), shared_ms
         )
 
-    def _finish(self, slot: Slot, result: Any, queue: Queue, safety: Any = None) -> None:
+    def _finish(
+        self,
+        slot: Slot,
+        result: EngineResult | None,
+        queue: Queue,
+        safety: BatchVerdicts | None = None,
+    ) -> None:
         try:
-            slot.outcome = self._outcome(slot, result, queue, safety or self.models.safety)
+            slot.outcome = self._outcome(
+                slot, result, queue, safety or BatchVerdicts(self.models.safety)
+            )
         except Exception as exc:  # noqa: BLE001 - post-processing of one job failed
             log.exception("job.failed", extra={"job_id": slot.id, "worker_id": self.worker_id})
             code, message = error_code(exc)
@@ -334,7 +346,9 @@ class BatchRunner:
             extra={"job_id": slot.id, "worker_id": self.worker_id, "batch_id": self.state.batch_id},
         )
 
-    def _outcome(self, slot: Slot, result: Any, queue: Queue, safety: Any) -> Outcome:
+    def _outcome(
+        self, slot: Slot, result: EngineResult | None, queue: Queue, safety: BatchVerdicts
+    ) -> Outcome:
         worker, job = self.worker, slot.rq_job
         if result is None:
             result = RuntimeError("the engine returned no output for this job")
@@ -359,19 +373,20 @@ class BatchRunner:
         if result.canceled or self._ended(slot.id) or self.store.is_cancel_requested(slot.id):
             return self._canceled(slot, queue)
         try:
-            delivered = deliver(
+            stored = postprocess_and_store(
                 job_id=slot.id, request=slot.record.request, images=result.images, seeds=result.seeds, inference_ms=result.inference_ms,
-                store=self.store, storage=self.storage, safety=safety, upscaler=self.models.upscaler,
+                store=self.store, storage=self.storage, safety=safety, safety_shared_ms=safety.shared_ms,
+                upscaler=self.models.upscaler,
                 is_canceled=partial(self.store.is_cancel_requested, slot.id),
             )  # fmt: skip
         except Interrupted:  # canceled during safety, upscaling or storing
             return self._canceled(slot, queue)
-        metrics.nsfw_flagged(self.store.redis, self.settings, delivered.flagged)
+        metrics.nsfw_flagged(self.store.redis, self.settings, stored.flagged)
         done = self._mark(
             self.store.mark_succeeded,
             slot.id,
-            images=delivered.images,
-            timings=delivered.timings,
+            images=stored.images,
+            timings=stored.timings,
             reproducibility=result.reproducibility,
         )
         if done is None and self._ended(slot.id):  # canceled while post-processing
@@ -382,7 +397,7 @@ class BatchRunner:
             job,
             queue,
             slot.execution,
-            {"status": "succeeded", "images": len(delivered.images)},
+            {"status": "succeeded", "images": len(stored.images)},
         )
         return Outcome.succeeded
 
@@ -394,7 +409,9 @@ class BatchRunner:
     def _ended(self, job_id: str) -> bool:
         return self.store.get(job_id).status.is_terminal
 
-    def _mark(self, change: Any, job_id: str, **kwargs: Any) -> Any:
+    def _mark(
+        self, change: Callable[..., JobRecord | None], job_id: str, **kwargs: object
+    ) -> JobRecord | None:
         """A terminal record write, retried while Redis is briefly away (a restart)."""
         delay = 0.5
         deadline = time.monotonic() + self.settings.worker_dead_after_s
@@ -412,6 +429,23 @@ class BatchRunner:
             self.store.redis.hdel(self.running_key, job_id)
         except RedisError:
             pass  # the maintenance scan drops entries of finished jobs
+
+
+class StepReport(NamedTuple):
+    """One step of one job, waiting to be written with the others of the batch."""
+
+    job_id: str
+    step: int
+    total: int
+    preview: Image | None  # only on the steps the request wants a preview of
+    request: GenerationRequest
+
+
+def _preview_url(item: StepReport) -> str | None:
+    preview = item.request.preview
+    if item.preview is None or preview is None:
+        return None
+    return preview_data_url(item.preview, preview.max_px)
 
 
 def _wants_preview(every_n: int, step: int, total: int) -> bool:

@@ -16,15 +16,34 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 
 from generative_service import logs
-from generative_service.redis_client import sync_redis
+from generative_service.redis_client import WORKER_BLOCK_S, worker_redis
 from generative_service.settings import get_settings
 
 log = logs.get_logger("workers.webhook_worker")
 
 
+# NOTE: how often an idle worker retries RQ's scheduler lock (RQ's maintenance interval, 10 min by
+# default). A worker killed hard leaves its lock for 61 s; the one restarted in its place takes
+# over scheduling (the retries) within this long after that, not ten minutes later.
+SCHEDULER_RETAKE_S = 15
+
+
+class WebhookWorker(SimpleWorker):
+    """RQ's SimpleWorker, blocking in Redis for WORKER_BLOCK_S at a time (redis_client.py)."""
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return WORKER_BLOCK_S
+
+
 def build_worker(redis: Redis, queue_name: str, *, name: str | None = None) -> SimpleWorker:
     """An in-process RQ worker for the webhook queue."""
-    return SimpleWorker([Queue(queue_name, connection=redis)], connection=redis, name=name)
+    return WebhookWorker(
+        [Queue(queue_name, connection=redis)],
+        connection=redis,
+        name=name,
+        maintenance_interval=SCHEDULER_RETAKE_S,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 "hint": "set GENSVC_WEBHOOK_SECRETS=whsec_...; until then submit refuses webhooks"
             },
         )
-    redis = sync_redis(settings)
+    redis = worker_redis(settings)
     queue_name = settings.keys.webhooks_queue
     worker = build_worker(redis, queue_name, name=args.name)
     log.info("webhook_worker.started", extra={"queue": queue_name, "worker_id": worker.name})

@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from redis.asyncio import Redis as AsyncRedis
+from starlette.types import ASGIApp
 
 from generative_service.api import errors
 from generative_service.api.limits import BodySizeLimit
@@ -137,6 +138,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis.close()
 
 
+def _with_security_headers(app: FastAPI) -> None:
+    """Wrap `app`'s whole middleware stack, Starlette's ServerErrorMiddleware included, in
+    SecurityHeaders. NOTE: as an ordinary user middleware it sat inside ServerErrorMiddleware,
+    and unhandled 500s went out without the headers."""
+    build = app.build_middleware_stack
+
+    def build_with_headers() -> ASGIApp:
+        return SecurityHeaders(build())
+
+    app.build_middleware_stack = build_with_headers  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the gateway. `settings` defaults to the environment (`GENSVC_*`)."""
     settings = settings or get_settings()
@@ -161,8 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = JobStore(app.state.redis, settings)
     app.state.storage = get_storage(settings)
     errors.install(app)
+    _with_security_headers(app)
     app.add_middleware(BodySizeLimit, settings=settings)
-    app.add_middleware(SecurityHeaders)  # outside all but CORS: error answers get them too
     if settings.cors_origins:  # added last: outermost, so errors and 413s carry CORS headers too
         app.add_middleware(
             CORSMiddleware,

@@ -1,4 +1,5 @@
-"""Request dependencies: settings, Redis clients, the job store, storage and the caller's identity."""
+"""Request dependencies: the app's settings, Redis clients, job store and storage (`app_*`, read from
+`app.state`), and the caller's identity (`caller_owner`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
+from generative_service.api.submit import Submitter
 from generative_service.errors import Unauthorized
 from generative_service.jobs import JobStore, owner_for_key
 from generative_service.settings import Settings
@@ -21,29 +23,41 @@ _bearer = HTTPBearer(
 )
 
 
-def get_settings(request: Request) -> Settings:
+def app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_redis(request: Request) -> Redis:
+def app_redis(request: Request) -> Redis:
     return request.app.state.redis
 
 
-async def get_async_redis(request: Request) -> AsyncRedis:
+async def app_async_redis(request: Request) -> AsyncRedis:
     from generative_service.api.app import async_redis_for
 
     return async_redis_for(request.app)
 
 
-def get_store(request: Request) -> JobStore:
+def app_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_storage(request: Request) -> Storage:
+def app_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-def get_owner(
+async def app_submitter(request: Request) -> Submitter:
+    from generative_service.api.app import async_redis_for
+
+    state = request.app.state
+    return Submitter(
+        store=state.store,
+        redis=state.redis,
+        aredis=async_redis_for(request.app),
+        settings=state.settings,
+    )
+
+
+def caller_owner(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
 ) -> str:
@@ -66,9 +80,10 @@ def get_owner(
     return owner_for_key(credentials.credentials)
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-RedisDep = Annotated[Redis, Depends(get_redis)]
-AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
-StoreDep = Annotated[JobStore, Depends(get_store)]
-StorageDep = Annotated[Storage, Depends(get_storage)]
-OwnerDep = Annotated[str, Depends(get_owner)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+RedisDep = Annotated[Redis, Depends(app_redis)]
+AsyncRedisDep = Annotated[AsyncRedis, Depends(app_async_redis)]
+StoreDep = Annotated[JobStore, Depends(app_store)]
+StorageDep = Annotated[Storage, Depends(app_storage)]
+OwnerDep = Annotated[str, Depends(caller_owner)]
+SubmitterDep = Annotated[Submitter, Depends(app_submitter)]

@@ -15,6 +15,7 @@ import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -132,6 +133,13 @@ def validation_details(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, st
             }
         )
     return out
+
+
+def first_problem(exc: ValidationError) -> InvalidRequest:
+    """The first field error of a model built by hand (the compatibility APIs build our request
+    from theirs), as the InvalidRequest the gateway's own checks raise."""
+    first = validation_details(list(exc.errors()))[0]
+    return InvalidRequest(first["field"], first["message"])
 
 
 def validation_parts(errors: list[dict]) -> tuple[int, str, str, list[dict[str, str]]]:

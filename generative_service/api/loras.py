@@ -28,7 +28,7 @@ from generative_service.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from generative_service.lora_store import get_lora_store
+from generative_service.lora_store import get_lora_store, with_hashes
 from generative_service.settings import Settings
 
 SUFFIX = ".safetensors"
@@ -80,11 +80,17 @@ def info(settings: Settings, name: str, *, owner: str) -> LoraInfo:
 
 def list_all(settings: Settings, *, owner: str) -> list[LoraInfo]:
     """Every shared adapter and `owner`'s private ones; others' private adapters are not shown."""
-    by_name = {item.name: item for item in get_lora_store(settings).list()}
-    return [
-        LoraInfo(name=seen.name, size_bytes=item.size_bytes, sha256=item.sha256, scope=seen.scope)
+    store = get_lora_store(settings)
+    by_name = {item.name: item for item in store.list()}
+    shown = [
+        (seen, item)
         for seen in lora_scope.visible(owner, list(by_name))
         if (item := by_name.get(seen.stored)) is not None
+    ]
+    hashed = with_hashes(store, [item for _, item in shown])  # only what `owner` may see
+    return [
+        LoraInfo(name=seen.name, size_bytes=item.size_bytes, sha256=item.sha256, scope=seen.scope)
+        for (seen, _), item in zip(shown, hashed, strict=True)
     ]
 
 

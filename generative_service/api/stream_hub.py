@@ -22,8 +22,11 @@ from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
+from redis.typing import KeyT, StreamIdT
 
+from generative_service.events import xread_streams
 from generative_service.keys import Keys, Ttl
+from generative_service.redis_client import reply_text
 
 log = logging.getLogger("generative_service.api.stream_hub")
 
@@ -72,9 +75,11 @@ class StreamHub:
         if self._wake_key is None:
             self._wake_key = Keys.of_events_key(key).hub_wake(uuid.uuid4().hex)
         if self._task is None or self._task.done():  # done: it died; clients still poll meanwhile
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="stream-hub")
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(self._wake_key), name="stream-hub"
+            )
         elif position is None and self._blocking:
-            await self._nudge()
+            await self._nudge(self._wake_key)
         try:
             yield wake
         finally:
@@ -85,12 +90,12 @@ class StreamHub:
                     del self._waiters[key]
                     self._positions.pop(key, None)
 
-    async def _nudge(self) -> None:
+    async def _nudge(self, wake_key: str) -> None:
         """Make the blocked XREAD return so the next one includes the new stream."""
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
-                pipe.expire(self._wake_key, WAKE_TTL_S)
+                pipe.xadd(wake_key, {"w": "1"}, maxlen=16, approximate=True)
+                pipe.expire(wake_key, WAKE_TTL_S)
                 await pipe.execute()
         except RedisError as exc:  # the new stream is then read after the current block ends
             log.warning("stream_hub.nudge_failed", extra={"error": repr(exc)})
@@ -100,15 +105,15 @@ class StreamHub:
         """Clients waiting now (for tests and metrics)."""
         return sum(len(waiters) for waiters in self._waiters.values())
 
-    async def _run(self) -> None:
+    async def _run(self, wake_key: str) -> None:
         while True:
             if not self._waiters:
                 self._task = (
                     None  # NOTE: no await between this check and here: no registration lost
                 )
                 return
-            streams = dict(self._positions)
-            streams[self._wake_key] = self._wake_pos
+            streams: dict[KeyT, StreamIdT] = {key: pos for key, pos in self._positions.items()}
+            streams[wake_key] = self._wake_pos
             try:
                 self._blocking = True
                 result = await self.redis.xread(streams, count=HUB_COUNT, block=HUB_BLOCK_MS)
@@ -119,14 +124,13 @@ class StreamHub:
                 continue
             finally:
                 self._blocking = False
-            for key, entries in result or []:
-                key = key.decode() if isinstance(key, bytes) else key
-                if key == self._wake_key:
-                    last = entries[-1][0]
-                    self._wake_pos = last.decode() if isinstance(last, bytes) else last
+            for key, entries in xread_streams(result):
+                last = entries[-1][0] if entries else None
+                if key == wake_key:
+                    if last is not None:
+                        self._wake_pos = reply_text(last)
                     continue
-                if key in self._positions and entries:
-                    last = entries[-1][0]
-                    self._positions[key] = last.decode() if isinstance(last, bytes) else last
+                if key in self._positions and last is not None:
+                    self._positions[key] = reply_text(last)
                 for wake in self._waiters.get(key, ()):
                     wake.set()

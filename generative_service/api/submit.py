@@ -22,12 +22,12 @@ from starlette.concurrency import run_in_threadpool
 
 import generative_service.engine.paths as paths
 from generative_service import events, lora_scope, redis_client, rules, webhooks
-from generative_service.errors import InvalidRequest
+from generative_service.errors import InvalidRequest, ServerTimeout, ServiceError
 from generative_service.jobs import JobStore
 from generative_service.keys import Keys
 from generative_service.lora_store import get_lora_store
 from generative_service.record import JobRecord
-from generative_service.schemas import ControlSpec, GenerationRequest, JobResource
+from generative_service.schemas import ControlSpec, GenerationRequest, JobResource, JobStatus
 from generative_service.settings import Settings
 
 _WAIT = re.compile(r"^\s*wait\s*=\s*(\S*)\s*$", re.IGNORECASE)
@@ -98,6 +98,29 @@ async def submit(
         record = await store.get_async(aredis, record.id)
         resource = await store.resource_async(aredis, record)
     return Submitted(record=record, created=created, waited=waited, resource=resource)
+
+
+@dataclass(frozen=True)
+class Submitter:
+    """`submit` bound to one app's store and clients: what every API's submit route calls."""
+
+    store: JobStore
+    redis: Redis
+    aredis: AsyncRedis
+    settings: Settings
+
+    async def submit(
+        self,
+        body: GenerationRequest,
+        *,
+        owner: str,
+        idempotency_key: str | None = None,
+        wait_s: float | None = None,
+    ) -> Submitted:
+        return await submit(
+            body, store=self.store, redis=self.redis, aredis=self.aredis, settings=self.settings,
+            owner=owner, idempotency_key=idempotency_key, wait_s=wait_s,
+        )  # fmt: skip
 
 
 def models_info_of(redis: Redis, settings: Settings) -> dict:
@@ -309,3 +332,25 @@ async def wait_for_end(redis: AsyncRedis, prefix: str, job_id: str, timeout_s: f
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=min(remaining, WAIT_SLICE_S))
     return False
+
+
+def require_succeeded(record: JobRecord, settings: Settings) -> None:
+    """For the APIs that answer with the images: raise unless the job succeeded.
+
+    Raises:
+        ServerTimeout: (504) it still runs after GENSVC_COMPAT_WAIT_S.
+        ServiceError: (500) it failed or was canceled; the job's own error code.
+    """
+    if record.status == JobStatus.succeeded:
+        return
+    if not record.status.is_terminal:
+        raise ServerTimeout(
+            f"job {record.id} is still {record.status.value} after {settings.compat_wait_s:g} s (GENSVC_COMPAT_WAIT_S); GET /v1/jobs/{record.id} follows it",
+            details={"job_id": record.id},
+        )
+    reason = record.error.message if record.error else record.status.value
+    error = ServiceError(
+        f"job {record.id} {record.status.value}: {reason}", details={"job_id": record.id}
+    )
+    error.code = record.error.code if record.error else record.status.value
+    raise error

@@ -35,31 +35,9 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from generative_service.cli.supervisor import (
-        Supervisor,
-        check_port_free,
-        child_env,
-        ensure_redis,
-        service_children,
-        stop_redis,
-    )
-    from generative_service.settings import get_settings
+    from generative_service.cli.supervisor import run_up
 
-    check_port_free("up", args.host, args.port)  # before anything starts or is printed
-    redis_port = ensure_redis(get_settings().redis_url)
-    supervisor = Supervisor(
-        service_children(host=args.host, port=args.port, workers=args.workers), env=child_env()
-    )
-    supervisor.start()
-    print(
-        f"gensvc up: http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops everything",
-        file=sys.stderr,
-    )
-    try:
-        supervisor.run_forever()
-    finally:
-        stop_redis(redis_port)
-    return 0
+    return run_up(host=args.host, port=args.port, workers=args.workers)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -69,7 +47,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from generative_service.cli.generate import run_demo
+    from generative_service.cli.demo import run_demo
 
     return run_demo(args)
 
@@ -181,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--steps", type=int)
     p.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+    p.add_argument(
+        "--log-file", help="where the service's JSON logs go (default: OUT with .log, demo.log)"
+    )
     p.add_argument(
         "--ready-timeout", type=float, default=900.0, help="seconds to wait for a worker"
     )

@@ -1,31 +1,17 @@
-"""`gensvc generate` (submit, follow over SSE with a progress bar, save) and `gensvc demo`."""
+"""`gensvc generate`: submit, follow over SSE with a progress display, save the images."""
 
 from __future__ import annotations
 
 import argparse
 import base64
 import mimetypes
-import secrets
-import socket
 import sys
-import time
 from pathlib import Path
 
 import httpx
-from tqdm import tqdm
 
-from generative_service.cli.supervisor import (
-    Supervisor,
-    check_port_free,
-    child_env,
-    ensure_redis,
-    service_children,
-    stop_redis,
-)
+from generative_service.cli.progress import ProgressDisplay
 from generative_service.client import APIError, Client
-from generative_service.settings import get_settings
-
-GIVE_UP_AFTER_DEATHS = 3  # the demo stops waiting for a child that keeps crashing at start
 
 
 def parse_size(value: str) -> tuple[int, int]:
@@ -70,28 +56,15 @@ def request_from_args(args: argparse.Namespace) -> dict:
 
 
 def follow(client: Client, job_id: str, *, quiet: bool = False) -> None:
-    """Show a progress bar fed by the job's SSE events until it ends."""
-    bar = tqdm(total=None, unit="step", disable=quiet, file=sys.stderr, desc="queued")
+    """Show the job's progress (a bar on a terminal, state lines elsewhere) until it ends."""
+    display = ProgressDisplay(sys.stderr, quiet=quiet)
     try:
         for _, event in client.events(job_id):
-            if event.type == "queued":
-                bar.set_description(
-                    f"queued (position {event.position})" if event.position else "queued"
-                )
-            elif event.type == "started":
-                bar.set_description("running")
-            elif event.type == "progress" and event.total_steps:
-                bar.total = event.total_steps
-                bar.n = event.step or 0
-                bar.set_description("denoising")
-                bar.refresh()
-            elif event.type == "stage" and event.stage:
-                bar.set_description(event.stage.value)
-            elif event.is_terminal:
-                bar.set_description(event.type)
+            display.update(event)
+            if event.is_terminal:
                 break
     finally:
-        bar.close()
+        display.close()
 
 
 def generate(
@@ -156,59 +129,3 @@ def run_generate(args: argparse.Namespace) -> int:
     return generate(
         args.url, request_from_args(args), args.out, api_key=args.api_key, quiet=args.quiet
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(client: Client, supervisor: Supervisor, timeout_s: float) -> None:
-    """Poll /readyz until a worker is up; keeps the children supervised meanwhile."""
-    deadline = time.monotonic() + timeout_s
-    print(
-        "waiting for the gateway and a worker (the first start builds/loads the model)...",
-        file=sys.stderr,
-    )
-    while time.monotonic() < deadline:
-        if client.ready():
-            return
-        supervisor.check()
-        broken = [
-            child.name
-            for child in supervisor.children
-            if child.quick_deaths >= GIVE_UP_AFTER_DEATHS
-        ]
-        if broken:
-            raise SystemExit(
-                f"{', '.join(broken)} keeps exiting right after it starts; see its log above"
-            )
-        time.sleep(0.5)
-    raise SystemExit(
-        f"the service was not ready within {timeout_s:.0f} s (see the worker log above)"
-    )
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """Start everything on the embedded default model, generate one image, stop everything."""
-    settings = get_settings()
-    port = args.port or free_port()
-    check_port_free("demo", "127.0.0.1", port)  # never talk to whatever else listens there
-    redis_port = ensure_redis(settings.redis_url, log=lambda line: print(line, file=sys.stderr))
-    # Its own key prefix: the demo's job never runs on another deployment's workers (same Redis).
-    prefix = {"GENSVC_KEY_PREFIX": f"gensvc-demo-{secrets.token_hex(4)}"}
-    supervisor = Supervisor(service_children(host="127.0.0.1", port=port, workers=1), env=child_env(prefix),
-                            log=lambda line: print(line, file=sys.stderr))  # fmt: skip
-    supervisor.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with Client(url) as client:
-            wait_ready(client, supervisor, args.ready_timeout)
-        body = {"prompt": args.prompt, "seed": args.seed}
-        if args.steps:
-            body["steps"] = args.steps
-        return generate(url, body, args.out)
-    finally:
-        supervisor.stop()
-        stop_redis(redis_port)

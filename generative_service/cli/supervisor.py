@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import IO
 from urllib.parse import urlsplit
 
 from redis import Redis
@@ -126,13 +127,17 @@ class Child:
 
 
 class Supervisor:
-    """Starts children, restarts the ones that die, stops them all on request."""
+    """Starts children, restarts the ones that die, stops them all on request.
+
+    `output`: a file for the children's stdout and stderr (their JSON logs); None = ours.
+    """
 
     def __init__(self, children: list[Child], *, env: dict[str, str] | None = None, log: Callable[[str], None] = print,
-                 stop_timeout_s: float = 20.0) -> None:  # fmt: skip
+                 stop_timeout_s: float = 20.0, output: IO[bytes] | None = None) -> None:  # fmt: skip
         self.children = children
         self.env = env if env is not None else child_env()
         self.log = log
+        self.output = output
         self.stop_timeout_s = stop_timeout_s
         self.stopping = False
 
@@ -142,7 +147,8 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         # NOTE: own session, so a terminal's Ctrl-C reaches only us and we stop children in order.
-        child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
+        child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True, stdout=self.output,
+                                         stderr=None if self.output is None else subprocess.STDOUT)  # fmt: skip
         child.started_at = time.monotonic()
         child.restart_at = None
         self.log(f"started {child.name} (pid {child.process.pid})")
@@ -191,25 +197,25 @@ class Supervisor:
         """SIGTERM every child, wait for them, SIGKILL whatever is left after `stop_timeout_s`."""
         self.stopping = True
         alive = [
-            child
+            (child.name, child.process)
             for child in self.children
             if child.process is not None and child.process.poll() is None
         ]
-        for child in alive:
-            _signal_group(child.process, signal.SIGTERM)
+        for _, process in alive:
+            _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout_s
-        for child in alive:
+        for name, process in alive:
             try:
-                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self.log(f"{child.name} did not stop in {self.stop_timeout_s:.0f} s; killing it")
-                _signal_group(child.process, signal.SIGKILL)
-                child.process.wait()
+                self.log(f"{name} did not stop in {self.stop_timeout_s:.0f} s; killing it")
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
         for child in self.children:  # whatever a child left behind in its group
             if child.process is not None:
                 _signal_group(child.process, signal.SIGKILL)
         if alive:
-            self.log("stopped " + ", ".join(child.name for child in alive))
+            self.log("stopped " + ", ".join(name for name, _ in alive))
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
@@ -236,3 +242,23 @@ def service_children(
     ]
     children.append(Child("webhook-worker", [python, "-m", "workers.webhook_worker"]))
     return children
+
+
+def run_up(*, host: str, port: int, workers: int) -> int:
+    """`gensvc up`: Redis if none answers, then the service's processes until Ctrl-C."""
+    from generative_service.settings import get_settings
+
+    check_port_free("up", host, port)  # before anything starts or is printed
+    redis_port = ensure_redis(get_settings().redis_url)
+    supervisor = Supervisor(
+        service_children(host=host, port=port, workers=workers), env=child_env()
+    )
+    supervisor.start()
+    print(
+        f"gensvc up: http://{host}:{port} (docs at /docs); Ctrl-C stops everything", file=sys.stderr
+    )
+    try:
+        supervisor.run_forever()
+    finally:
+        stop_redis(redis_port)
+    return 0

@@ -1,6 +1,6 @@
 """Diffusion engine: model loading, schedulers, LoRA manager, batch execution.
 
-NOTE: importing this package must not import torch: the gateway imports `engine.batching` and
+NOTE: importing this package must not import torch: the gateway imports `engine.compatibility` and
 `engine.paths`. Heavy names are resolved lazily on first attribute access.
 """
 
@@ -15,8 +15,8 @@ _LAZY = {
     "StepInfo": "generative_service.engine.engine",
     "JobOutput": "generative_service.engine.engine",
     "build_tiny": "generative_service.engine.tiny",
-    "batch_key": "generative_service.engine.batching",
-    "images_in": "generative_service.engine.batching",
+    "batch_key": "generative_service.engine.compatibility",
+    "images_in": "generative_service.engine.compatibility",
 }
 
 __all__ = sorted(_LAZY)

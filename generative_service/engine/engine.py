@@ -1,7 +1,7 @@
 """The Engine: turns a list of compatible generation jobs into images with one pipeline call.
 
 A worker builds one Engine (`Engine.from_settings`) and keeps it. `run` executes jobs whose
-`batching.batch_key` is equal as one SDXL (or SDXL + ControlNet) call of at most
+`compatibility.batch_key` is equal as one SDXL (or SDXL + ControlNet) call of at most
 GENSVC_MAX_BATCH_IMAGES images; each job keeps its own prompts, seeds and guidance, and its images
 are the same whether it ran alone or batched.
 """
@@ -23,8 +23,8 @@ from PIL import Image
 from generative_service import rules
 from generative_service.engine import paths
 from generative_service.engine.backends import start_backend
-from generative_service.engine.batch import BatchPlan, GuidanceScales, plan_batch
-from generative_service.engine.batching import batch_key, images_in
+from generative_service.engine.batch_plan import BatchPlan, GuidanceScales, plan_batch
+from generative_service.engine.compatibility import batch_key, images_in
 from generative_service.engine.hashing import FileHasher
 from generative_service.engine.interrupt import (
     Interrupted,
@@ -347,9 +347,13 @@ class Engine:
         from generative_service.engine.control import canny_image, decode_control_image
 
         spec = job.request.control
+        if spec is None:  # plan_batch asks only for jobs with a control image
+            raise InvalidRequest("control", "this job has no control image")
         source = decode_control_image(spec.image, max_pixels=self.settings.max_control_pixels)
         if spec.type == "canny":
             return canny_image(source, size=size, low=spec.canny_low, high=spec.canny_high)
+        if self.models.depth is None:  # validate() refuses depth jobs first
+            raise InvalidRequest("control.type", "no depth estimator is loaded for this model")
         return self.models.depth(source, size=size)
 
     def _canceled(self, job: EngineJob, elapsed_ms: float) -> JobOutput:

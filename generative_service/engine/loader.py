@@ -189,8 +189,8 @@ def _base_source(settings: Settings) -> tuple[Path | None, str]:
     if settings.model == "tiny":
         from generative_service.engine.tiny import ensure_tiny
 
-        root = ensure_tiny(Path(settings.cache_dir))
-        return root, str(paths.pipeline_dir(root))
+        tiny = ensure_tiny(Path(settings.cache_dir))
+        return tiny, str(paths.pipeline_dir(tiny))
     root = paths.model_root(settings)
     if settings.model == "demo" and not paths.is_bundle(paths.DEMO_ROOT):
         raise ModelLoadError(
@@ -320,9 +320,8 @@ def _load_depth(ref: str, *, dtype: torch.dtype, device: torch.device) -> DepthE
 
 
 def _hash_source(ref: str, hasher: FileHasher) -> dict[str, str]:
-    path = Path(ref).expanduser()
-    if not path.is_dir():
-        path = _hub_snapshot(ref)
+    local = Path(ref).expanduser()
+    path = local if local.is_dir() else _hub_snapshot(ref)
     if path is None:
         return {}
     return hasher.tree(path)

@@ -143,6 +143,8 @@ class PromptEncoder:
             )
             if output[0].ndim == 2:  # the projection model's pooled output, first window
                 pooled = output[0][:1]
+        if pooled is None:  # SDXL's second encoder is a CLIPTextModelWithProjection
+            raise RuntimeError("no text encoder of the model gave a pooled (projected) output")
         embeds = torch.cat(states, dim=-1).to(dtype=pipe.text_encoder_2.dtype)
         return Embedding(embeds=embeds.detach().clone(), pooled=pooled.detach().clone())
 

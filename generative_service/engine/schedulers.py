@@ -24,7 +24,7 @@ from generative_service.rules import DEFAULT_SAMPLER, SAMPLERS, sampler_problem
 __all__ = ["DEFAULT_SAMPLER", "make_scheduler", "x0_prediction"]
 
 # name -> (scheduler class, overrides of the base config)
-_SAMPLERS: dict[str, tuple[type, dict[str, Any]]] = {
+_SAMPLERS: dict[str, tuple[type[Any], dict[str, Any]]] = {
     # DPM++ 2M Karras. NOTE: keep the default final_sigmas_type="zero".
     "dpmpp_2m_karras": (
         DPMSolverMultistepScheduler,

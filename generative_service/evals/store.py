@@ -15,10 +15,12 @@ study at once make each image once.
 
 from __future__ import annotations
 
+import builtins
 import json
 import random
 import secrets
 from pathlib import Path
+from typing import cast
 
 from pydantic import ValidationError
 from redis import Redis
@@ -38,6 +40,7 @@ from generative_service.evals.schemas import (
 )
 from generative_service.evals.study import Item, StudyRecord
 from generative_service.jobs import JobStore
+from generative_service.redis_client import reply_text
 from generative_service.schemas import GenerationRequest, JobStatus, utcnow
 from generative_service.settings import Settings
 
@@ -176,7 +179,7 @@ class EvalStore:
     def list(self, *, owner: str, limit: int = 100) -> list[StudyRecord]:
         out = []
         for raw_id in self.redis.zrevrange(self.owner_key(owner), 0, limit - 1):
-            study_id = raw_id.decode()
+            study_id = reply_text(cast("bytes | str", raw_id))  # no scores asked: members only
             try:
                 out.append(self.get(study_id, owner=owner))
             except NotFound:
@@ -211,7 +214,7 @@ class EvalStore:
 
     async def _submit(self, record: StudyRecord, item: Item) -> bool:
         """Submit `item`'s job. False when the queue has no room for it now."""
-        from generative_service.api import submit
+        from generative_service.api.submit import Submitter
 
         arm = record.arms[item.arm]
         request = self._request(
@@ -219,12 +222,9 @@ class EvalStore:
             study_id=record.id,
         )  # fmt: skip
         try:
-            submitted = await submit.submit(
+            submitter = Submitter(self.jobs, self.redis, self.aredis, self.settings)
+            submitted = await submitter.submit(
                 request,
-                store=self.jobs,
-                redis=self.redis,
-                aredis=self.aredis,
-                settings=self.settings,
                 owner=record.owner,
                 idempotency_key=f"{record.id}.{item.arm}.{item.prompt}.{item.seed}",
             )
@@ -296,15 +296,15 @@ class EvalStore:
             raise Conflict(f"{rater} already answered pair {pair.id}; one vote per rater and pair")
         return stored
 
-    def votes(self, record: StudyRecord) -> list[dict]:
+    def votes(self, record: StudyRecord) -> builtins.list[dict]:
         """Every vote of the study, oldest first."""
         raw = self.redis.hvals(self.votes_key(record.id))
         return sorted((json.loads(value) for value in raw), key=lambda vote: vote["at"])
 
     def answered(self, record: StudyRecord, rater: str) -> set[str]:
-        fields = self.redis.hkeys(self.votes_key(record.id))
-        prefix = f"{rater}\n".encode()
-        return {field[len(prefix) :].decode() for field in fields if field.startswith(prefix)}
+        fields = [reply_text(field) for field in self.redis.hkeys(self.votes_key(record.id))]
+        prefix = f"{rater}\n"
+        return {field.removeprefix(prefix) for field in fields if field.startswith(prefix)}
 
     # --- the public resource --------------------------------------------------------------------
     def to_resource(self, record: StudyRecord, *, base_url: str = "") -> StudyResource:

@@ -138,9 +138,12 @@ class NudeNet:
         ]
         raw = self._detector.detect_batch(arrays, batch_size=len(arrays))
         return [
-            [
-                Detection(d["class"], float(d["score"]), tuple(int(v) for v in d["box"]))
-                for d in found
-            ]
+            [Detection(d["class"], float(d["score"]), _box(d["box"])) for d in found]
             for found in raw
         ]
+
+
+def _box(values: Any) -> tuple[int, int, int, int]:
+    """nudenet's [x, y, w, h] as integers."""
+    x, y, w, h = (int(v) for v in values)
+    return x, y, w, h

@@ -239,11 +239,12 @@ def train(
         run_stage(configs["vae"], vae, vae_loss, work_dir=work, resume=resume, progress=progress)
     )
     vae.requires_grad_(False)
-    base_lat = stages.encode_latents(vae, base_px)
-    bold_lat = stages.encode_latents(vae, bold_px)
-    scale = stages.measure_scaling_factor(*base_lat)
+    base_mean, base_std = stages.encode_latents(vae, base_px)
+    bold_mean, bold_std = stages.encode_latents(vae, bold_px)
+    scale = stages.measure_scaling_factor(base_mean, base_std)
     vae.register_to_config(scaling_factor=scale)
-    latents, bold_latents = stages.Latents(*base_lat, scale), stages.Latents(*bold_lat, scale)
+    latents = stages.Latents(base_mean, base_std, scale)
+    bold_latents = stages.Latents(bold_mean, bold_std, scale)
 
     # 3. UNet (text-to-image).
     scheduler = components.noise_scheduler()

@@ -41,6 +41,8 @@ class EngineDrawer:
         self._tmp = tempfile.TemporaryDirectory(prefix="gensvc-eval-")
         settings = Settings(model=str(model), cache_dir=cache_dir or Path(self._tmp.name))
         root = model_root(settings)
+        if root is None:
+            raise ValueError(f"{model} is not a local model folder (its LoRAs are read from it)")
         self.engine_root = root
         self.settings = settings.model_copy(
             update={

@@ -104,7 +104,7 @@ def edge_f1(images: np.ndarray, control_edges: np.ndarray, *, tolerance: int = 1
     """Mean F1 between each image's Canny edges and its control edges, within `tolerance` pixels."""
     import cv2
 
-    kernel = np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8)
+    kernel: np.ndarray = np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8)
     scores = []
     for edges, control in zip(D.canny_edges(images), control_edges, strict=True):
         near_control = cv2.dilate(control.astype(np.uint8), kernel) > 0
@@ -176,10 +176,10 @@ def evaluate_bundle(
     report["heldout_accuracy"] = accuracy(judge, images, [i.label for i in heldout])
     report["n_heldout_prompts"] = len(heldout)
     report["controlnet"] = evaluate_controlnet(
-        drawer, judge, per_digit=control_per_digit, guidance=guidance, **common
+        drawer, judge, per_digit=control_per_digit, guidance=guidance, steps=steps, sampler=sampler
     )
     report["lora"] = evaluate_lora(
-        drawer, judge, per_digit=control_per_digit, guidance=guidance, **common
+        drawer, judge, per_digit=control_per_digit, guidance=guidance, steps=steps, sampler=sampler
     )
     return report
 

@@ -76,7 +76,7 @@ class Want:
     colour: str | None
     shape: str | None
 
-    def matches(self, obj: Obj) -> bool:
+    def matches(self, obj: Obj | Found) -> bool:
         return (self.colour is None or obj.colour == self.colour) and (
             self.shape is None or obj.shape == self.shape
         )
@@ -117,7 +117,8 @@ def colour_of(name: str, *, pastel: bool = False) -> tuple[int, int, int]:
     rgb = np.array(PALETTE[name], dtype=np.float64)
     if pastel:
         rgb = rgb + (255.0 - rgb) * PASTEL_MIX
-    return tuple(int(round(v)) for v in rgb)
+    red, green, blue = (int(round(v)) for v in rgb)
+    return red, green, blue
 
 
 def render(objects: list[Obj] | tuple[Obj, ...], *, pastel: bool = False) -> np.ndarray:

@@ -193,9 +193,28 @@ function loadJob(job) {
   setStatus(`Loaded ${job.id} (${job.status}).`);
 }
 
+// The form's bounds come from the server (`limits` of GET /v1/models), so no rule is written twice.
+let limits = {};
+
+function setBounds(input, attrs) {
+  for (const [name, value] of Object.entries(attrs)) if (value != null) input[name] = value;
+}
+
+function applyLimits() {
+  const side = { min: limits.min_side, max: limits.max_side, step: limits.side_multiple };
+  setBounds($("width"), side);
+  setBounds($("height"), side);
+  setBounds($("steps"), { max: limits.max_steps });
+  setBounds($("num_images"), { max: limits.max_images_per_job });
+  setBounds($("guidance_scale"), { min: limits.min_guidance, max: limits.max_guidance });
+  setBounds($("control-scale"), { max: limits.max_conditioning_scale });
+}
+
 async function loadOptions() {
   try {
     const models = await apiJson("/v1/models");
+    limits = models.limits || {};
+    applyLimits();
     const sampler = $("sampler");
     const current = sampler.value;
     sampler.replaceChildren(...models.samplers.map((name) => el("option", { value: name, text: name })));
@@ -212,7 +231,7 @@ async function loadOptions() {
     for (const lora of loras) {
       box.append(el("label", { class: "lora" },
         el("input", { type: "checkbox", value: lora.name }), ` ${lora.name} `,
-        el("input", { type: "number", step: "0.1", min: "-4", max: "4", value: "1", "data-scale-for": lora.name, "aria-label": `${lora.name} scale` })));
+        el("input", { type: "number", step: "0.1", min: limits.min_lora_scale, max: limits.max_lora_scale, value: "1", "data-scale-for": lora.name, "aria-label": `${lora.name} scale` })));
     }
   } catch {
     // /v1/models already reported the problem (usually the key)

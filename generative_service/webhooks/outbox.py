@@ -92,18 +92,18 @@ def enqueue_delivery(
 ) -> None:
     """Queue attempt `attempt` of `message`, now or (retries) at `at`."""
     queue = Queue(settings.keys.webhooks_queue, connection=redis)
-    options = {
-        "args": (message, attempt),
-        "job_id": f"{message['id']}_{attempt}",
-        "job_timeout": delivery_timeout_s(settings),
-        "description": f"webhook {message['type']} {message['job_id']} attempt {attempt}",
-        "result_ttl": 0,
-        "failure_ttl": settings.retention_s,
-        "retry": Retry(max=ABANDONED_RETRIES),
-    }
+    args = (message, attempt)
+    job_id = f"{message['id']}_{attempt}"
+    timeout = delivery_timeout_s(settings)
+    description = f"webhook {message['type']} {message['job_id']} attempt {attempt}"
+    retry = Retry(max=ABANDONED_RETRIES)
     if at is None or at <= datetime.now(UTC):
         queue.enqueue_call(
-            DELIVER_FUNC, args=options.pop("args"), timeout=options.pop("job_timeout"), **options
-        )
+            DELIVER_FUNC, args=args, timeout=timeout, job_id=job_id, description=description,
+            result_ttl=0, failure_ttl=settings.retention_s, retry=retry,
+        )  # fmt: skip
     else:
-        queue.enqueue_at(at, DELIVER_FUNC, **options)
+        queue.enqueue_at(
+            at, DELIVER_FUNC, args=args, job_timeout=timeout, job_id=job_id,
+            description=description, result_ttl=0, failure_ttl=settings.retention_s, retry=retry,
+        )  # fmt: skip

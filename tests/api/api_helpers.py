@@ -3,7 +3,11 @@ worker and no torch; check the common error shape."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 from PIL import Image
 from redis import Redis
@@ -65,6 +69,26 @@ class FakeWorker:
         self.start(job_id)
         self.progress(job_id, steps)
         self.succeed(job_id, **kwargs)
+
+    @contextlib.contextmanager
+    def on_first_job(self, act: Callable[[str], None]) -> Iterator[None]:
+        """Run `act(job_id)` on a thread once the first (anonymous) job exists, e.g. while a
+        `Prefer: wait` request is still waiting for it; joined when the block ends."""
+
+        def wait_then_act() -> None:
+            for _ in range(200):
+                jobs = self.store.list(owner="anonymous")[0]
+                if jobs:
+                    act(jobs[0].id)
+                    return
+                time.sleep(0.02)
+
+        thread = threading.Thread(target=wait_then_act)
+        thread.start()
+        try:
+            yield
+        finally:
+            thread.join()
 
 
 def png_size(data: bytes) -> tuple[int, int]:

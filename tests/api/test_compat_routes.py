@@ -8,7 +8,12 @@ import time
 
 import pytest
 
-from generative_service.api.routes.a1111 import Txt2ImgRequest, sampler_of, split_loras
+from generative_service.api.routes.a1111 import (
+    Txt2ImgRequest,
+    sampler_of,
+    split_loras,
+    to_generation_requests,
+)
 
 
 @pytest.mark.parametrize(
@@ -33,6 +38,17 @@ def test_lora_tags_leave_the_prompt():
         [{"name": "ink", "scale": 0.5}, {"name": "bold", "scale": 1.0}],
     )
     assert split_loras("a <lora:ink:0.7:0.2> dog")[1] == [{"name": "ink", "scale": 0.7}]
+
+
+def test_a1111_random_seeds_are_32_bit_like_a1111s():
+    """seed -1: A1111 picks below 2**32, and its clients are mostly JavaScript (SillyTavern, web
+    UIs), whose numbers are exact only up to 2**53: a 62-bit seed came back changed, and reusing
+    it drew another image."""
+    for _ in range(50):
+        jobs = to_generation_requests(Txt2ImgRequest(prompt="x", seed=-1, batch_size=4, n_iter=3))
+        seeds = [job.seed + index for job in jobs for index in range(job.num_images)]
+        assert seeds == list(range(seeds[0], seeds[0] + 12)) and seeds[0] >= 0
+        assert seeds[-1] < 2**32 + 12
 
 
 def test_progress_reports_the_running_job(api_client, fake_worker):

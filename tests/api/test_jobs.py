@@ -3,9 +3,6 @@ A FakeWorker makes the transitions a GPU worker would."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 from api_helpers import check_error, png_size
 
 from generative_service.jobs import JobStore
@@ -119,18 +116,8 @@ def test_idempotency_key_with_another_body_is_409(api_client):
 
 
 def test_prefer_wait_returns_200_when_the_job_finishes(api_client, fake_worker):
-    def finish_first_job() -> None:
-        for _ in range(200):
-            jobs = fake_worker.store.list(owner="anonymous")[0]
-            if jobs:
-                fake_worker.run(jobs[0].id)
-                return
-            time.sleep(0.02)
-
-    worker = threading.Thread(target=finish_first_job)
-    worker.start()
-    response = api_client.post("/v1/jobs", json=OK, headers={"Prefer": "respond-async, wait=5"})
-    worker.join()
+    with fake_worker.on_first_job(fake_worker.run):
+        response = api_client.post("/v1/jobs", json=OK, headers={"Prefer": "respond-async, wait=5"})
     assert response.status_code == 200
     assert response.json()["status"] == "succeeded" and len(response.json()["images"]) == 1
     assert response.headers["preference-applied"] == "wait=5"

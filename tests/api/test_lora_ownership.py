@@ -82,3 +82,29 @@ def test_private_name_shape_is_reserved(tenants):
     name = f"{owner_for_key('key-b')}.ink"
     check_error(clients["admin"].post(f"/v1/loras/{name}", content=lora_bytes(1.0)), 422,
                 "invalid_request", "are reserved")  # fmt: skip
+
+
+def test_client_api_listings_show_only_the_callers_adapters(tenants):
+    """The OpenAI (/openai/v1) and A1111 (/sdapi/v1) listings show shared + own, never another
+    key's private names (nor the stored `key_<hash>.NAME` form)."""
+    _, clients = tenants
+    a, b, admin = clients["a"], clients["b"], clients["admin"]
+    assert a.post("/v1/loras/a-secret", content=lora_bytes(1.0)).status_code == 201
+    assert b.post("/v1/loras/b-own", content=lora_bytes(2.0)).status_code == 201
+    assert admin.post("/v1/loras/house", content=lora_bytes(0.5)).status_code == 201
+
+    def sdapi_names(client) -> list[str]:
+        response = client.get("/sdapi/v1/loras")
+        assert response.status_code == 200, response.text
+        return sorted(item["name"] for item in response.json())
+
+    assert sdapi_names(a) == ["a-secret", "house"]
+    assert sdapi_names(b) == ["b-own", "house"]
+    assert [item["path"] for item in b.get("/sdapi/v1/loras").json()] == [
+        "b-own.safetensors",
+        "house.safetensors",
+    ]
+    for path in ("/sdapi/v1/loras", "/sdapi/v1/sd-models", "/openai/v1/models", "/v1/loras"):
+        answer = b.get(path)
+        assert answer.status_code == 200, (path, answer.text)
+        assert "a-secret" not in answer.text and owner_for_key("key-a") not in answer.text, path

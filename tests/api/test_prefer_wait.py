@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 OK = {"prompt": "a red square", "steps": 10}
 
 
 def test_unfinished_wait_answers_the_running_job_not_the_submit_snapshot(api_client, fake_worker):
-    def start_and_progress() -> None:
-        for _ in range(200):
-            jobs = fake_worker.store.list(owner="anonymous")[0]
-            if jobs:
-                fake_worker.start(jobs[0].id)
-                for step in range(1, 8):
-                    fake_worker.store.report_progress(jobs[0].id, step, 10)
-                return
-            time.sleep(0.02)
+    def start_and_progress(job_id: str) -> None:
+        fake_worker.start(job_id)
+        for step in range(1, 8):
+            fake_worker.store.report_progress(job_id, step, 10)
 
-    worker = threading.Thread(target=start_and_progress)
-    worker.start()
-    response = api_client.post("/v1/jobs", json=OK, headers={"Prefer": "wait=2"})
-    worker.join()
+    with fake_worker.on_first_job(start_and_progress):
+        response = api_client.post("/v1/jobs", json=OK, headers={"Prefer": "wait=2"})
     assert response.status_code == 202 and response.headers["preference-applied"] == "wait=2"
     job = response.json()
     assert job["status"] == "running" and job["started_at"] is not None

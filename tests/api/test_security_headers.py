@@ -46,3 +46,24 @@ def test_lora_name_with_a_trailing_newline_is_refused(api_client, settings, name
     response = api_client.post(f"/v1/loras/{name}", content=b"x" * 64)
     check_error(response, 422, "invalid_request", "name: must be")
     assert not settings.lora_dir.exists() or list(settings.lora_dir.iterdir()) == []
+
+
+def test_an_unhandled_error_500_carries_the_security_headers(settings):
+    """A 500 written by Starlette's ServerErrorMiddleware (outermost) once had none of them."""
+    from fastapi.testclient import TestClient
+
+    from generative_service.api import create_app
+
+    app = create_app(settings)
+
+    def boom() -> None:
+        raise RuntimeError("a bug in a route")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/boom")
+    check_error(response, 500, "internal_error", "internal server error")
+    assert "a bug in a route" not in response.text
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["x-frame-options"] == "DENY"

@@ -17,7 +17,9 @@ KEY = "postman-test-key"
 
 @pytest.fixture
 def settings(make_settings):
-    return make_settings(api_keys=[KEY])
+    # The Walkthrough's first job runs the default 30 steps: past the suite's 120 s job timeout
+    # on a loaded CI machine (the job failed, and with it the download).
+    return make_settings(api_keys=[KEY], job_timeout_s=600)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ fields refused; the settings they set are real, and KEDA watches the queue the s
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 
@@ -119,20 +120,74 @@ def test_settings_are_real_and_valid(monkeypatch: pytest.MonkeyPatch) -> None:
         assert settings.redis_sentinels and settings.storage_url.startswith("s3://")
 
 
+KEDA_QUERY = re.compile(r'^max\((?P<metric>\w+)\{queue="(?P<queue>[\w.-]+)"\}\)$')
+
+
+def keda_trigger() -> dict:
+    scaled = next(doc for _, doc in documents() if doc["kind"] == "ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    return trigger
+
+
+def keda_reads(exposition: str, query: str) -> float:
+    """What Prometheus answers KEDA's `max(METRIC{queue="Q"})` with, scraping this exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    match = KEDA_QUERY.match(query)
+    assert match, f"the test evaluates max(METRIC{{queue=...}}) only, got {query!r}"
+    values = [
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == match["metric"] and sample.labels.get("queue") == match["queue"]
+    ]
+    assert values, f"{match['metric']}{{queue={match['queue']!r}}} is not in /metrics"
+    return max(values)
+
+
 def test_gpu_workers_get_a_gpu_and_keda_watches_their_queue() -> None:
     worker = deployments()["gensvc-gpu-worker"]
     container = worker["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     queue = container["args"][container["args"].index("--queues") + 1]
-    config = next(doc for _, doc in documents() if doc["kind"] == "ConfigMap")["data"]
     scaled = next(doc for _, doc in documents() if doc["kind"] == "ScaledObject")
     assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
-    trigger = scaled["spec"]["triggers"][0]
-    assert trigger["type"] == "redis-sentinel"
-    settings = Settings(key_prefix=config["GENSVC_KEY_PREFIX"])
-    assert trigger["metadata"]["listName"] == settings.keys.rq_queue_list(queue)
-    assert trigger["metadata"]["addresses"] == config["GENSVC_REDIS_SENTINELS"]
-    assert trigger["metadata"]["sentinelMaster"] == config["GENSVC_REDIS_SENTINEL_MASTER"]
+    trigger = keda_trigger()
+    assert trigger["type"] == "prometheus"
+    match = KEDA_QUERY.match(trigger["metadata"]["query"])
+    assert match and match["metric"] == "gensvc_queue_depth" and match["queue"] == queue
+    float(trigger["metadata"]["threshold"])
+    pod = deployments()["gensvc-gateway"]["spec"]["template"]
+    port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert pod["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def test_keda_reads_every_tenants_waiting_jobs(make_settings, make_api_client, redis) -> None:
+    """With API keys each key's jobs wait in their own RQ list; the number the ScaledObject's
+    query reads off /metrics is all of them (the old trigger's one list held none)."""
+    settings = make_settings(api_keys=["key-a", "key-b"])
+    clients = {
+        who: make_api_client(settings, headers={"Authorization": f"Bearer key-{who}"})
+        for who in ("a", "b")
+    }
+    job = {"prompt": "a seven", "steps": 2, "width": 64, "height": 64}
+    ids = [clients["a"].post("/v1/jobs", json=job).json()["id"] for _ in range(3)]
+    ids += [clients["b"].post("/v1/jobs", json=job).json()["id"] for _ in range(2)]
+    query = keda_trigger()["metadata"]["query"]
+
+    def keda_value() -> float:
+        response = clients["a"].get("/metrics")
+        assert response.status_code == 200
+        return keda_reads(response.text, query)
+
+    assert keda_value() == 5
+    assert redis.llen(settings.keys.rq_queue_list("default")) == 0  # what KEDA used to watch
+    assert clients["b"].post(f"/v1/jobs/{ids[-1]}/cancel").status_code in (200, 202)
+    assert keda_value() == 4
 
 
 def test_gateway_service_targets_the_gateway_port() -> None:

@@ -13,6 +13,7 @@ from generative_service import openapi_export
 from generative_service.schemas import GenerationRequest, JobResource
 
 ROOT = Path(__file__).resolve().parents[2]
+WALKTHROUGH_MODELS = ("demo", "tiny")  # the models the package ships or builds itself
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,10 @@ def test_postman_walkthrough_asserts_every_answer_and_uploads_a_real_file(collec
     uploads = [i["request"] for i in walkthrough["item"] if i["name"].startswith("Upload")]
     files = [f["src"] for f in uploads[0]["body"]["formdata"] if f["type"] == "file"]
     files.append(uploads[1]["body"]["file"]["src"])
-    assert len(files) == 2 and all((ROOT / src).stat().st_size > 1000 for src in files)
+    # scripts/postman runs newman in openapi/loras/<served model>/: a real file for each model.
+    assert files == [openapi_export.LORA_FILE] * 2
+    for model in WALKTHROUGH_MODELS:
+        assert (ROOT / "openapi/loras" / model / openapi_export.LORA_FILE).stat().st_size > 1000
     # It deletes only the adapters it uploaded under names of its own.
     deleted = [
         i["request"]["url"]["raw"]
@@ -168,3 +172,22 @@ def test_operation_ids_make_clean_sdk_names(spec):
     assert all(re.fullmatch(r"[a-z][A-Za-z0-9]*", op_id) for op_id in ids), ids
     assert {"submitJob", "getJob", "listJobs", "cancelJob", "streamJobEvents", "getJobImage",
             "listLoras", "uploadLora", "deleteLora", "getModels"} <= set(ids)  # fmt: skip
+
+
+def test_the_walkthrough_lora_fits_the_embedded_demo_model():
+    """The upload check the gateway makes, against the layers the demo model's worker publishes:
+    `make postman` against a default `gensvc up` uploads this file (tiny's: tests/clients)."""
+    from types import SimpleNamespace
+
+    from diffusers import UNet2DConditionModel
+    from safetensors import safe_open
+
+    from generative_service.engine import paths
+    from generative_service.engine.lora import target_layers
+    from generative_service.lora_fit import check_fit
+
+    unet = UNet2DConditionModel.from_pretrained(paths.DEMO_ROOT / "pipeline", subfolder="unet")
+    with safe_open(ROOT / "openapi/loras/demo" / openapi_export.LORA_FILE, "pt") as lora:
+        shapes = {key: list(lora.get_slice(key).get_shape()) for key in lora.keys()}
+    assert shapes
+    check_fit(shapes, target_layers(SimpleNamespace(unet=unet)), model="demo")

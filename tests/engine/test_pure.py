@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from generative_service.engine.batching import batch_key, images_in
+from generative_service.engine.compatibility import batch_key, images_in
 from generative_service.engine.paths import (
     default_size,
     list_lora_names,
@@ -31,7 +31,7 @@ def request(**overrides) -> GenerationRequest:
 
 def test_gateway_imports_do_not_pull_torch():
     code = (
-        "import sys, generative_service.engine, generative_service.engine.batching, generative_service.engine.paths;"
+        "import sys, generative_service.engine, generative_service.engine.compatibility, generative_service.engine.paths;"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

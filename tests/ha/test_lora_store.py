@@ -4,8 +4,12 @@ fetched on first use, and a replaced or deleted adapter is never served from the
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+from collections.abc import Iterator
 
 import boto3
+import httpx
 import numpy as np
 import pytest
 from safetensors.numpy import save
@@ -44,8 +48,8 @@ def test_uploads_go_to_the_bucket(make_s3_settings, make_api_client) -> None:
     assert head(settings, "ink")["Metadata"] == {"sha256": sha256}
     assert not settings.lora_dir.exists()  # nothing on the gateway's disk
     (listed,) = client.get("/v1/loras").json()["data"]
-    # a listing has no metadata; GET /v1/loras/NAME has it
-    assert listed.items() >= {"name": "ink", "size_bytes": len(data), "sha256": None}.items()
+    # S3's listing has no metadata: the gateway asks for each adapter's (it once showed null)
+    assert listed.items() >= {"name": "ink", "size_bytes": len(data), "sha256": sha256}.items()
     assert client.get("/v1/loras/ink").json()["sha256"] == sha256
     assert client.get("/v1/models").json()["loras"] == ["ink"]
     check_error(
@@ -88,3 +92,52 @@ def test_worker_cache_follows_the_current_version(make_s3_settings, tmp_path) ->
     replaced = worker.fetch("ink")
     assert replaced.name == f"{second}.safetensors" and replaced != path
     assert replaced.read_bytes() == lora_bytes(3.0)
+
+
+def test_two_uploads_of_one_new_name_at_once_one_wins_the_other_is_409(
+    make_s3_settings, start_service
+) -> None:
+    """Both uploads pass the "does it exist" check before their bodies arrive; only one may be
+    written (S3 If-None-Match: *), the other is a 409, and the stored file is the winner's."""
+    settings = make_s3_settings()
+    gateway = start_service(settings, workers=0)
+    bodies = {"first": lora_bytes(1.0), "second": lora_bytes(2.0)}
+    release = threading.Event()
+    started = threading.Barrier(3)
+    answers: dict[str, httpx.Response] = {}
+
+    def upload(which: str) -> None:
+        data = bodies[which]
+
+        def chunks() -> Iterator[bytes]:
+            yield data[:8]  # the gateway's existence check runs before it reads the rest
+            started.wait(timeout=30)
+            release.wait(timeout=30)
+            yield data[8:]
+
+        answers[which] = httpx.post(
+            f"{gateway.base_url}/v1/loras/ink",
+            content=chunks(),
+            headers={"content-type": "application/octet-stream"},
+            timeout=60,
+        )
+
+    threads = [threading.Thread(target=upload, args=(which,)) for which in bodies]
+    for thread in threads:
+        thread.start()
+    started.wait(timeout=30)
+    time.sleep(1.0)  # both requests are in the route, past the check, waiting for their bodies
+    release.set()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    statuses = sorted(response.status_code for response in answers.values())
+    assert statuses == [201, 409], {k: v.text for k, v in answers.items()}
+    (winner,) = [which for which, response in answers.items() if response.status_code == 201]
+    (loser,) = [which for which, response in answers.items() if response.status_code == 409]
+    check_error(answers[loser], 409, message="already exists")
+    stored = hashlib.sha256(bodies[winner]).hexdigest()
+    assert head(settings, "ink")["Metadata"] == {"sha256": stored}
+    assert answers[winner].json()["sha256"] == stored
+    listed = httpx.get(f"{gateway.base_url}/v1/loras").json()["data"]
+    assert [(item["name"], item["sha256"]) for item in listed] == [("ink", stored)]

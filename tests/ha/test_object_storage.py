@@ -120,3 +120,30 @@ def test_gateway_creates_a_missing_bucket(make_s3_settings, make_api_client) -> 
     bucket = fresh.storage_url.removeprefix("s3://").partition("/")[0]
     client = boto3.client("s3", endpoint_url=fresh.s3_endpoint_url)
     assert bucket in [item["Name"] for item in client.list_buckets()["Buckets"]]
+
+
+def test_create_only_write_falls_back_where_the_server_refuses_the_condition(make_s3_settings):
+    """moto honours `If-None-Match: *`; a server answering 501 to it (botocore's Stubber stands
+    in for one) still gets the object, with a plain PUT of the same bytes."""
+    import io
+
+    from botocore.stub import ANY, Stubber
+
+    from generative_service.errors import Conflict
+    from generative_service.object_store import ObjectStore
+
+    store = ObjectStore(make_s3_settings())
+    store.put("loras/a.safetensors", io.BytesIO(b"first"), if_absent=True)
+    with pytest.raises(Conflict, match="already exists"):
+        store.put("loras/a.safetensors", io.BytesIO(b"second"), if_absent=True)
+    assert store.get("loras/a.safetensors")[0] == b"first"
+
+    with Stubber(store.client) as stub:
+        expected = {"Bucket": ANY, "Key": ANY, "Body": ANY, "ContentType": ANY, "Metadata": ANY}
+        stub.add_client_error(
+            "put_object", "NotImplemented", http_status_code=501,
+            expected_params={**expected, "IfNoneMatch": "*"},
+        )  # fmt: skip
+        stub.add_response("put_object", {}, expected_params=expected)
+        store.put("loras/b.safetensors", io.BytesIO(b"bytes"), if_absent=True)
+        stub.assert_no_pending_responses()  # refused with the condition, then written without

@@ -13,6 +13,8 @@ import pytest
 from browser import console_errors
 from support import wait_for
 
+from generative_service import rules
+
 pytest.importorskip("selenium")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
@@ -55,6 +57,11 @@ def test_playground_generates_an_image_with_live_progress(
     assert prompt.get_attribute("placeholder") == "a red circle above a blue square"
     prompt.send_keys("a red circle above a blue square")
     steps = browser.find_element(By.ID, "steps")
+    # the form's bounds are the server's rules (GET /v1/models limits), not a second copy
+    assert steps.get_attribute("max") == str(rules.MAX_STEPS)
+    assert browser.find_element(By.ID, "width").get_attribute("step") == str(rules.SIDE_MULTIPLE)
+    guidance = browser.find_element(By.ID, "guidance_scale")
+    assert float(guidance.get_attribute("max")) == rules.MAX_GUIDANCE
     steps.clear()
     steps.send_keys("8")
     browser.find_element(By.ID, "seed").send_keys("1234")

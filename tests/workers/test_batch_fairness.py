@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from rq.job import Job
 
-from generative_service.engine.batching import batch_key
+from generative_service.engine.compatibility import batch_key
 from generative_service.jobs import owner_for_key
 from generative_service.schemas import GenerationRequest
-from workers.batcher import Batcher
+from workers.batch_filler import BatchFiller
 from workers.fairshare import TenantQueues, fair_queue_class
 
 A, B = owner_for_key("key-a"), owner_for_key("key-b")
@@ -18,8 +18,8 @@ def _submit(jobs, owner: str, seed: int) -> str:
     return jobs.store.create(request, owner=owner)[0].id
 
 
-def _batcher(jobs, tenants=None) -> Batcher:
-    return Batcher(
+def _batcher(jobs, tenants=None) -> BatchFiller:
+    return BatchFiller(
         jobs.store,
         jobs.settings,
         validate=lambda r: None,

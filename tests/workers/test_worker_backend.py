@@ -33,4 +33,4 @@ def test_worker_whose_backend_cannot_start_exits_with_the_reason(
     assert process.wait(timeout=300) == EXIT_CONFIG
     logs = service.logs("worker-0")
     assert "GENSVC_ONNX_PROVIDER" in logs and "cuda" in logs
-    assert service.live_workers() == 0
+    assert service.live_worker_count() == 0

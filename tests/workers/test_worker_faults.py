@@ -100,7 +100,7 @@ def test_sigterm_finishes_the_running_batch_then_exits(
 
     records = [jobs.get(job_id) for job_id in ids]
     assert all(record.status == "succeeded" and record.attempts == 1 for record in records)
-    assert service.live_workers() == 0  # a clean exit removes the liveness key at once
+    assert service.live_worker_count() == 0  # a clean exit removes the liveness key at once
     assert jobs.registries()["finished"] == set(ids)
 
 
@@ -170,7 +170,9 @@ def test_worker_waits_out_a_redis_restart_and_keeps_working(
     after = jobs.submit(seed=2)
     assert jobs.wait_terminal([after])[0].status == "succeeded"
     assert jobs.get(before).status == "succeeded"  # persisted state survived the restart
-    wait_for(lambda: service.live_workers() == 1, what="the worker's liveness key to come back")
+    wait_for(
+        lambda: service.live_worker_count() == 1, what="the worker's liveness key to come back"
+    )
 
 
 @pytest.fixture

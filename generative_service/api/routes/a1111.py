@@ -22,22 +22,21 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicC
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from generative_service import rules
 from generative_service.api import errors, loras, submit
 from generative_service.api.deps import (
-    AsyncRedisDep,
     RedisDep,
     SettingsDep,
     StorageDep,
     StoreDep,
+    SubmitterDep,
     _bearer,
-    get_owner,
+    caller_owner,
 )
 from generative_service.api.responses import error_responses
-from generative_service.api.routes.openai_compat import ServerTimeout
 from generative_service.errors import InvalidRequest, ServiceError
 from generative_service.jobs import JobRecord, JobStore
-from generative_service.schemas import MAX_SEED, GenerationRequest, JobStatus
-from generative_service.settings import Settings
+from generative_service.schemas import GenerationRequest, JobStatus
 
 PREFIX = "/sdapi/v1"
 router = APIRouter(prefix=PREFIX, tags=["automatic1111"])
@@ -116,7 +115,7 @@ _basic = HTTPBasic(
 )
 
 
-def get_sdapi_owner(
+def sdapi_caller_owner(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
     basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)] = None,
@@ -124,10 +123,10 @@ def get_sdapi_owner(
     """The caller as `/v1` sees it; HTTP Basic (A1111's `--api-auth`) carries the key as password."""
     if bearer is None and basic is not None:
         bearer = HTTPAuthorizationCredentials(scheme="Bearer", credentials=basic.password)
-    return get_owner(request, bearer)
+    return caller_owner(request, bearer)
 
 
-SdapiOwner = Annotated[str, Depends(get_sdapi_owner)]
+SdapiOwner = Annotated[str, Depends(sdapi_caller_owner)]
 
 
 def sampler_of(body: Txt2ImgRequest) -> str:
@@ -166,7 +165,7 @@ def _renamed(exc: InvalidRequest) -> InvalidRequest:
 def to_generation_requests(body: Txt2ImgRequest) -> list[GenerationRequest]:
     """One job per `n_iter`; job k's first seed is `seed + k * batch_size`, as in A1111."""
     prompt, lora_specs = split_loras(body.prompt)
-    seed = body.seed if body.seed >= 0 else secrets.randbelow(MAX_SEED // 2)
+    seed = body.seed if body.seed >= 0 else secrets.randbelow(rules.RANDOM_SEEDS)
     fields: dict[str, Any] = {
         "prompt": prompt,
         "negative_prompt": body.negative_prompt,
@@ -184,8 +183,7 @@ def to_generation_requests(body: Txt2ImgRequest) -> list[GenerationRequest]:
             GenerationRequest(**fields, seed=seed + k * body.batch_size) for k in range(body.n_iter)
         ]
     except ValidationError as exc:
-        first = errors.validation_details(list(exc.errors()))[0]
-        raise _renamed(InvalidRequest(first["field"], first["message"])) from None
+        raise _renamed(errors.first_problem(exc)) from None
 
 
 @router.post(
@@ -197,21 +195,18 @@ def to_generation_requests(body: Txt2ImgRequest) -> list[GenerationRequest]:
 )
 async def txt2img(
     body: Txt2ImgRequest,
-    store: StoreDep,
-    redis: RedisDep,
-    aredis: AsyncRedisDep,
+    submitter: SubmitterDep,
     settings: SettingsDep,
     storage: StorageDep,
     owner: SdapiOwner,
 ) -> Txt2ImgResponse:
     """Runs `n_iter` jobs and answers once all are done (at most GENSVC_COMPAT_WAIT_S)."""
+    store = submitter.store
     jobs = to_generation_requests(body)
     records: list[JobRecord] = []
     try:
         for job in jobs:
-            submitted = await submit.submit(
-                job, store=store, redis=redis, aredis=aredis, settings=settings, owner=owner
-            )
+            submitted = await submitter.submit(job, owner=owner)
             records.append(submitted.record)
     except InvalidRequest as exc:
         raise _renamed(exc) from None
@@ -221,13 +216,15 @@ async def txt2img(
         raise
     await asyncio.gather(
         *(
-            submit.wait_for_end(aredis, settings.key_prefix, record.id, settings.compat_wait_s)
+            submit.wait_for_end(
+                submitter.aredis, settings.key_prefix, record.id, settings.compat_wait_s
+            )
             for record in records
         )
     )
     records = [await run_in_threadpool(store.get, record.id) for record in records]
     for record in records:
-        _check_finished(record, settings)
+        submit.require_succeeded(record, settings)
     images: list[str] = []
     seeds: list[int] = []
     for record in records:
@@ -236,23 +233,9 @@ async def txt2img(
             if body.send_images and not image.blocked and image.url:
                 raw, _ = await run_in_threadpool(storage.get, record.id, image.index)
                 images.append(base64.b64encode(raw).decode())
-    model = await run_in_threadpool(submit.served_model, redis, settings)
+    model = await run_in_threadpool(submit.served_model, submitter.redis, settings)
     info = _info(body, jobs[0], records, seeds, model)
     return Txt2ImgResponse(images=images, parameters=body.model_dump(), info=json.dumps(info))
-
-
-def _check_finished(record: JobRecord, settings: Settings) -> None:
-    if record.status == JobStatus.succeeded:
-        return
-    if not record.status.is_terminal:
-        raise ServerTimeout(
-            f"job {record.id} is still {record.status.value} after {settings.compat_wait_s:g} s (GENSVC_COMPAT_WAIT_S); GET /v1/jobs/{record.id} follows it",
-            details={"job_id": record.id},
-        )
-    reason = record.error.message if record.error else record.status.value
-    error = ServiceError(f"job {record.id} {record.status.value}: {reason}")
-    error.code = record.error.code if record.error else record.status.value
-    raise error
 
 
 def _info(

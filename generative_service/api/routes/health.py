@@ -21,7 +21,7 @@ def healthz() -> Health:
     return Health()
 
 
-def live_workers(redis: Redis, settings: Settings, queue: str = "default") -> int:
+def live_worker_count(redis: Redis, settings: Settings, queue: str = "default") -> int:
     """Live GPU workers (unexpired `P:worker:*` keys) that serve `queue`.
 
     A key whose value is JSON with a `queues` list counts only if it names the queue (logical or
@@ -56,7 +56,7 @@ def readyz(redis: RedisDep, settings: SettingsDep) -> JSONResponse:
     try:
         redis.ping()
         checks["redis"] = ReadyCheck(ok=True)
-        live = live_workers(redis, settings)
+        live = live_worker_count(redis, settings)
         reason = None if live else "no live GPU worker serves the default queue"
         checks["workers"] = ReadyCheck(ok=live > 0, live=live, reason=reason)
     except RedisError as exc:

@@ -16,6 +16,7 @@ from generative_service.api.deps import (
     SettingsDep,
     StorageDep,
     StoreDep,
+    SubmitterDep,
 )
 from generative_service.api.responses import WebhookAttempts, error_responses
 from generative_service.errors import NotFound
@@ -82,9 +83,7 @@ _JOB_JSON = {"application/json": {"example": _RESOURCE_EXAMPLE}}
 async def submit_job(
     body: GenerationRequest,
     response: Response,
-    store: StoreDep,
-    redis: RedisDep,
-    aredis: AsyncRedisDep,
+    submitter: SubmitterDep,
     settings: SettingsDep,
     owner: OwnerDep,
     idempotency_key: Annotated[
@@ -105,15 +104,8 @@ async def submit_job(
 ) -> JobResource:
     """Validate, enqueue and answer at once (202), unless `Prefer: wait=N` asks to wait for the result."""
     wait_s = submit.parse_prefer_wait(prefer, settings)
-    submitted = await submit.submit(
-        body,
-        store=store,
-        redis=redis,
-        aredis=aredis,
-        settings=settings,
-        owner=owner,
-        idempotency_key=idempotency_key,
-        wait_s=wait_s,
+    submitted = await submitter.submit(
+        body, owner=owner, idempotency_key=idempotency_key, wait_s=wait_s
     )
     record, resource = submitted.record, submitted.resource
     if submitted.waited:

@@ -18,17 +18,15 @@ from starlette.concurrency import run_in_threadpool
 from generative_service import rules
 from generative_service.api import errors, submit
 from generative_service.api.deps import (
-    AsyncRedisDep,
     OwnerDep,
     RedisDep,
     SettingsDep,
     StorageDep,
-    StoreDep,
+    SubmitterDep,
 )
 from generative_service.api.responses import error_responses
-from generative_service.errors import InvalidRequest, ServiceError
-from generative_service.schemas import GenerationRequest, JobStatus
-from generative_service.settings import Settings
+from generative_service.errors import InvalidRequest
+from generative_service.schemas import GenerationRequest
 
 PREFIX = "/openai/v1"
 router = APIRouter(prefix=PREFIX, tags=["openai"])
@@ -48,11 +46,6 @@ QUALITY_STEPS: dict[str, int | None] = {
 }
 # Our request field -> the OpenAI parameter a client wrote.
 PARAM_OF = {"num_images": "n", "width": "size", "height": "size", "output_format": "output_format"}
-
-
-class ServerTimeout(ServiceError):
-    status_code = 504
-    code = "timeout"
 
 
 class UnknownModel(InvalidRequest):
@@ -186,8 +179,7 @@ def to_generation_request(body: ImageGenerationRequest, model: str) -> Generatio
     try:
         return GenerationRequest(**fields)
     except ValidationError as exc:
-        first = errors.validation_details(list(exc.errors()))[0]
-        raise _renamed(InvalidRequest(first["field"], first["message"])) from None
+        raise _renamed(errors.first_problem(exc)) from None
 
 
 @router.post(
@@ -201,32 +193,23 @@ def to_generation_request(body: ImageGenerationRequest, model: str) -> Generatio
 async def create_image(
     body: ImageGenerationRequest,
     request: Request,
-    store: StoreDep,
-    redis: RedisDep,
-    aredis: AsyncRedisDep,
+    submitter: SubmitterDep,
     settings: SettingsDep,
     storage: StorageDep,
     owner: OwnerDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> ImagesResponse:
     """Runs one job through the queue and answers once it is done (at most GENSVC_COMPAT_WAIT_S)."""
-    model = await run_in_threadpool(submit.served_model, redis, settings)
+    model = await run_in_threadpool(submit.served_model, submitter.redis, settings)
     job = to_generation_request(body, model)
     try:
-        submitted = await submit.submit(
-            job,
-            store=store,
-            redis=redis,
-            aredis=aredis,
-            settings=settings,
-            owner=owner,
-            idempotency_key=idempotency_key,
-            wait_s=settings.compat_wait_s,
+        submitted = await submitter.submit(
+            job, owner=owner, idempotency_key=idempotency_key, wait_s=settings.compat_wait_s
         )
     except InvalidRequest as exc:
         raise _renamed(exc) from None
     record = submitted.record
-    finished_job(record, settings)
+    submit.require_succeeded(record, settings)
     shown = [image for image in record.images if not image.blocked and image.url]
     if not shown:
         raise InvalidRequest(
@@ -245,24 +228,6 @@ async def create_image(
     return ImagesResponse(
         created=created, data=data, output_format=record.request.output_format, size=size
     )
-
-
-def finished_job(record, settings: Settings) -> None:
-    """Raise unless the job succeeded: 504 while it still runs, 500 when it failed or was canceled."""
-    if record.status == JobStatus.succeeded:
-        return
-    where = f"GET /v1/jobs/{record.id}"
-    if not record.status.is_terminal:
-        raise ServerTimeout(
-            f"job {record.id} is still {record.status.value} after {settings.compat_wait_s:g} s (GENSVC_COMPAT_WAIT_S); {where} follows it",
-            details={"job_id": record.id},
-        )
-    reason = record.error.message if record.error else record.status.value
-    error = ServiceError(
-        f"job {record.id} {record.status.value}: {reason}", details={"job_id": record.id}
-    )
-    error.code = record.error.code if record.error else record.status.value
-    raise error
 
 
 @router.get(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,11 @@ class OrtBackend(Backend):
             )
         return session
 
+    def _export_controlnet(self, controlnet: Any, path: Path) -> None:
+        onnx_export.export_controlnet(
+            controlnet, self.unet.config, path, latent_size=self.latent_size
+        )
+
     def _export_settings(self) -> dict[str, Any]:
         return {
             "exporter": onnx_export.EXPORTER,
@@ -184,9 +190,7 @@ class OrtBackend(Backend):
             graph = self.cache.get(
                 f"controlnet-{kind}",
                 {"weights": self._weights(f"controlnet_{kind}"), **self._export_settings()},
-                lambda path, module=controlnet: onnx_export.export_controlnet(
-                    module, self.unet.config, path, latent_size=self.latent_size
-                ),
+                partial(self._export_controlnet, controlnet),
             )
             self.graphs[f"controlnet_{kind}"] = graph.key
             self.start_seconds[f"controlnet_{kind}"] = graph.seconds

@@ -1,6 +1,6 @@
 """Fill a batch around the job RQ handed out with compatible jobs waiting in the same logical queue.
 
-RQ dequeues one job. The batcher looks at the jobs waiting in every API key's RQ queue of the same
+RQ dequeues one job. The filler looks at the jobs waiting in every API key's RQ queue of the same
 logical queue (fairshare.py) and claims those with the same `batch_key`, taking the keys in turn
 (the first waiting job of each key, then the second, ...), until the batch holds
 GENSVC_MAX_BATCH_IMAGES images: compatible jobs of different keys share batches, and one key's
@@ -22,11 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from generative_service.engine.batching import batch_key, images_in
+from generative_service.engine.compatibility import batch_key, images_in
 from generative_service.errors import ServiceError
 from generative_service.jobs import JobStore
 from generative_service.record import JobRecord
-from generative_service.schemas import JobStatus
+from generative_service.redis_client import reply_text
+from generative_service.schemas import GenerationRequest, JobStatus
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -51,7 +52,7 @@ return 0
 
 @dataclass
 class Candidate:
-    """What the batcher knows about one waiting job (cached across looks)."""
+    """What the filler knows about one waiting job (cached across looks)."""
 
     record: JobRecord | None
     key: str | None = None
@@ -76,7 +77,7 @@ class Batch:
         return sum(images_in(record.request) for _, record in self.jobs)
 
 
-class Batcher:
+class BatchFiller:
     """Claims compatible waiting jobs for the job RQ handed out.
 
     Args:
@@ -91,7 +92,7 @@ class Batcher:
         store: JobStore,
         settings: Settings,
         *,
-        validate: Callable,
+        validate: Callable[[GenerationRequest], None],
         should_stop: Callable[[], bool],
         tenants: TenantQueues | None = None,
     ) -> None:
@@ -149,33 +150,37 @@ class Batcher:
         pipe = self.store.redis.pipeline(transaction=False)
         for queue in group:
             pipe.lrange(queue.key, 0, SCAN_DEPTH - 1)
-        listed = [[_text(value) for value in ids] for ids in pipe.execute()]
+        listed = [[reply_text(value) for value in ids] for ids in pipe.execute()]
         self._look_up([i for ids in listed for i in ids if i not in seen], seen)
         per_queue = [
-            [(queue, seen[i]) for i in ids if seen[i].key == batch.key]
+            [
+                (queue, candidate.record, candidate.images)
+                for candidate in (seen[i] for i in ids)
+                if candidate.key == batch.key and candidate.record is not None
+            ]
             for queue, ids in zip(group, listed, strict=True)
         ]
         for lane in per_queue:
-            lane.sort(key=lambda item: item[1].record.created_at)  # oldest first within a key
+            lane.sort(key=lambda item: item[1].created_at)  # oldest first within a key
         # Round robin across keys: every key's first compatible job, then every key's second, ...
         turns = [item for rank in range(SCAN_DEPTH) for lane in per_queue if rank < len(lane) for item in [lane[rank]]]  # fmt: skip
         bound = self.settings.max_running_per_key
         if bound:
-            self._running_counts(batch, [c.record.owner for _, c in turns], running)
-        for queue, candidate in turns:
-            if batch.images + candidate.images > capacity:
+            self._running_counts(batch, [record.owner for _, record, _ in turns], running)
+        for queue, record, images in turns:
+            if batch.images + images > capacity:
                 continue
-            owner = candidate.record.owner
+            owner = record.owner
             if bound and running[owner] >= bound:
                 continue
-            job_id = candidate.record.id
+            job_id = record.id
             if not self._claim(keys=[queue.key, queue.intermediate_queue_key], args=[job_id]):
                 continue  # another worker took it (or it was canceled) meanwhile
             rq_job = queue.fetch_job(job_id)
             if rq_job is None:
                 self.store.redis.lrem(queue.intermediate_queue_key, 0, job_id)
                 continue
-            batch.jobs.append((rq_job, candidate.record))
+            batch.jobs.append((rq_job, record))
             batch.queues[job_id] = queue
             running[owner] = running.get(owner, 0) + 1
             seen[job_id] = Candidate(None)  # taken: never look at it again
@@ -216,7 +221,3 @@ def _age_s(record: JobRecord) -> float:
     from generative_service.schemas import utcnow
 
     return max(0.0, (utcnow() - record.created_at).total_seconds())
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rq.job import Job
 
-from generative_service.engine.batching import batch_key
+from generative_service.engine.compatibility import batch_key
 from generative_service.errors import InvalidRequest
-from workers.batcher import Batcher
+from workers.batch_filler import BatchFiller
 
 
 def _validate(request) -> None:
@@ -14,8 +14,8 @@ def _validate(request) -> None:
         raise InvalidRequest("prompt", "rejected by this test's engine")
 
 
-def _batcher(jobs, *, stop: bool = False) -> Batcher:
-    return Batcher(jobs.store, jobs.settings, validate=_validate, should_stop=lambda: stop)
+def _batcher(jobs, *, stop: bool = False) -> BatchFiller:
+    return BatchFiller(jobs.store, jobs.settings, validate=_validate, should_stop=lambda: stop)
 
 
 def _hand_out(jobs):
