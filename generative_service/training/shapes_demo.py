@@ -45,8 +45,8 @@ def stage_configs(budget: str) -> dict:
                  warmup_steps=30, seed=21, checkpoint_every=25),
         "unet": C("unet", steps=600 if short else 3000, batch_size=32 if short else 64, lr=1e-3,
                   warmup_steps=50, ema_decay=0.999, seed=22, checkpoint_every=25),
-        "decoder": C("decoder", steps=900 if short else 1200, batch_size=16 if short else 32,
-                     lr=1e-3, warmup_steps=10, seed=23, checkpoint_every=25),
+        "decoder": C("decoder", steps=300 if short else 1200, batch_size=16 if short else 32,
+                     lr=5e-4, warmup_steps=10, seed=23, checkpoint_every=25),
         "controlnet": C("controlnet", steps=40 if short else 400, batch_size=16 if short else 32,
                         lr=2e-3, warmup_steps=10, seed=24, checkpoint_every=20),
         "lora": C("lora", steps=30 if short else 200, batch_size=16 if short else 32,
@@ -184,7 +184,8 @@ def train(
     controlnet.requires_grad_(False)
 
     # 5. `pastel` LoRA on a copy of the frozen UNet (peft wraps the layers it targets).
-    pastel = M.scene_set(len(data.pixels), tokenizers, seed=1, pastel=True)
+    # The first scenes of the training set again, drawn pastel (a style needs fewer examples).
+    pastel = M.scene_set(min(len(data.pixels), 2000), tokenizers, seed=1, pastel=True)
     p_mean, p_std = stages.encode_latents(vae, pastel.pixels)
     pastel_latents = stages.Latents(p_mean, p_std, scale)
     lora_config = LoraConfig(r=8, lora_alpha=8, target_modules=components.LORA_TARGETS)
