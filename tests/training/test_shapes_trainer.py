@@ -1,5 +1,7 @@
 """`gensvc models train-demo --world shapes` on the quick budget, end to end through the Engine,
-and the pieces the shapes evaluation stands on (issue #19)."""
+and the pieces the shapes evaluation stands on (issue #19).
+
+The quick training (minutes on a loaded 2-core machine) and what uses it are `slow`."""
 
 from __future__ import annotations
 
@@ -79,6 +81,8 @@ def test_unet_attends_to_the_text_at_both_resolutions():
     assert all(hasattr(b, "attentions") for b in unet.up_blocks)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_quick_shapes_bundle_draws_through_the_engine(quick_shapes):
     bundle = quick_shapes / "bundle"
     info = json.loads((bundle / "bundle.json").read_text())
@@ -104,6 +108,8 @@ def test_quick_shapes_bundle_draws_through_the_engine(quick_shapes):
     assert np.array_equal(images[0], images[1])  # same seed, same image
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_resumed_quick_training_equals_an_uninterrupted_one(quick_shapes, tmp_path):
     """Kill-and-resume is exact: drop the later stages' checkpoints and resume."""
     work = tmp_path / "work"
@@ -131,6 +137,8 @@ def test_edge_f1_and_placement_read_real_renders_right():
     assert E.edge_f1(other, S.canny_edges(real)) < 0.6
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_quality_benchmark_shapes_section_runs_on_a_bundle(quick_shapes):
     spec = importlib.util.spec_from_file_location("quality_bench", _ROOT / "benchmarks/quality.py")
     quality = importlib.util.module_from_spec(spec)
