@@ -1,6 +1,7 @@
 """`gensvc models train-demo`: train the embedded demo model on scikit-learn's digits.
 
     gensvc models train-demo [--out DIR] [--budget quick|full] [--resume] [--work DIR] [--no-eval]
+    gensvc models train-demo --world shapes [--budget quick|short|full] [--resume] [--eval-only] ...
     python -m generative_service.training.demo ...
 
 Stages: VAE -> (measure the latent scaling factor) -> UNet -> canny ControlNet -> `bold` LoRA,
@@ -70,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
         "--budget",
         choices=(*BUDGETS, "short"),
         default="full",
-        help="step budget: quick (seconds, smoke test) or full (the committed model)",
+        help="step budget: quick (seconds, smoke test), full (the committed model); "
+        "shapes also: short (what a loaded 2-core CPU trains in ~1.5 h)",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the checkpoints in the work directory"
