@@ -143,8 +143,8 @@ def _report(rows: list[dict], args) -> str:
     lines += [
         "",
         "Cancel points: every denoising step and each UNet block (not with GENSVC_ENGINE_BACKEND=compile), "
-        "each VAE decoder convolution, before each image's safety check, before upscaling, before every upscaler tile and "
-        "convolution, before storing and before each image is encoded.",
+        "each VAE decoder convolution, before each image's safety check, before upscaling, while the upscaler's weights load on first use, before every upscaler tile and "
+        "convolution, before storing, before each image is encoded and between the blocks a PNG/JPEG encoder writes.",
     ]
     return "\n".join(lines)
 

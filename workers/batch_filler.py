@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING
 
 from generative_service.engine.compatibility import batch_key, images_in
@@ -77,6 +77,7 @@ class Batch:
         return sum(images_in(record.request) for _, record in self.jobs)
 
 
+@dataclass(eq=False)  # identity semantics, as a plain class has
 class BatchFiller:
     """Claims compatible waiting jobs for the job RQ handed out.
 
@@ -87,21 +88,15 @@ class BatchFiller:
         should_stop: returns True when the worker is shutting down (stop filling at once).
     """
 
-    def __init__(
-        self,
-        store: JobStore,
-        settings: Settings,
-        *,
-        validate: Callable[[GenerationRequest], None],
-        should_stop: Callable[[], bool],
-        tenants: TenantQueues | None = None,
-    ) -> None:
-        self.store = store
-        self.settings = settings
-        self.validate = validate
-        self.should_stop = should_stop
-        self.tenants = tenants
-        self._claim = store.redis.register_script(_CLAIM)
+    store: JobStore
+    settings: Settings
+    _: KW_ONLY
+    validate: Callable[[GenerationRequest], None]
+    should_stop: Callable[[], bool]
+    tenants: TenantQueues | None = None
+
+    def __post_init__(self) -> None:
+        self._claim = self.store.redis.register_script(_CLAIM)
 
     def check(self, record: JobRecord) -> Candidate:
         """Validate one job for this worker: its batch key and image count, or the error."""

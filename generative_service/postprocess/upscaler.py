@@ -26,6 +26,7 @@ from generative_service.settings import Settings
 WEIGHT_SUFFIXES = (".pth", ".safetensors", ".pt", ".ckpt")
 MODEL_SCALE = 4
 FACTORS = (2, 4)
+LOAD_CHECK_S = 0.05  # how often a cancel is checked while the weights load on first use
 
 
 def resolve_device(device: str) -> str:
@@ -111,13 +112,33 @@ class Upscaler:
         """
         if factor not in FACTORS:
             raise ValueError(f"upscale factor must be one of {FACTORS}, got {factor}")
-        self.load()
+        self._load_while_checking(check)
         x4 = self._run(image.convert("RGB"), check)
         if factor == MODEL_SCALE:
             return x4
         return x4.resize((image.width * factor, image.height * factor), Image.Resampling.LANCZOS)
 
     # --- internals -------------------------------------------------------------------------
+    def _load_while_checking(self, check: Callable[[], None] | None) -> None:
+        """`load()`, with `check` run every LOAD_CHECK_S while a first use loads (and maybe
+        converts) the weights, seconds on a CPU. A cancel then stops the request at once; the
+        load goes on in its thread and serves the next request."""
+        if check is None or self.loaded:
+            self.load()
+            return
+        loading = threading.Thread(target=self._load_quietly, name="upscaler-load", daemon=True)
+        loading.start()
+        while loading.is_alive():
+            check()
+            loading.join(LOAD_CHECK_S)
+        self.load()  # loaded now, or the load failed: this retries and raises its error
+
+    def _load_quietly(self) -> None:
+        try:
+            self.load()
+        except ModelLoadError:
+            pass  # raised to the request by its own load() call
+
     def _run(self, image: Image.Image, check: Callable[[], None] | None = None) -> Image.Image:
         import torch
 

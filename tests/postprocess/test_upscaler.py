@@ -196,3 +196,30 @@ def test_a_cancel_check_stops_the_upscale_inside_a_tile(upscaler: Upscaler) -> N
         upscaler.upscale(Image.new("RGB", (16, 16), (90, 20, 200)), 4, check=check)
     assert len(calls) == 4
     assert upscaler.upscale(Image.new("RGB", (8, 8)), 4).size == (32, 32)  # hooks removed
+
+
+def test_a_cancel_during_the_first_use_load_stops_at_once(tmp_path: Path, x4_weights: Path) -> None:
+    """The bundled weights load (and convert) on the first upscale: seconds with no cancel
+    point, so a cancel waited for them. Now the request stops; the load finishes for the next."""
+    import time
+
+    from generative_service.engine.interrupt import Interrupted
+
+    cached = tmp_path / "upscaler" / x4_weights.name
+    cached.parent.mkdir()
+    shutil.copy(x4_weights, cached)
+    upscaler = Upscaler.from_settings(Settings(cache_dir=tmp_path, device="cpu"))
+    checked_while_loading: list[bool] = []
+
+    def canceled() -> None:
+        checked_while_loading.append(not upscaler.loaded)
+        raise Interrupted()
+
+    with pytest.raises(Interrupted):
+        upscaler.upscale(Image.new("RGB", (8, 8)), 4, check=canceled)
+    assert checked_while_loading == [True]  # stopped before the weights were even loaded
+    deadline = time.monotonic() + 120
+    while not upscaler.loaded:  # the load went on in the background
+        assert time.monotonic() < deadline, "the weights never finished loading"
+        time.sleep(0.05)
+    assert upscaler.upscale(Image.new("RGB", (8, 8)), 4, check=lambda: None).size == (32, 32)
