@@ -85,7 +85,7 @@ def train(
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from generative_service.training import bundle, components, stages
+    from generative_service.training import bundle, components, shapes, stages
     from generative_service.training import shapes_model as M
     from generative_service.training.loop import run_stage
 
@@ -160,8 +160,8 @@ def train(
         return {"stopped_after": "unet", "vae_ceiling": ceiling}
 
     # 4. Canny ControlNet over the frozen UNet.
-    controlnet = M.build_controlnet(unet)
-    edges = M.edge_tensor(pixels_uint8(pixels))
+    controlnet = components.build_controlnet(unet)  # the digits recipe's, same seeds
+    edges = stages.edges_as_control(shapes.canny_edges(pixels_uint8(pixels)))
     results.append(
         run_stage(
             configs["controlnet"],

@@ -37,19 +37,10 @@ def per_category_for(budget: str) -> int:
 
 
 def edge_f1(images: np.ndarray, control_edges: np.ndarray, *, tolerance: int = 1) -> float:
-    """Mean F1 between each image's Canny edges and its control edges, within `tolerance` px."""
-    import cv2
+    """Mean F1 between each (RGB) image's Canny edges and its control edges, within `tolerance` px."""
+    from generative_service.training.evaluate import edge_f1_of
 
-    kernel: np.ndarray = np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8)
-    scores = []
-    for edges, control in zip(S.canny_edges(images), control_edges, strict=True):
-        near_control = cv2.dilate(control.astype(np.uint8), kernel) > 0
-        near_edges = cv2.dilate(edges.astype(np.uint8), kernel) > 0
-        precision = (edges.astype(bool) & near_control).sum() / max(1, edges.sum())
-        recall = (control.astype(bool) & near_edges).sum() / max(1, control.sum())
-        total = precision + recall
-        scores.append(0.0 if total == 0 else float(2 * precision * recall / total))
-    return float(np.mean(scores))
+    return edge_f1_of(S.canny_edges(images), control_edges, tolerance=tolerance)
 
 
 def placed_like(image: np.ndarray, reference: np.ndarray, *, tolerance: float = 6.0) -> bool:

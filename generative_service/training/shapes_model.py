@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from generative_service.engine.tokenizer import build_clip_tokenizer, clip_special_ids
@@ -107,21 +107,6 @@ def build_unet() -> UNet2DConditionModel:
         addition_time_embed_dim=TIME_EMBED_DIM,
         projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_DIM,
     )
-
-
-def build_controlnet(unet: UNet2DConditionModel) -> ControlNetModel:
-    """A canny ControlNet from the trained UNet (small random last condition layer, see the
-    digits recipe's `components.build_controlnet` for why)."""
-    torch.manual_seed(4)
-    controlnet = ControlNetModel.from_unet(
-        unet, conditioning_embedding_out_channels=(16, 32, 64, 64)
-    )
-    conv_out = controlnet.controlnet_cond_embedding.conv_out
-    fan_in = conv_out.weight.shape[1] * conv_out.weight.shape[2] * conv_out.weight.shape[3]
-    with torch.no_grad():
-        noise = torch.randn(conv_out.weight.shape, generator=torch.Generator().manual_seed(5))
-        conv_out.weight.copy_(noise / fan_in**0.5)
-    return controlnet
 
 
 class TextSide(torch.nn.Module):
@@ -278,12 +263,6 @@ def lora_loss(unet, text: TextSide, scheduler, latents: Latents, data: SceneSet,
         return _min_snr_mse(scheduler, pred, noise, t)
 
     return loss_fn
-
-
-def edge_tensor(images: np.ndarray) -> torch.Tensor:
-    """Control images as the ControlNet pipeline feeds them: (N, 3, H, W) white edges in [0, 1]."""
-    edges = torch.from_numpy(S.canny_edges(images))
-    return edges[:, None].repeat(1, 3, 1, 1)
 
 
 def controlnet_loss(
