@@ -18,6 +18,7 @@ from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "benchmarks" / "REPORT.md"
+FIGURES = ROOT / "benchmarks" / "figures"
 T = TypeVar("T")
 _HEADER = "# Benchmark report\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
 
@@ -40,6 +41,25 @@ def write_section(key: str, body: str, *, report: Path = REPORT) -> None:
             else text.rstrip() + "\n\n" + block + "\n"
         )
         report.write_text(text)
+
+
+def publish(section: str, text: str, *, report: bool) -> None:
+    """Print a benchmark's section; with `report`, also write it into REPORT.md."""
+    print(text)
+    if report:
+        write_section(section, text)
+
+
+def save_figure(fig, name: str) -> Path:
+    """Lay out `fig`, save it as benchmarks/figures/NAME (PNG) and close it."""
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    path = FIGURES / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def pct(values: list[float], q: float) -> float:

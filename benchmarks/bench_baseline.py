@@ -1,14 +1,18 @@
 """The service against a plain diffusers + FastAPI server (numbers, not a test).
 
-Same model (the bundled demo model), 64x64, 20 steps, DPM++ 2M Karras, OMP_NUM_THREADS=1 for
-both. 1, 4 and 10 concurrent users each loop for `--seconds`: the baseline user POSTs /generate
-and gets the PNG; the service user POSTs /v1/jobs with `Prefer: wait=120` (answered when the job
-ended) and downloads the image. Reported: images/s and p50/p90 per-image latency.
+Same model (this tree's bundled demo pipeline, given to every server as a path), 64x64, 20 steps,
+DPM++ 2M Karras, OMP_NUM_THREADS=1 for all. 1, 4 and 10 concurrent users each loop for
+`--seconds`: the baseline user POSTs /generate and gets the PNG; the service user POSTs /v1/jobs
+with `Prefer: wait=120` (answered when the job ended) and downloads the image. Reported: images/s
+and p50/p90 per-image latency.
 
-    .venv/bin/python benchmarks/bench_baseline.py [--tree after=.] [--seconds 30] [--users 1,4,10]
+    .venv/bin/python benchmarks/bench_baseline.py [--tree before=OLD --tree after=.] \
+        [--seconds 20] [--rounds 2] [--users 1,4,10]
 
-The service runs a gateway and one GPU worker from each tree given (GENSVC_MAX_BATCH_IMAGES=10,
-so up to ten users' jobs share a pipeline call). Writes the "baseline" section of REPORT.md and
+Every server is up at once (the baseline, and a gateway + one GPU worker per tree given, each on
+its own redis-server; GENSVC_MAX_BATCH_IMAGES=10, so up to ten users' jobs share a pipeline
+call) and they are measured in turn, `--rounds` times over, so the load of a shared machine
+falls on all of them alike. Writes the "baseline" section of REPORT.md and
 benchmarks/figures/service_vs_baseline.png.
 """
 
@@ -27,11 +31,11 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, free_port, http_ok, pct, wait_until, write_section  # noqa: E402
+from _common import ROOT, free_port, http_ok, pct, save_figure, wait_until, write_section  # noqa: E402
 
 SECTION = "baseline"
-FIGURES = ROOT / "benchmarks" / "figures"
 MODEL = ROOT / "generative_service" / "models" / "demo" / "pipeline"
+BASELINE = "plain diffusers + FastAPI"
 PROMPTS = ["a handwritten seven", "the digit three", "a handwritten two", "the digit eight"]
 
 
@@ -83,16 +87,11 @@ async def _users(count: int, seconds: float, one) -> tuple[list[float], float]:
     return latencies, time.monotonic() - started
 
 
-def measure_baseline(users: list[int], seconds: float, procs: Processes) -> dict[int, tuple]:
+def start_baseline(procs: Processes):
+    """Start the plain server; returns one user request (POST /generate, check the PNG)."""
     port = free_port()
-    argv = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "baseline_server.py"),
-        "--model",
-        str(MODEL),
-        "--port",
-        str(port),
-    ]
+    argv = [sys.executable, str(ROOT / "benchmarks" / "baseline_server.py"), "--model", str(MODEL),
+            "--port", str(port)]  # fmt: skip
     procs.spawn("baseline", argv, _env(ROOT), ROOT)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: http_ok(f"{url}/healthz"), 300, "baseline server")
@@ -104,32 +103,26 @@ def measure_baseline(users: list[int], seconds: float, procs: Processes) -> dict
         )
         assert answer.status_code == 200 and answer.content[:4] == b"\x89PNG", answer.text[:200]
 
-    asyncio.run(_users(1, 3, one))  # warm up
-    out = {n: asyncio.run(_users(n, seconds, one)) for n in users}
-    procs.stop()
-    return out
+    return one
 
 
-def measure_service(
-    tree: Path, users: list[int], seconds: float, procs: Processes
-) -> dict[int, tuple]:
+def start_service(label: str, tree: Path, procs: Processes):
+    """Start redis, a gateway and one worker from `tree`; returns one user request (submit with
+    `Prefer: wait`, then download the image) and a wait for the service to be ready."""
     redis_port, port = free_port(), free_port()
-    procs.spawn("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--dir", str(procs.workdir)], os.environ.copy(), tree)  # fmt: skip
+    workdir = procs.workdir / label
+    workdir.mkdir()
+    procs.spawn(f"{label}-redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no", "--dir", str(workdir)], os.environ.copy(), tree)  # fmt: skip
     env = _env(tree) | {
         "GENSVC_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "GENSVC_KEY_PREFIX": "baseline",
-        "GENSVC_STORAGE_DIR": str(procs.workdir / "images"), "GENSVC_LOG_LEVEL": "WARNING",
-        "GENSVC_MAX_BATCH_IMAGES": "10", "GENSVC_WAIT_MAX_S": "120",
+        "GENSVC_STORAGE_DIR": str(workdir / "images"), "GENSVC_LOG_LEVEL": "WARNING",
+        "GENSVC_MAX_BATCH_IMAGES": "10", "GENSVC_WAIT_MAX_S": "120", "GENSVC_MODEL": str(MODEL),
     }  # fmt: skip
-    procs.spawn(
-        "gateway",
-        [sys.executable, "-m", "generative_service.cli", "api", "--port", str(port)],
-        env,
-        tree,
-    )
-    procs.spawn("worker", [sys.executable, "-m", "workers.gpu_worker"], env, tree)
+    argv = [sys.executable, "-m", "generative_service.cli", "api", "--port", str(port)]
+    procs.spawn(f"{label}-gateway", argv, env, tree)
+    procs.spawn(f"{label}-worker", [sys.executable, "-m", "workers.gpu_worker"], env, tree)
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_ok(f"{url}/readyz"), 600, "service")
 
     async def one(http: httpx.AsyncClient, prompt: str, seed: int) -> None:
         body = {"prompt": prompt, "width": 64, "height": 64, "steps": 20, "seed": seed}
@@ -139,9 +132,27 @@ def measure_service(
         image = await http.get(f"{url}/v1/jobs/{job['id']}/images/0")
         assert image.status_code == 200, image.text[:200]
 
-    asyncio.run(_users(1, 3, one))
-    out = {n: asyncio.run(_users(n, seconds, one)) for n in users}
-    procs.stop()
+    def ready() -> None:
+        wait_until(lambda: http_ok(f"{url}/readyz"), 900, f"service of {label}")
+
+    return one, ready
+
+
+def interleaved(servers: dict, users: list[int], seconds: float, rounds: int) -> dict:
+    """Each server measured at each user count in turn, `rounds` times (the order of the servers
+    reversed every other round); latencies and wall time summed per server and user count."""
+    out: dict[str, dict[int, tuple]] = {label: {} for label in servers}
+    for one in servers.values():
+        asyncio.run(_users(1, 3, one))  # warm up
+    for round_ in range(rounds):
+        order = list(servers.items())
+        for n in users:
+            for label, one in order if round_ % 2 == 0 else reversed(order):
+                latencies, wall = asyncio.run(_users(n, seconds, one))
+                before = out[label].get(n, ([], 0.0))
+                out[label][n] = (before[0] + latencies, before[1] + wall)
+                print(f"round {round_ + 1}, {n} users, {label}: {len(latencies) / wall:.2f} images/s",
+                      file=sys.stderr)  # fmt: skip
     return out
 
 
@@ -151,7 +162,6 @@ def figure(results: dict[str, dict[int, tuple]], users: list[int]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    FIGURES.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for label, rows in results.items():
         left.plot(users, [len(rows[n][0]) / rows[n][1] for n in users], marker="o", label=label)
@@ -165,9 +175,7 @@ def figure(results: dict[str, dict[int, tuple]], users: list[int]) -> None:
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(FIGURES / "service_vs_baseline.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, "service_vs_baseline.png")
 
 
 def main() -> int:
@@ -175,28 +183,37 @@ def main() -> int:
     parser.add_argument(
         "--tree", action="append", default=[], help="LABEL=PATH of a service tree (repeatable)"
     )
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--users", default="1,4,10")
     parser.add_argument("--no-report", action="store_true")
     args = parser.parse_args()
     users = [int(n) for n in args.users.split(",")]
     trees = [item.split("=", 1) for item in args.tree] or [["service", str(ROOT)]]
-    results: dict[str, dict[int, tuple]] = {}
+    loads = []
     with tempfile.TemporaryDirectory(prefix="gensvc-baseline-") as tmp:
         procs = Processes(Path(tmp))
         try:
-            results["plain diffusers + FastAPI"] = measure_baseline(users, args.seconds, procs)
-            for label, path in trees:
-                results[label] = measure_service(Path(path).resolve(), users, args.seconds, procs)
+            servers = {BASELINE: start_baseline(procs)}
+            starting = {  # all start at once; each loads its models
+                label: start_service(label, Path(path).resolve(), procs) for label, path in trees
+            }
+            for label, (one, ready) in starting.items():
+                ready()
+                servers[label] = one
+            loads.append(os.getloadavg()[0])
+            results = interleaved(servers, users, args.seconds, args.rounds)
+            loads.append(os.getloadavg()[0])
         finally:
             procs.stop()
-    base = results["plain diffusers + FastAPI"]
+    base = results[BASELINE]
     lines = [
         "## Service vs a plain diffusers + FastAPI server (`benchmarks/bench_baseline.py`)",
         "",
         f"Demo model, 64x64, 20 steps, OMP_NUM_THREADS=1 in both; each user loops for {args.seconds:g} s "
         "(service: submit with `Prefer: wait`, then download; GENSVC_MAX_BATCH_IMAGES=10, NSFW filter on). "
-        "All rows from one run.",
+        f"All servers up at once, measured in turn ({args.rounds} rounds, latencies pooled); load average "
+        f"{loads[0]:.1f} at the start and {loads[-1]:.1f} at the end on {os.cpu_count()} CPUs.",
         "",
         "| server | users | images | images / s | vs baseline | p50 ms | p90 ms |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -1,12 +1,13 @@
 """CPU benchmark of the engine on the tiny model (numbers, not a test).
 
-Measures: seconds per image at batch 1, 2 and 4 (one pipeline call per batch), LoRA switching
+Measures: seconds per image at batch 1, 2, 4 and 8 (one pipeline call per batch), LoRA switching
 (set_adapters between loaded adapters, first load from disk) against reloading the base pipeline,
 and the prompt-embedding cache (miss, local hit, Redis hit).
 
     .venv/bin/python benchmarks/bench_engine.py [--steps 10] [--repeats 3] [--no-report]
 
-Writes the "engine-cpu" section of benchmarks/REPORT.md.
+Writes the "engine-cpu" section of benchmarks/REPORT.md and benchmarks/figures/engine_batch.png
+(latency per call and images/s against the batch size).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import write_section  # noqa: E402
+from _common import save_figure, write_section  # noqa: E402
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -39,12 +40,12 @@ def timed(fn, repeats: int) -> list[float]:
     return times
 
 
-def bench_batches(engine, *, steps: int, repeats: int) -> list[dict]:
+def bench_batches(engine, *, steps: int, repeats: int, sizes=(1, 2, 4, 8)) -> list[dict]:
     from generative_service.engine import EngineJob
     from generative_service.schemas import GenerationRequest
 
     rows = []
-    for batch in (1, 2, 4):
+    for batch in sizes:
         jobs = [
             EngineJob(
                 f"j{i}",
@@ -134,13 +135,36 @@ def connect_redis(url: str):
         return None
 
 
+def figure(batches: list[dict], *, steps: int) -> None:
+    """Latency per pipeline call and images/s against the batch size, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [row["batch"] for row in batches]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(sizes, [row["s_per_call"] * 1000 for row in batches], marker="o")
+    left.set(xlabel="batch size (images per pipeline call)", ylabel="ms per call",
+             title=f"engine latency (tiny model, 64 px, {steps} steps)")  # fmt: skip
+    right.plot(sizes, [row["images_per_s"] for row in batches], marker="o", color="C1")
+    right.set(xlabel="batch size (images per pipeline call)", ylabel="images / s",
+              title="engine throughput")  # fmt: skip
+    for ax in (left, right):
+        ax.set_xticks(sizes)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    save_figure(fig, "engine_batch.png")
+
+
 def render(batches: list[dict], lora: dict, emb: dict, *, steps: int, threads: int) -> str:
     base = batches[0]["images_per_s"]
     lines = [
         "## Engine on CPU (tiny model) — `benchmarks/bench_engine.py`",
         "",
         f"64x64, {steps} steps, DPM++ 2M Karras, CFG on; torch threads {threads}; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} logical CPUs (shared with other work: expect noise). Medians.",
+        f"{os.cpu_count()} logical CPUs (shared with other work: expect noise; load average "
+        f"{os.getloadavg()[0]:.1f} at the end). Medians.",
         "",
         "| batch | s / call | s / image | images / s | vs batch 1 |",
         "|---:|---:|---:|---:|---:|",
@@ -165,6 +189,8 @@ def render(batches: list[dict], lora: dict, emb: dict, *, steps: int, threads: i
         "",
         "The tiny model's text encoders are toy-sized, so a miss is cheap here; with SDXL's two CLIP",
         "encoders a miss costs tens of ms on GPU, and the base reload takes seconds to minutes.",
+        "",
+        "![engine latency and images/s vs batch size](figures/engine_batch.png)",
     ]
     return "\n".join(lines)
 
@@ -173,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batches", default="1,2,4,8", help="comma-separated batch sizes")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a busy shared CPU)"
     )
@@ -194,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in (ensure_tiny(Path(settings.cache_dir)) / "loras").glob("*.safetensors"):
             (Path(lora_dir) / path.name).write_bytes(path.read_bytes())
         engine = Engine.from_settings(settings)
-        batches = bench_batches(engine, steps=args.steps, repeats=args.repeats)
+        sizes = tuple(int(n) for n in args.batches.split(","))
+        batches = bench_batches(engine, steps=args.steps, repeats=args.repeats, sizes=sizes)
         lora = bench_lora(engine, settings, repeats=args.repeats)
         redis = connect_redis(settings.redis_url)
         emb = bench_embeddings(
@@ -202,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     text = render(batches, lora, emb, steps=args.steps, threads=args.threads)
     print(text)
+    figure(batches, steps=args.steps)
     if not args.no_report:
         write_section("engine-cpu", text)
     return 0

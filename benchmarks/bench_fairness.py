@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, http_ok, poll, stop_processes, wait_until, write_section  # noqa: E402
+from _common import free_port, http_ok, poll, publish, stop_processes, wait_until  # noqa: E402
 
 SECTION = "fairness"
 BODY = {"prompt": "a handwritten two", "width": 64, "height": 64, "steps": 2, "seed": 7}
@@ -151,9 +151,7 @@ def main() -> int:
         "|---|---:|---:|---:|---:|---|",
         *rows,
     ])  # fmt: skip
-    print(text)
-    if not args.no_report:
-        write_section(SECTION, text)
+    publish(SECTION, text, report=not args.no_report)
     return 0
 
 

@@ -10,6 +10,12 @@ redis-server and `gensvc api --workers N` from that tree, then measures:
 
     .venv/bin/python benchmarks/bench_submit.py --tree before=/tmp/perf-base --tree after=. \
         [--api-workers 1,2] [--seconds 8] [--deep 100000] [--no-report]
+    .venv/bin/python benchmarks/bench_submit.py --tree before=OLD --tree after=. \
+        --tree "after, 2 proc=.@2" --interleave 3 --depth-only
+
+With `--interleave ROUNDS` every tree's gateway is up at once and they are measured in
+alternating slices (the fair comparison on a shared machine); `PATH@N` runs that tree's gateway
+as `gensvc api --workers N`. `--depth-only` then runs only the queue-depth part per tree.
 
 `hey` is the Debian package `hey` (`apt-get install hey`). Writes the "submit" section of
 benchmarks/REPORT.md and benchmarks/figures/submit_latency.png.
@@ -120,26 +126,25 @@ class Service:
         log.close()
 
     def fill(self, count: int) -> None:
-        """Put `count` jobs in the default queue, the fastest way this tree's code allows."""
-        helper = self.tree / "benchmarks" / "_fill_queue.py"
-        if helper.exists():  # the tree knows how to write real queued jobs quickly
-            env = {**os.environ, "PYTHONPATH": str(self.tree), "GENSVC_REDIS_URL": self.redis_url,
-                   "GENSVC_KEY_PREFIX": self.prefix, "GENSVC_MODEL": "tiny", "GENSVC_MAX_QUEUED": "1000000",
-                   "GENSVC_MAX_QUEUED_PER_KEY": "1000000"}  # fmt: skip
-            subprocess.run(
-                [sys.executable, str(helper), str(count)], env=env, cwd=self.tree, check=True
-            )
-            return
-        # The old code reads the queue only as RQ's list (LLEN for admission, LPOS for the
-        # position), so ids in that list are what its submit and GET pay for.
+        """Put `count` waiting job ids where the tree's submit and GET look: RQ's queue list (the
+        old code's LLEN and LPOS read it) and the queue-order sorted set with its counters (this
+        code's ZRANK and bounds read those). Ids only, no records: what each submit and GET pays
+        for with that many jobs ahead is the same, and 100 000 real submits would take minutes."""
         from redis import Redis
 
+        from generative_service.keys import Keys
+
+        keys = Keys(self.prefix)
         redis = Redis.from_url(self.redis_url)
-        key = f"rq:queue:{self.prefix}:default"
         for start in range(0, count, 10_000):
-            redis.rpush(
-                key, *[f"job_filler{i:010d}" for i in range(start, min(count, start + 10_000))]
-            )
+            ids = [f"job_filler{i:010d}" for i in range(start, min(count, start + 10_000))]
+            pipe = redis.pipeline(transaction=False)
+            pipe.rpush(f"rq:queue:{self.prefix}:default", *ids)
+            pipe.zadd(keys.order("default"), {job_id: start + n for n, job_id in enumerate(ids)})
+            pipe.execute()
+        redis.set(keys.sequence("default"), count)
+        redis.hincrby(keys.counts, "queued", count)
+        redis.hincrby(keys.counts, "queued:anonymous", count)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -195,6 +200,12 @@ def depth(tree: Path, api_workers: int, deep: int, seconds: float) -> dict[str, 
     return out
 
 
+def tree_spec(path: str) -> tuple[Path, int]:
+    """`PATH` or `PATH@N` (N gateway processes)."""
+    where, _, workers = path.partition("@")
+    return Path(where).resolve(), int(workers or 1)
+
+
 def interleaved(trees: list[list[str]], rounds: int, seconds: float) -> dict[str, dict[str, Load]]:
     """Every tree's gateway up at once and measured in alternating short slices, so the load of a
     shared machine falls on all trees alike (sequential runs minutes apart see different loads)."""
@@ -205,7 +216,8 @@ def interleaved(trees: list[list[str]], rounds: int, seconds: float) -> dict[str
         try:
             for label, path in trees:
                 (Path(tmp) / label).mkdir()
-                services[label] = Service(Path(path).resolve(), Path(tmp) / label, 1)
+                where, workers = tree_spec(path)
+                services[label] = Service(where, Path(tmp) / label, workers)
             out: dict[str, dict[str, Load]] = {label: {} for label in services}
             ids = {}
             for label, service in services.items():
@@ -241,6 +253,7 @@ def figure(results: dict[str, dict[str, Load]]) -> Path | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
     except ImportError:
         return None
     FIGURES.mkdir(parents=True, exist_ok=True)
@@ -251,6 +264,7 @@ def figure(results: dict[str, dict[str, Load]]) -> Path | None:
             if values:
                 ax.plot(values, [i / len(values) for i in range(len(values))], label=label)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
         ax.set_xlabel("POST /v1/jobs latency (ms, log)")
         ax.set_ylabel("fraction of requests")
         ax.set_title(f"submit latency CDF, {title}")
@@ -280,9 +294,12 @@ def report(results: dict[str, dict[str, Load]], deep: int, seconds: float) -> st
         for key, load in loads.items():
             lines.append(f"| {label} | {names.get(key, key)} | {load.row()} |")
     labels = list(results)
-    if len(labels) >= 2:
-        first, last = results[labels[0]], results[labels[-1]]
-        lines += ["", f"Ratios {labels[-1]} / {labels[0]}:", ""]
+    first = results[labels[0]] if labels else {}
+    for label in labels[1:]:
+        last = results[label]
+        if not any(key in first and key in last for key in ("post10", "post100", "get50")):
+            continue
+        lines += ["", f"Ratios {label} / {labels[0]}:", ""]
         for key in ("post10", "post100", "get50"):
             if key in first and key in last and first[key].rate:
                 lines.append(
@@ -306,6 +323,11 @@ def main() -> int:
         help="ROUNDS of alternating slices, all trees up at once",
     )
     parser.add_argument("--interleave-only", action="store_true", help="skip the sequential runs")
+    parser.add_argument(
+        "--depth-only",
+        action="store_true",
+        help="instead of the sequential runs, only the queue-depth part (1 process) per tree",
+    )
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--json", help="also write the raw numbers here")
     args = parser.parse_args()
@@ -313,13 +335,23 @@ def main() -> int:
         raise SystemExit("hey is not installed (apt-get install hey)")
     trees = [item.split("=", 1) for item in args.tree] or [["this", str(ROOT)]]
     results: dict[str, dict[str, Load]] = {}
+    loads = [os.getloadavg()]
     if args.interleave:
         results = {
             f"{k}, interleaved": v
             for k, v in interleaved(trees, args.interleave, args.seconds).items()
         }
+        loads.append(os.getloadavg())
+    if args.depth_only:
+        for label, path in trees:
+            where, workers = tree_spec(path)
+            if workers == 1:
+                results[f"{label}, depth"] = depth(where, 1, args.deep, args.seconds)
+                loads.append(os.getloadavg())
     for workers in (
-        [int(w) for w in args.api_workers.split(",")] if not args.interleave_only else []
+        [int(w) for w in args.api_workers.split(",")]
+        if not (args.interleave_only or args.depth_only)
+        else []
     ):
         for label, path in trees:
             name = f"{label}, {workers} proc" if "," in args.api_workers else label
@@ -330,8 +362,15 @@ def main() -> int:
             print(f"{name}: done in {time.monotonic() - started:.0f} s", file=sys.stderr)
             for key, load in results[name].items():
                 print(f"  {key}: {load.row()}", file=sys.stderr)
-    figure({k: v for k, v in results.items() if "post10" in v})
+    with_loads = {k: v for k, v in results.items() if "post10" in v}
+    if with_loads:  # a depth-only run leaves the figure alone
+        figure(with_loads)
     text = report(results, args.deep, args.seconds)
+    text += (
+        "\n\nLoad average (1 min) of the machine at the start and after each part: "
+        + ", ".join(f"{load[0]:.1f}" for load in loads)
+        + f" ({os.cpu_count()} CPUs; `hey`, Redis and the gateways share them)."
+    )
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from generative_service.schemas import (
     BatchInfo,
@@ -34,10 +34,11 @@ class JobRecord(BaseModel):
     finished_at: datetime | None = None
     queue: str = "default"
     attempts: int = 0
-    progress: Progress = Progress()
+    # NOTE: factories, not instances: pydantic deep-copies a model default on every record made.
+    progress: Progress = Field(default_factory=Progress)
     request: GenerationRequest
-    images: list[ImageInfo] = []
-    timings: Timings = Timings()
+    images: list[ImageInfo] = Field(default_factory=list)
+    timings: Timings = Field(default_factory=Timings)
     batch: BatchInfo | None = None
     error: JobError | None = None
     reproducibility: dict | None = None

@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp
 
 from generative_service.api import errors
@@ -79,6 +80,7 @@ OPERATION_IDS = {
 }
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
+POOL_WARM_S = 2.0  # longest the gateway's start waits for its Redis connections
 
 
 def _version() -> str:
@@ -115,6 +117,26 @@ def _async_redis(settings: Settings) -> AsyncRedis:
     )
 
 
+async def _warm_pool(client: AsyncRedis, count: int) -> None:
+    """Open the async pool's connections one after another before serving (best effort, at most
+    POOL_WARM_S). Opened lazily, a burst of clients at start makes as many connects at once, each
+    waiting on a busy event loop for its handshake: past the connect timeout they fail as 503s."""
+    pool = client.connection_pool
+    opened: list = []
+
+    async def open_all() -> None:
+        for _ in range(count):
+            opened.append(await pool.get_connection())
+
+    try:
+        await asyncio.wait_for(open_all(), POOL_WARM_S)
+    except (RedisError, OSError, TimeoutError) as exc:  # Redis down or slow: connect when asked
+        log.warning("redis.pool_not_warmed", extra={"opened": len(opened), "error": str(exc)})
+    finally:
+        for connection in opened:
+            await pool.release(connection)
+
+
 def _ensure_bucket(storage) -> None:
     """Create a missing bucket at start (best effort: the gateway also starts without it)."""
     try:
@@ -129,6 +151,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Async connections belong to one event loop: make the client inside the server's loop.
     app.state.async_redis = _async_redis(app.state.settings)
     app.state.async_redis_loop = asyncio.get_running_loop()
+    await _warm_pool(app.state.async_redis, app.state.settings.gateway_redis_connections)
     if app.state.settings.storage_url:
         await asyncio.to_thread(_ensure_bucket, app.state.storage)
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ DEMO_ROOT = PACKAGE_DIR / "models" / "demo"
 SDXL_DEFAULT_SIZE = 1024
 BUILTIN_MODELS = ("demo", "tiny")
 _SEEDED_MARKER = ".seeded-from"
+BUNDLE_RECHECK_S = 1.0
+# (MODEL, CACHE_DIR) -> (monotonic time checked, bundle.json mtime, parsed bundle.json)
+_BUNDLE_INFO: dict[tuple[str, str], tuple[float, int, dict[str, Any]]] = {}
 
 
 def model_root(settings: Settings) -> Path | None:
@@ -54,13 +58,26 @@ def pipeline_dir(root: Path) -> Path:
 
 def bundle_info(settings: Settings) -> dict[str, Any]:
     """The bundle's `bundle.json` (empty for hub ids and plain pipeline dirs)."""
+    # NOTE: every submit asks (the default size): the file is looked at again at most once a
+    # second, and parsed again only when it changed.
+    key = (settings.model, str(settings.cache_dir))
+    cached = _BUNDLE_INFO.get(key)
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < BUNDLE_RECHECK_S:
+        return dict(cached[2])
     root = model_root(settings)
     if root is None:
         return {}
+    path = root / "bundle.json"
     try:
-        return json.loads((root / "bundle.json").read_text())
+        stamp = path.stat().st_mtime_ns
+        info = (
+            cached[2] if cached is not None and cached[1] == stamp else json.loads(path.read_text())
+        )
     except (OSError, ValueError):
-        return {}
+        stamp, info = -1, {}  # no bundle.json (yet: `tiny` is built on first use), or not JSON
+    _BUNDLE_INFO[key] = (now, stamp, info)
+    return dict(info)
 
 
 def default_size(settings: Settings) -> int:

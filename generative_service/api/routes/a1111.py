@@ -115,7 +115,7 @@ _basic = HTTPBasic(
 )
 
 
-def sdapi_caller_owner(
+async def sdapi_caller_owner(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
     basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)] = None,

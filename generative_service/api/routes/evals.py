@@ -36,7 +36,7 @@ Rater = Annotated[
 ]  # fmt: skip
 
 
-def get_evals(request: Request, aredis: AsyncRedisDep) -> EvalStore:
+async def get_evals(request: Request, aredis: AsyncRedisDep) -> EvalStore:
     state = request.app.state
     return EvalStore(state.redis, aredis, state.settings, state.store)
 
