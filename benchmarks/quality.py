@@ -4,11 +4,18 @@
     trained on held-out real digits) and Fréchet distance on the judge's features (generated vs
     the held-out real digits), for guidance 1, 3, 5, 7.5 (DPM++ 2M Karras) and for every sampler
     at the default guidance. 20 steps, 64x64, fixed seeds.
+(a2) A shapes-world bundle (`--shapes-model DIR`, issue #19), through the Engine: GenEval-style
+    accuracy per category (single, two objects, counting, colour attribution, position) read by
+    the exact judge of `training/shapes.py` (its score on real renders of the same prompts
+    beside), Fréchet distance on the judge's features vs real renders (with the real-vs-real
+    floor) and images/s, for guidance 1.5, 3, 5, 7.5. `--per-category` prompts (default 100),
+    fixed seeds, 20 steps DPM++ 2M Karras, 64x64.
 (b) Real SDXL weights: FID and CLIP score on the fixed prompts in benchmarks/prompts.txt, with
     the metric models and reference images taken from local paths. Runs where such weights exist
     (`--sdxl-model`); without them the section says it was not run.
 
     .venv/bin/python benchmarks/quality.py [--per-digit 10] [--no-report]
+    .venv/bin/python benchmarks/quality.py --skip-demo --shapes-model DIR [--per-category 100]
     .venv/bin/python benchmarks/quality.py --sdxl-model DIR --clip-model DIR --reference-dir DIR \\
         [--fid-model DIR] [--size 1024] [--steps 30] [--guidance 7.5]
 
@@ -156,6 +163,74 @@ Samplers (guidance {result["default_guidance"]:g}):
 {table(result["by_sampler"], "sampler")}"""
 
 
+# --- (a2) shapes-world bundle -------------------------------------------------------------------
+
+SHAPES_GUIDANCES = (1.5, 3.0, 5.0, 7.5)
+
+
+def shapes_rows(
+    *, model: str, per_category: int, guidances: tuple[float, ...] = SHAPES_GUIDANCES
+) -> dict:
+    """Per guidance: accuracy by category, Fréchet distance (and its floor), images/s."""
+    from generative_service.training import shapes as S
+    from generative_service.training.drawing import DEFAULT_SAMPLER, EngineDrawer
+
+    drawer = EngineDrawer(model)
+    specs = S.eval_specs(per_category)
+    prompts, seeds = [s.prompt for s in specs], [s.seed for s in specs]
+    rows = []
+    for g in guidances:
+        started = time.perf_counter()
+        images = drawer.draw(
+            prompts, seeds, guidance=g, sampler=DEFAULT_SAMPLER, steps=STEPS, rgb=True
+        )
+        seconds = time.perf_counter() - started
+        rows.append(
+            {
+                "guidance": g,
+                "accuracy": S.accuracy_by_category(specs, images),
+                **S.frechet_to_real(specs, images),
+                "images_per_second": len(specs) / seconds,
+            }
+        )
+    return {
+        "model": str(model),
+        "per_category": per_category,
+        "default_guidance": float(_bundle_info(drawer).get("default_guidance", 3.0)),
+        "judge_on_real": S.judge_real_accuracy(specs),
+        "rows": rows,
+    }
+
+
+def shapes_markdown(result: dict) -> str:
+    from generative_service.training import shapes as S
+
+    names = (*S.CATEGORIES, "overall")
+    head = "| guidance | " + " | ".join(n.replace("_", " ") for n in names)
+    lines = [head + " | Fréchet (floor) | images/s |", "|---" * (len(names) + 3) + "|"]
+    real = result["judge_on_real"]
+    lines.append(
+        "| judge on real renders | "
+        + " | ".join(f"{100 * real[n]:.1f} %" for n in names)
+        + " | - | - |"
+    )
+    for row in result["rows"]:
+        marker = " (default)" if row["guidance"] == result["default_guidance"] else ""
+        cells = " | ".join(f"{100 * row['accuracy'][n]:.1f} %" for n in names)
+        lines.append(
+            f"| {row['guidance']:g}{marker} | {cells} | {row['frechet']:.2f} ({row['frechet_real_floor']:.2f}) | {row['images_per_second']:.2f} |"
+        )
+    table = "\n".join(lines)
+    return f"""### (a2) Shapes-world model through the Engine
+
+Bundle `{result["model"]}`. {result["per_category"]} prompts per category (fixed prompts and seeds, every trained
+phrasing), {STEPS} steps DPM++ 2M Karras, 64x64, judged exactly (HSV colour segmentation, connected components,
+contour fill ratio, centroids; GenEval rules: exactly the objects asked for). Fréchet distance on the judge's
+16 scene features against real renders of the same prompts; in brackets two independent real render sets (the floor).
+
+{table}"""
+
+
 # --- (b) real SDXL ----------------------------------------------------------------------------------
 
 
@@ -225,7 +300,13 @@ def sdxl_markdown(result: dict | None) -> str:
 
 Not run here: no SDXL weights on this machine. Run with `--sdxl-model DIR --clip-model DIR --reference-dir DIR`
 (prompts: `benchmarks/prompts.txt`); the plumbing is tested with tiny models in `tests/training/test_quality_bench.py`."""
-    return f"""### (b) Real SDXL weights: `{result["model"]}`
+    return f"""### (a2) A shapes-world bundle (`--shapes-model DIR`, issue #19), through the Engine: GenEval-style
+    accuracy per category (single, two objects, counting, colour attribution, position) read by
+    the exact judge of `training/shapes.py` (its score on real renders of the same prompts
+    beside), Fréchet distance on the judge's features vs real renders (with the real-vs-real
+    floor) and images/s, for guidance 1.5, 3, 5, 7.5. `--per-category` prompts (default 100),
+    fixed seeds, 20 steps DPM++ 2M Karras, 64x64.
+(b) Real SDXL weights: `{result["model"]}`
 
 {result["prompts"]} prompts from `benchmarks/prompts.txt`, {result["size"]}x{result["size"]}, {result["steps"]} steps, guidance
 {result["guidance"]:g}, seeds 0..{result["prompts"] - 1}. Features for FID: `{result["feature_model"]}`; {result["reference_images"]} reference images.
@@ -242,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-digit", type=int, default=10, help="demo images per digit per row")
     parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--shapes-model", help="a shapes-world bundle directory (section a2)")
+    parser.add_argument("--per-category", type=int, default=100, help="shapes prompts per category")
     parser.add_argument(
         "--sdxl-model", help="SDXL weights (bundle/pipeline directory or hub id in the local cache)"
     )
@@ -270,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not args.skip_demo:
         parts.append(demo_markdown(demo_rows(per_digit=args.per_digit)))
+    if args.shapes_model:
+        parts.append(
+            shapes_markdown(shapes_rows(model=args.shapes_model, per_category=args.per_category))
+        )
     sdxl = None
     if args.sdxl_model:
         if not (args.clip_model and args.reference_dir):

@@ -27,8 +27,9 @@ def save_bundle(
     lora_state: dict[str, torch.Tensor],
     lora_config: dict,
     info: dict[str, Any],
+    lora_name: str = LORA_NAME,
 ) -> Path:
-    """Write pipeline/, controlnet-canny/, loras/bold.safetensors and bundle.json to `target`.
+    """Write pipeline/, controlnet-canny/, loras/LORA_NAME.safetensors and bundle.json to `target`.
 
     `pipe` must not carry the LoRA (it is saved separately); its modules are cast to fp16.
     """
@@ -54,7 +55,7 @@ def save_bundle(
     StableDiffusionXLPipeline.save_lora_weights(
         staging / "loras",
         unet_lora_layers={k: v.to(torch.float16) for k, v in lora_state.items()},
-        weight_name=f"{LORA_NAME}.safetensors",
+        weight_name=f"{lora_name}.safetensors",
         unet_lora_adapter_metadata=lora_config,
     )
     (staging / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -1,6 +1,7 @@
 """`gensvc models train-demo`: train the embedded demo model on scikit-learn's digits.
 
     gensvc models train-demo [--out DIR] [--budget quick|full] [--resume] [--work DIR] [--no-eval]
+    gensvc models train-demo --world shapes [--budget quick|short|full] [--resume] [--eval-only] ...
     python -m generative_service.training.demo ...
 
 Stages: VAE -> (measure the latent scaling factor) -> UNet -> canny ControlNet -> `bold` LoRA,
@@ -63,14 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         type=Path,
-        default=DEMO_ROOT,
-        help=f"bundle directory to write (default: {DEMO_ROOT})",
+        default=None,
+        help=f"bundle directory to write (default: {DEMO_ROOT}; shapes: CACHE_DIR/demo-shapes)",
     )
     parser.add_argument(
         "--budget",
-        choices=BUDGETS,
+        choices=(*BUDGETS, "short"),
         default="full",
-        help="step budget: quick (seconds, smoke test) or full (the committed model)",
+        help="step budget: quick (seconds, smoke test), full (the committed model); "
+        "shapes also: short (what a loaded 2-core CPU trains in ~1.5 h)",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the checkpoints in the work directory"
@@ -85,6 +87,30 @@ def _parser() -> argparse.ArgumentParser:
         "--no-eval", action="store_true", help="skip the evaluation (the model card says so)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="shapes: only measure the bundle at --out and rewrite its card",
+    )
+    parser.add_argument(
+        "--per-category",
+        type=int,
+        default=None,
+        help="shapes: evaluation prompts per category (default by budget: quick 1, short 20, full 100)",
+    )
+    parser.add_argument(
+        "--stop-after",
+        choices=("vae", "decoder", "unet"),
+        default=None,
+        help="shapes: train up to this stage only (resume later with --resume)",
+    )
+    parser.add_argument(
+        "--world",
+        choices=("digits", "shapes"),
+        default="digits",
+        help="training world: digits (the embedded default today) or shapes (issue #19); "
+        "shapes also takes --budget short and writes to CACHE_DIR/demo-shapes unless --out is given",
+    )
     return parser
 
 
@@ -102,7 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(
         2
     )  # NOTE: one training job at a time; more threads only fight on a shared CPU
-    work = args.work or Path(get_settings().cache_dir) / "train-demo" / args.budget
+    cache = Path(get_settings().cache_dir)
+    if args.world == "shapes":
+        return _main_shapes(args, cache)
+    if args.budget not in BUDGETS:
+        print(f"error: --budget {args.budget} is a shapes-world budget", file=sys.stderr)
+        return 2
+    from generative_service.engine.paths import DEMO_ROOT
+
+    args.out = args.out or DEMO_ROOT
+    work = args.work or cache / "train-demo" / args.budget
     try:
         report = train(
             args.out,
@@ -124,6 +159,45 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"prompted-digit accuracy {ev['accuracy_by_guidance']} (unseen phrasings: {ev['heldout_accuracy']:.3f})"
         )
+    return 0
+
+
+def _main_shapes(args, cache: Path) -> int:
+    from generative_service.training import shapes_demo
+    from generative_service.training.loop import StageMismatch
+
+    out = args.out or cache / "demo-shapes"
+    work = args.work or cache / "train-demo" / f"shapes-{args.budget}"
+    if args.eval_only:
+        ev = shapes_demo.evaluate_only(out, per_category=args.per_category)["evaluation"]
+        print(
+            f"{out}: accuracy by category {ev['accuracy']} (judge on real renders {ev['judge_on_real']})"
+        )
+        return 0
+    try:
+        report = shapes_demo.train(
+            out,
+            budget=args.budget,
+            work=work,
+            resume=args.resume,
+            evaluate=not args.no_eval,
+            progress=not args.no_progress,
+            eval_per_category=args.per_category,
+            stop_after=args.stop_after,
+        )
+    except StageMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if "stopped_after" in report:
+        print(f"stopped after {report['stopped_after']}: VAE ceiling {report['vae_ceiling']}")
+        return 0
+    print(
+        f"wrote {out} ({report['bundle_mb']:.1f} MB): {report['train_minutes']:.1f} min of training, "
+        f"this run {report['run_minutes']:.1f} min"
+    )
+    ev = report.get("evaluation")
+    if ev:
+        print(f"accuracy by category: {ev['accuracy']}")
     return 0
 
 

@@ -24,9 +24,9 @@ CHUNK = 16  # images per pipeline call (the settings' max_batch_images cap)
 
 def _png_base64(image: np.ndarray) -> str:
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)).convert("RGB").save(
-        buffer, "PNG"
-    )
+    if image.dtype != np.uint8:  # grey floats in [0, 1]
+        image = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+    Image.fromarray(image).convert("RGB").save(buffer, "PNG")
     return base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -43,6 +43,7 @@ class EngineDrawer:
         root = model_root(settings)
         if root is None:
             raise ValueError(f"{model} is not a local model folder (its LoRAs are read from it)")
+        self.engine_root = root
         self.settings = settings.model_copy(
             update={
                 "lora_dir": root / "loras",
@@ -64,8 +65,11 @@ class EngineDrawer:
         loras: dict[str, float] | None = None,
         controls: np.ndarray | None = None,
         conditioning_scale: float = 1.0,
+        negative_prompts: list[str] | None = None,
+        rgb: bool = False,
     ) -> np.ndarray:
-        """Images for `prompts`/`seeds` (controls: source images the engine runs Canny on)."""
+        """Images for `prompts`/`seeds` (controls: source images the engine runs Canny on):
+        (N, H, W) grey floats in [0, 1], or with `rgb` (N, H, W, 3) uint8."""
         from generative_service.engine import EngineJob
         from generative_service.schemas import ControlSpec, GenerationRequest, LoraSpec
 
@@ -78,8 +82,9 @@ class EngineDrawer:
                     image=_png_base64(controls[i]),
                     conditioning_scale=conditioning_scale,
                 )
+            negative = negative_prompts[i] if negative_prompts else ""
             request = GenerationRequest(
-                prompt=prompt, width=D.IMAGE_SIZE, height=D.IMAGE_SIZE, seed=seed, steps=steps,
+                prompt=prompt, negative_prompt=negative, width=D.IMAGE_SIZE, height=D.IMAGE_SIZE, seed=seed, steps=steps,
                 guidance_scale=guidance, sampler=sampler, control=control,
                 loras=[LoraSpec(name=name, scale=scale) for name, scale in (loras or {}).items()],
             )  # fmt: skip
@@ -88,4 +93,6 @@ class EngineDrawer:
         for start in range(0, len(jobs), CHUNK):
             for output in self.engine.run(jobs[start : start + CHUNK]):
                 images.extend(output.images)
+        if rgb:
+            return np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images])
         return to_gray(images)

@@ -102,15 +102,20 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def edge_f1(images: np.ndarray, control_edges: np.ndarray, *, tolerance: int = 1) -> float:
     """Mean F1 between each image's Canny edges and its control edges, within `tolerance` pixels."""
+    return edge_f1_of(D.canny_edges(images), control_edges, tolerance=tolerance)
+
+
+def edge_f1_of(edges: np.ndarray, control_edges: np.ndarray, *, tolerance: int = 1) -> float:
+    """Mean F1 between edge maps and control edge maps, within `tolerance` pixels."""
     import cv2
 
     kernel: np.ndarray = np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8)
     scores = []
-    for edges, control in zip(D.canny_edges(images), control_edges, strict=True):
+    for found, control in zip(edges, control_edges, strict=True):
         near_control = cv2.dilate(control.astype(np.uint8), kernel) > 0
-        near_edges = cv2.dilate(edges.astype(np.uint8), kernel) > 0
-        precision = (edges.astype(bool) & near_control).sum() / max(1, edges.sum())
-        recall = (control.astype(bool) & near_edges).sum() / max(1, control.sum())
+        near_found = cv2.dilate(found.astype(np.uint8), kernel) > 0
+        precision = (found.astype(bool) & near_control).sum() / max(1, found.sum())
+        recall = (control.astype(bool) & near_found).sum() / max(1, control.sum())
         scores.append(
             0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
         )

@@ -228,5 +228,9 @@ def controlnet_loss(
 
 def edge_tensor(images: np.ndarray) -> torch.Tensor:
     """Control images as the ControlNet pipeline feeds them: (N, 3, H, W) white edges in [0, 1]."""
-    edges = torch.from_numpy(D.canny_edges(images))
-    return edges[:, None].repeat(1, 3, 1, 1)
+    return edges_as_control(D.canny_edges(images))
+
+
+def edges_as_control(edges: np.ndarray) -> torch.Tensor:
+    """(N, H, W) edge maps in {0, 1} -> (N, 3, H, W), the control image the pipeline feeds."""
+    return torch.from_numpy(edges)[:, None].repeat(1, 3, 1, 1)

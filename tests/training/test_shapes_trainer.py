@@ -1,0 +1,153 @@
+"""`gensvc models train-demo --world shapes` on the quick budget, end to end through the Engine,
+and the pieces the shapes evaluation stands on (issue #19).
+
+The quick training (minutes on a loaded 2-core machine) and what uses it are `slow`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from generative_service.training import demo
+from generative_service.training import shapes as S
+from generative_service.training import shapes_eval as E
+from generative_service.training import shapes_model as M
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _train(out, work, *extra: str) -> int:
+    return demo.main(
+        ["--world", "shapes", "--budget", "quick", "--out", str(out), "--work", str(work),
+         "--no-eval", "--no-progress", *extra]
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def quick_shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quick-shapes")
+    assert _train(root / "bundle", root / "work") == 0
+    return root
+
+
+def test_text_side_encodes_exactly_as_the_pipeline_does():
+    """Training conditions the UNet on what serving will feed it, or nothing it learns applies."""
+    from generative_service.training import components
+
+    tokenizers = M.build_tokenizers()
+    encoders = M.build_text_encoders(*tokenizers)
+    pipe = components.assemble_pipeline(
+        vae=M.build_vae(), unet=M.build_unet(), tokenizers=tokenizers, text_encoders=encoders
+    )
+    prompts = ["a red circle above a blue square", "two green triangles"]
+    want, _, want_pooled, _ = pipe.encode_prompt(
+        prompts, device="cpu", do_classifier_free_guidance=False
+    )
+    with torch.no_grad():
+        got, got_pooled = M.TextSide(*encoders)(
+            M.token_ids(tokenizers[0], prompts), M.token_ids(tokenizers[1], prompts)
+        )
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_pooled, want_pooled)
+
+
+def test_scene_set_prompts_are_true_of_their_scenes():
+    tokenizers = M.build_tokenizers()
+    data = M.scene_set(40, tokenizers, seed=3)
+    images = ((data.pixels + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    for i, image in enumerate(images):
+        found = S.detect(image)
+        for row in data.options[i].unique():
+            prompt = data.prompts[int(row)]
+            assert prompt in S.prompts_for_scene(S.training_scenes(40, seed=3)[i])
+        assert found, i
+
+
+def test_vae_normalises_over_all_channels_at_once():
+    """8 groups over 8 channels erased hue (feasibility run): every GroupNorm has one group."""
+    norms = [m for m in M.build_vae().modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == 1 for m in norms)
+
+
+def test_unet_attends_to_the_text_at_both_resolutions():
+    unet = M.build_unet()
+    assert all(hasattr(b, "attentions") for b in unet.down_blocks)
+    assert all(hasattr(b, "attentions") for b in unet.up_blocks)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_quick_shapes_bundle_draws_through_the_engine(quick_shapes):
+    bundle = quick_shapes / "bundle"
+    info = json.loads((bundle / "bundle.json").read_text())
+    assert info["world"] == "shapes" and info["loras"] == ["pastel"]
+    assert (bundle / "loras" / "pastel.safetensors").is_file()
+    unet = load_file(bundle / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(t.dtype == torch.float16 for t in unet.values())
+    training = json.loads((bundle / "training.json").read_text())
+    assert set(training["vae_ceiling"]) == {"after_vae", "after_decoder"}
+    assert "Not evaluated" in (bundle / "MODEL_CARD.md").read_text()
+
+    from generative_service.training.drawing import EngineDrawer
+
+    drawer = EngineDrawer(bundle, cache_dir=quick_shapes / "cache")
+    images = drawer.draw(
+        ["a red circle above a blue square", "a red circle above a blue square"],
+        [1, 1],
+        guidance=3.0,
+        steps=2,
+        rgb=True,
+    )
+    assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
+    assert np.array_equal(images[0], images[1])  # same seed, same image
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_resumed_quick_training_equals_an_uninterrupted_one(quick_shapes, tmp_path):
+    """Kill-and-resume is exact: drop the later stages' checkpoints and resume."""
+    work = tmp_path / "work"
+    import shutil
+
+    shutil.copytree(quick_shapes / "work", work)
+    for name in ("decoder", "controlnet", "lora"):
+        (work / f"{name}.pt").unlink()
+    assert _train(tmp_path / "bundle", work, "--resume") == 0
+    for part in ("unet", "vae"):
+        a = load_file(quick_shapes / f"bundle/pipeline/{part}/diffusion_pytorch_model.safetensors")
+        b = load_file(tmp_path / f"bundle/pipeline/{part}/diffusion_pytorch_model.safetensors")
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_edge_f1_and_placement_read_real_renders_right():
+    specs = [S.random_spec("two_objects", np.random.default_rng(i)) for i in range(4)]
+    real = S.real_images(specs)
+    assert E.edge_f1(real, S.canny_edges(real)) == pytest.approx(1.0)
+    assert all(E.placed_like(a, a) for a in real)
+    moved = np.roll(real, 12, axis=2)  # every shape 12 px to the right
+    assert not any(E.placed_like(a, b) for a, b in zip(moved, real, strict=True))
+    other = S.real_images(specs, seed_offset=7)
+    assert E.edge_f1(other, S.canny_edges(real)) < 0.6
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_quality_benchmark_shapes_section_runs_on_a_bundle(quick_shapes):
+    spec = importlib.util.spec_from_file_location("quality_bench", _ROOT / "benchmarks/quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    result = quality.shapes_rows(
+        model=str(quick_shapes / "bundle"), per_category=1, guidances=(3.0,)
+    )
+    assert result["judge_on_real"]["overall"] == 1.0
+    (row,) = result["rows"]
+    assert set(row["accuracy"]) == {*S.CATEGORIES, "overall"} and row["images_per_second"] > 0
+    text = quality.shapes_markdown(result)
+    assert "| judge on real renders | 100.0 %" in text and "| 3 (default) |" in text
