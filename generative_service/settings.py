@@ -152,6 +152,14 @@ class Settings(BaseSettings):
         "",
         description="ENGINE_BACKEND=compile: comma-separated WIDTHxHEIGHT sizes compiled at start (empty: the default size). Other sizes run eagerly, never compiled inside a request.",
     )
+    compile_batch: Literal["pad", "dynamic", "mark_dynamic"] = Field(
+        "mark_dynamic",
+        description="ENGINE_BACKEND=compile: how one compiled UNet graph serves batch sizes 1..2*MAX_BATCH_IMAGES: `mark_dynamic` (a symbolic batch axis, sizes static), `dynamic` (torch.compile(dynamic=True): every axis symbolic) or `pad` (every call padded to the largest batch, all static). Batch 1 is always padded to 2. benchmarks/REPORT.md compares them.",
+    )
+    compile_compiler: Literal["inductor", "aot_eager", "eager"] = Field(
+        "inductor",
+        description="ENGINE_BACKEND=compile: the torch.compile backend. `eager` and `aot_eager` only trace (the same guards, no speed-up): for tests and debugging.",
+    )
     compile_lora_slots: int = Field(
         2,
         ge=0,

@@ -24,13 +24,35 @@ def test_onnxruntime_worker_names_its_backend(start_service, worker_settings) ->
     assert models["backend"]["provider"] == "CPUExecutionProvider"
 
 
+def stopped_at_start(start_service, settings, *, timeout: float = 300) -> str:
+    """Start one worker that must exit with EXIT_CONFIG without ever registering; its log."""
+    service = start_service(settings, workers=1, gateway=False, wait=False)
+    assert service.processes["worker-0"].wait(timeout=timeout) == EXIT_CONFIG
+    assert service.live_worker_count() == 0
+    return service.logs("worker-0")
+
+
 def test_worker_whose_backend_cannot_start_exits_with_the_reason(
     start_service, worker_settings
 ) -> None:
     settings = worker_settings(engine_backend="onnxruntime", onnx_provider="cuda")
-    service = start_service(settings, workers=1, gateway=False, wait=False)
-    process = service.processes["worker-0"]
-    assert process.wait(timeout=300) == EXIT_CONFIG
-    logs = service.logs("worker-0")
+    logs = stopped_at_start(start_service, settings)
     assert "GENSVC_ONNX_PROVIDER" in logs and "cuda" in logs
-    assert service.live_worker_count() == 0
+
+
+def test_compile_worker_with_a_bad_size_list_exits_with_the_reason(
+    start_service, worker_settings
+) -> None:
+    settings = worker_settings(engine_backend="compile", compile_sizes="64x64,64")
+    logs = stopped_at_start(start_service, settings)
+    assert "GENSVC_COMPILE_SIZES" in logs and "'64' is not WIDTHxHEIGHT" in logs
+
+
+@pytest.mark.slow  # traces the UNet before inductor's C++ build fails
+def test_compile_worker_without_a_cpp_compiler_exits_with_the_reason(
+    start_service, worker_settings, monkeypatch
+) -> None:
+    monkeypatch.setenv("CXX", "/bin/false")  # inductor's C++ build cannot run
+    monkeypatch.setenv("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")  # no cached kernels to fall back on
+    logs = stopped_at_start(start_service, worker_settings(engine_backend="compile"), timeout=1800)
+    assert "GENSVC_ENGINE_BACKEND" in logs and "torch.compile (inductor) failed at start" in logs

@@ -1,299 +1,321 @@
-"""The torch.compile backend: one compiled UNet that no request recompiles.
+"""The torch.compile backend: one compiled UNet graph per served size, no compile in a request.
 
-What would recompile, and what this backend does instead:
-- a new batch size or CFG on/off (UNet batch 1..8): the UNet is compiled with dynamic shapes, so
-  one graph serves batch 2..8 and one batch 1 (dynamo specialises size-1 dimensions); both are
-  compiled at start for every served size, with and without ControlNet residuals;
-- loading, switching, re-scaling or turning off a LoRA: LoRA layers exist before compiling, in a
-  fixed set of slots (GENSVC_COMPILE_LORA_SLOTS, padded to GENSVC_LORA_HOTSWAP_RANK) that are
-  always active; a request's adapters are hot-swapped into the slots (weights copied in place),
-  scales are tensors filled in place, and "no LoRA" is scale 0 (adding 0.0 is exact);
-- another image size: only GENSVC_COMPILE_SIZES are compiled; other sizes run eagerly for that
-  call (`reproducibility.backend.ran` says `eager`), never a compile inside a request.
+What would make torch.compile build another graph, and what this backend does instead:
+- ControlNet or not: the UNet always takes the ControlNet residuals (zeros without a
+  ControlNet: adding 0.0 is exact), so both pipelines call the same graph;
+- batch size (1..2*MAX_BATCH_IMAGES UNet rows; CFG doubles them): GENSVC_COMPILE_BATCH picks a
+  symbolic batch axis (`mark_dynamic`, `dynamic`) or padding to the largest batch (`pad`); batch 1
+  is always padded to 2, because dynamo gives size-1 axes a graph of their own;
+- timestep dtype (int64 or float32 by sampler) and memory layout: normalised before the call;
+- prompt length (75-token windows): the sequence axis is symbolic;
+- loading, switching, re-scaling or turning off a LoRA: slots prepared before compiling
+  (slot_loras.py), so only tensor values change;
+- image size: each size of GENSVC_COMPILE_SIZES is compiled at start; any other size runs the
+  UNet eagerly for that call (`reproducibility.backend.ran` = `eager`, with the reason).
 
-During requests the compiler's stance is `eager_on_recompile`: should a guard still fail, that
-call runs eagerly rather than compiling for minutes.
+The worker compiles every served size before it reports ready, then runs real jobs (CFG on and
+off, each ControlNet) with the compiler's stance `fail_on_recompile`: a shape the warm-up missed
+fails the start with a message instead of compiling inside a request. In service the stance is
+`eager_on_recompile`, so should a guard still fail, that call runs eagerly rather than compiling.
+
+Compiled code is cached under CACHE_DIR/torch-compile (inductor's FX graph and AOTAutograd
+caches), so a second start of the same model only re-traces.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from generative_service.engine.backends.base import Backend
+from generative_service.engine.backends.onnx_export import residual_shapes
+from generative_service.engine.backends.slot_loras import SlotLoras
 from generative_service.engine.hashing import FileHasher
-from generative_service.engine.paths import list_lora_names, lora_path
-from generative_service.errors import LoraError, ModelLoadError
-from generative_service.schemas import LoraSpec
+from generative_service.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 class CompiledBackend(Backend):
-    """Compiles the shared UNet in place after preparing its LoRA slots."""
+    """Serves the pipelines' UNet through one torch.compile'd function."""
 
     name = "compile"
-    # NOTE: tests swap in dynamo's "eager" backend: the same guards decide recompiles, in seconds.
-    compile_options: dict[str, Any] = {"dynamic": True}
 
     def __init__(self, settings, models) -> None:
         super().__init__(settings, models)
         self.unet = models.pipe.unet
         self.sizes = _parse_sizes(settings.compile_sizes, default=settings)
+        self.batch = settings.compile_batch
+        self.max_rows = 2 * settings.max_batch_images
         self.serving_stance = "eager_on_recompile"
-        self._warming = False
         self.compile_seconds = 0.0
-        self._serving = True
+        self.check_seconds = 0.0
+        self._compiled: Any = None
+        self._serving = False  # warm-up and served sizes only
+        self._zeros: dict[tuple, list[torch.Tensor]] = {}
 
     def make_loras(self, *, hasher: FileHasher) -> SlotLoras:
+        # NOTE: runs before start(): peft's hot-swap preparation must precede compiling.
         return SlotLoras(self.models.pipe, self.settings, hasher=hasher)
 
     def start(self, engine) -> None:
-        """Compile the UNet and run every served shape once, before the worker reports ready."""
-        from generative_service.engine.engine import EngineJob
-        from generative_service.schemas import ControlSpec, GenerationRequest
-
-        shapes = len(self.sizes) * 2 * (1 + len(self.models.control_pipes))
-        limit = max(torch._dynamo.config.recompile_limit, shapes + 4)
+        """Compile every served size, then check real jobs do not recompile; before ready."""
+        _use_cache_dir(Path(self.settings.cache_dir) / "torch-compile")
+        limit = max(torch._dynamo.config.recompile_limit, len(self.sizes) + 2)
         torch._dynamo.config.recompile_limit = limit
-        torch._dynamo.config.accumulated_recompile_limit = max(
-            torch._dynamo.config.accumulated_recompile_limit, limit * 4
+        self._compiled = torch.compile(
+            self._unet_call,
+            backend=self.settings.compile_compiler,
+            dynamic=True if self.batch == "dynamic" else False,
         )
-        self.unet.compile(**self.compile_options)
+        self.unet.forward = _UNetStandIn(self, self.unet)
         started = time.perf_counter()
-        control_image = _warmup_control_image()
-        self._warming = True
-        for width, height in self.sizes:
-            for kind in [None, *self.models.control_pipes]:
-                control = ControlSpec(type=kind, image=control_image) if kind else None
-                for guidance in (1.0, 5.0):  # UNet batch 1 (no CFG) and 2 (CFG)
-                    request = GenerationRequest(
-                        prompt="warm-up",
-                        width=width,
-                        height=height,
-                        steps=1,
-                        seed=0,
-                        guidance_scale=guidance,
-                        control=control,
-                    )
-                    engine.run([EngineJob("warm-up", request)])
-        self._warming = False
+        try:
+            with torch.no_grad():
+                for width, height in self.sizes:
+                    self._warm_up(width, height)
+        except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for inductor: stop the worker
+            raise ModelLoadError(
+                "engine_backend",
+                f"compile: torch.compile ({self.settings.compile_compiler}) failed at start: "
+                f"{_first_line(exc)}",
+            ) from exc
         self.compile_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        self._check_real_jobs(engine)
+        self.check_seconds = time.perf_counter() - started
         log.info(
             "compile.warmed_up",
-            extra={"sizes": self.sizes, "seconds": round(self.compile_seconds, 1)},
+            extra={
+                "sizes": self.sizes,
+                "batch": self.batch,
+                "compile_seconds": round(self.compile_seconds, 1),
+                "check_seconds": round(self.check_seconds, 1),
+            },
         )
 
     def prepare(self, plan, *, loras: list[dict]) -> dict[str, Any]:
         self._serving = (plan.width, plan.height) in self.sizes
         if not self._serving:
+            log.warning("compile.eager_fallback", extra={"size": f"{plan.width}x{plan.height}"})
             return {"name": self.name, "ran": "eager", "reason": "size not compiled"}
-        return {"name": self.name, "ran": self.name}
+        return {"name": self.name, "ran": self.name, "batch": self.batch}
 
     def running(self):
-        if self._warming:
-            stance = "default"  # compiling is the point of the warm-up
-        else:
-            stance = self.serving_stance if self._serving else "force_eager"
-        return torch.compiler.set_stance(stance)
+        return torch.compiler.set_stance(self.serving_stance)
 
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "sizes": [f"{width}x{height}" for width, height in self.sizes],
+            "batch": self.batch,
+            "compiler": self.settings.compile_compiler,
             "compile_seconds": round(self.compile_seconds, 1),
             "lora_slots": self.settings.compile_lora_slots,
         }
 
+    # --- the compiled call -------------------------------------------------------------------------
 
-class SlotLoras:
-    """LoRA adapters for a compiled UNet: fixed, always-active slots filled by hot-swapping.
+    def _unet_call(
+        self, sample, timestep, encoder_hidden_states, text_embeds, time_ids, *residuals
+    ):
+        unet = self.unet
+        return type(unet).forward(
+            unet,
+            sample,
+            timestep,
+            encoder_hidden_states,
+            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
+            down_block_additional_residuals=residuals[:-1],
+            mid_block_additional_residual=residuals[-1],
+            return_dict=False,
+        )[0]
 
-    Same interface as `LoraManager` (activate / text_signature / check_known / loaded).
-    """
+    def rows(self, batch: int) -> int | None:
+        """UNet rows one call of `batch` runs with (None: more than the graph serves)."""
+        if batch > self.max_rows:
+            return None
+        return self.max_rows if self.batch == "pad" else max(batch, 2)
 
-    def __init__(self, pipe, settings, *, hasher: FileHasher) -> None:
-        self.pipe = pipe
-        self.settings = settings
-        self.hasher = hasher
-        self.rank = settings.lora_hotswap_rank
-        self.slots = [f"slot{index}" for index in range(settings.compile_lora_slots)]
-        self._held: list[tuple[str, tuple[int, int], str] | None] = [None] * len(self.slots)
-        self._scales: list[float | None] = [None] * len(self.slots)
-        self._base: dict[str, list[tuple[torch.Tensor, float]]] = {}
-        self.targets: list[str] = []
-        if self.rank and self.slots:
-            self._prepare()
-
-    @property
-    def loaded(self) -> list[str]:
-        return [held[0] for held in self._held if held is not None]
-
-    def check_known(self, specs: list[LoraSpec]) -> None:
-        for index, spec in enumerate(specs):
-            if not lora_path(self.settings, spec.name).is_file():
-                known = list_lora_names(self.settings)
-                raise LoraError(
-                    f"loras[{index}].name",
-                    f"unknown LoRA {spec.name!r}; known: {', '.join(known) or 'none'}",
-                )
-
-    def text_signature(self) -> str:
-        return ""  # text-encoder LoRAs are refused by this backend
-
-    def activate(self, specs: list[LoraSpec]) -> list[dict]:
-        """Hot-swap `specs` into the slots and set their scales; [] sets every scale to 0."""
-        if specs and not (self.rank and self.slots):
-            raise LoraError(
-                "loras",
-                "LoRAs need GENSVC_LORA_HOTSWAP_RANK > 0 and GENSVC_COMPILE_LORA_SLOTS > 0 with GENSVC_ENGINE_BACKEND=compile",
-            )
-        if len(specs) > len(self.slots):
-            raise LoraError(
-                "loras",
-                f"at most {len(self.slots)} adapters at once on this worker (GENSVC_COMPILE_LORA_SLOTS)",
-            )
-        records = []
-        for index, spec in enumerate(specs):
-            sha256 = self._swap_in(index, spec.name)
-            records.append({"name": spec.name, "scale": spec.scale, "sha256": sha256})
-        for index in range(len(self.slots)):
-            self._set_scale(index, specs[index].scale if index < len(specs) else 0.0)
-        return records
-
-    # --- internals ---------------------------------------------------------------------------------
-
-    def _prepare(self) -> None:
-        """Zero adapters in every slot, active at once, scalings as tensors: then compile."""
-        from peft import LoraConfig
-        from peft.utils.hotswap import prepare_model_for_compiled_hotswap
-
-        unet = self.pipe.unet
-        self.targets = _target_modules(unet, self.settings)
-        config = LoraConfig(
-            r=self.rank, lora_alpha=self.rank, target_modules=self.targets, init_lora_weights=False
-        )
-        for slot in self.slots:
-            unet.add_adapter(config, adapter_name=slot)
-        unet.set_adapters(self.slots, weights=[1.0] * len(self.slots))
-        prepare_model_for_compiled_hotswap(unet, target_rank=self.rank, config=unet.peft_config)
-        with torch.no_grad():
-            for name, parameter in unet.named_parameters():
-                if ".lora_B." in name:
-                    parameter.zero_()
-        for index, slot in enumerate(self.slots):
-            self._base[slot] = self._scalings(slot)
-            self._set_scale(index, 0.0)
-
-    def _scalings(self, slot: str) -> list[tuple[torch.Tensor, float]]:
-        from peft.tuners.lora import LoraLayer
-
-        return [
-            (module.scaling[slot], float(module.scaling[slot]))
-            for module in self.pipe.unet.modules()
-            if isinstance(module, LoraLayer) and slot in module.scaling
+    def call(self, sample, timestep, hidden, text_embeds, time_ids, residuals) -> torch.Tensor:
+        batch = sample.shape[0]
+        rows = self.rows(batch)
+        assert rows is not None
+        if residuals is None:
+            residuals = self.zero_residuals(rows, sample)
+        timestep = torch.as_tensor(timestep, device=sample.device).to(torch.float32)
+        inputs = [
+            sample,
+            timestep.reshape(-1).expand(batch),
+            hidden,
+            text_embeds,
+            time_ids,
+            *residuals,
         ]
+        inputs = [_pad(tensor, rows) for tensor in inputs]
+        if self.batch == "mark_dynamic":
+            for tensor in inputs:
+                torch._dynamo.mark_dynamic(tensor, 0, min=2, max=self.max_rows)
+        if self.batch != "dynamic":
+            torch._dynamo.mark_dynamic(inputs[2], 1)  # prompt windows of 77 tokens
+        return self._compiled(*inputs)[:batch]
 
-    def _set_scale(self, index: int, scale: float) -> None:
-        if self._scales[index] == scale:
-            return
-        with torch.no_grad():
-            for tensor, base in self._base[self.slots[index]]:
-                tensor.fill_(base * scale)
-        self._scales[index] = scale
+    def zero_residuals(self, rows: int, sample: torch.Tensor) -> list[torch.Tensor]:
+        """All-zero ControlNet residuals for a UNet call without a ControlNet (cached per shape)."""
+        key = (rows, *sample.shape[2:], sample.dtype, sample.device)
+        if key not in self._zeros:
+            shapes = residual_shapes(
+                self.unet.config, height=sample.shape[2], width=sample.shape[3]
+            )
+            self._zeros[key] = [
+                torch.zeros((rows, *shape), dtype=sample.dtype, device=sample.device)
+                for shape in shapes
+            ]
+        return self._zeros[key]
 
-    def _swap_in(self, index: int, name: str) -> str:
-        path = lora_path(self.settings, name)
-        field = f"loras[{index}]"
-        if not path.is_file():
-            self.check_known([LoraSpec(name=name)] * (index + 1))
-        stat = path.stat()
-        stamp = (stat.st_size, stat.st_mtime_ns)
-        held = self._held[index]
-        if held is not None and held[:2] == (name, stamp):
-            return held[2]
-        self._check_file(path, field=field, name=name)
-        slot = self.slots[index]
+    # --- start -------------------------------------------------------------------------------------
+
+    def _warm_up(self, width: int, height: int) -> None:
+        """Compile the graph of one size (one call: batch, sequence length are symbolic)."""
+        config = self.unet.config
+        scale = self.models.pipe.vae_scale_factor
+        dtype, device = self.models.dtype, self.models.device
+        rows = 2
+
+        def tensor(*shape: int) -> torch.Tensor:
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        embeds = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
         started = time.perf_counter()
-        try:
-            self.pipe.load_lora_weights(
-                str(path.parent), weight_name=path.name, adapter_name=slot, hotswap=True
+        with torch.compiler.set_stance("default"):
+            self.call(
+                tensor(rows, config.in_channels, height // scale, width // scale),
+                torch.tensor(999),
+                tensor(rows, 77, config.cross_attention_dim),
+                tensor(rows, embeds),
+                tensor(rows, 6),
+                None,
             )
-        except Exception as exc:  # noqa: BLE001 - the slot may be half-written: zero it
-            self._zero_slot(slot)
-            self._held[index] = None
-            raise LoraError(
-                field, f"LoRA {name!r} could not be hot-swapped: {_short(exc)}"
-            ) from None
-        self._base[slot] = self._scalings(slot)  # the new adapter's alpha / rank
-        self._scales[index] = None
-        sha256 = self.hasher.sha256(path)
-        self._held[index] = (name, stamp, sha256)
         log.info(
-            "lora.hotswapped",
-            extra={"lora": name, "slot": slot, "ms": round((time.perf_counter() - started) * 1000)},
+            "compile.size",
+            extra={"size": f"{width}x{height}", "seconds": round(time.perf_counter() - started, 1)},
         )
-        return sha256
 
-    def _zero_slot(self, slot: str) -> None:
-        with torch.no_grad():
-            for name, parameter in self.pipe.unet.named_parameters():
-                if f".lora_B.{slot}." in name:
-                    parameter.zero_()
+    def _check_real_jobs(self, engine) -> None:
+        """One-step real jobs through every pipeline must reuse the graphs (else: fail the start)."""
+        from generative_service.engine.engine import EngineJob
+        from generative_service.schemas import ControlSpec, GenerationRequest
 
-    def _check_file(self, path: Path, *, field: str, name: str) -> None:
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                keys = list(handle.keys())
-        except Exception as exc:  # noqa: BLE001
-            raise LoraError(
-                field, f"LoRA {name!r} is not a readable safetensors file: {_short(exc)}"
-            ) from None
-        if any(key.startswith(("text_encoder", "lora_te")) for key in keys):
-            raise LoraError(
-                field,
-                f"LoRA {name!r} changes the text encoders, which GENSVC_ENGINE_BACKEND=compile does not support",
+        width, height = self.sizes[0]
+        control_image = _warmup_control_image()
+        cases = [(None, 5.0), (None, 1.0)] + [(kind, 5.0) for kind in self.models.control_pipes]
+        for kind, guidance in cases:
+            request = GenerationRequest(
+                prompt="warm-up",
+                width=width,
+                height=height,
+                steps=1,
+                seed=0,
+                guidance_scale=guidance,
+                control=ControlSpec(type=kind, image=control_image) if kind else None,
             )
-        modules = {_module_of(key) for key in keys if key.startswith("unet.")}
-        missing = sorted(module for module in modules if module and module not in self.targets)
-        if missing:
-            raise LoraError(
-                field,
-                f"LoRA {name!r} targets layers the compiled UNet has no LoRA slots for ({missing[0]}, {len(missing)} in all); restart the worker with the file in GENSVC_LORA_DIR",
+            stance, self.serving_stance = self.serving_stance, "fail_on_recompile"
+            try:
+                engine.run([EngineJob("warm-up", request)])
+            except Exception as exc:  # noqa: BLE001 - name the failure, stop the worker
+                raise ModelLoadError(
+                    "engine_backend",
+                    f"compile: a real job ({kind or 'no control'}, guidance {guidance}, "
+                    f"{width}x{height}) did not reuse the warmed-up graph: {_first_line(exc)}",
+                ) from exc
+            finally:
+                self.serving_stance = stance
+
+
+class _UNetStandIn:
+    """The UNet's `forward` on this backend: the compiled graph for served sizes, else eager."""
+
+    def __init__(self, backend: CompiledBackend, module: torch.nn.Module) -> None:
+        self.backend = backend
+        self.module = module
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(
+        self,
+        sample,
+        timestep,
+        encoder_hidden_states,
+        *,
+        added_cond_kwargs=None,
+        down_block_additional_residuals=None,
+        mid_block_additional_residual=None,
+        return_dict=True,
+        **extra,
+    ):
+        unused = {name: value for name, value in extra.items() if value is not None}
+        served = (
+            self.backend._serving
+            and not unused
+            and added_cond_kwargs is not None
+            and self.backend.rows(sample.shape[0]) is not None
+        )
+        if served:
+            residuals = None
+            if down_block_additional_residuals is not None:
+                residuals = [*down_block_additional_residuals, mid_block_additional_residual]
+            out = self.backend.call(
+                sample,
+                timestep,
+                encoder_hidden_states,
+                added_cond_kwargs["text_embeds"],
+                added_cond_kwargs["time_ids"],
+                residuals,
             )
+            if not return_dict:
+                return (out,)
+            from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+            return UNet2DConditionOutput(sample=out)
+        return type(self.module).forward(
+            self.module,
+            sample,
+            timestep,
+            encoder_hidden_states,
+            added_cond_kwargs=added_cond_kwargs,
+            down_block_additional_residuals=down_block_additional_residuals,
+            mid_block_additional_residual=mid_block_additional_residual,
+            return_dict=return_dict,
+            **extra,
+        )
 
 
 # --- helpers ---------------------------------------------------------------------------------------
 
 
-def _module_of(key: str) -> str | None:
-    for marker in (".lora_A.", ".lora_B.", ".lora.down.", ".lora.up."):
-        if marker in key:
-            return key[len("unet.") : key.index(marker)]
-    return None
+def _pad(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """`tensor` with `rows` rows (copies of its last row appended), contiguous."""
+    missing = rows - tensor.shape[0]
+    if missing > 0:
+        tensor = torch.cat([tensor, tensor[-1:].expand(missing, *tensor.shape[1:])])
+    return tensor.contiguous()
 
 
-def _target_modules(unet, settings) -> list[str]:
-    """Every UNet layer that the LoRA files present at start touch, plus the attention projections."""
-    targets = {
-        name
-        for name, module in unet.named_modules()
-        if isinstance(module, torch.nn.Linear) and name.endswith(DEFAULT_TARGETS)
-    }
-    for name in list_lora_names(settings):
-        try:
-            with safe_open(str(lora_path(settings, name)), framework="pt") as handle:
-                targets |= {module for key in handle.keys() if (module := _module_of(key))}
-        except Exception:  # noqa: BLE001 - a broken file is refused when a request uses it
-            continue
-    present = dict(unet.named_modules())
-    return sorted(name for name in targets if name in present)
+def _use_cache_dir(path: Path) -> None:
+    """Keep inductor's caches with the model cache (unless the operator chose a place)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    # NOTE: importing diffusers already sets the variable to torch's default (/tmp/...), and
+    # inductor reads it at every cache access: replace the default, keep an operator's choice.
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default_cache_dir()):
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
 
 
 def _parse_sizes(text: str, *, default) -> list[tuple[int, int]]:
@@ -325,6 +347,6 @@ def _warmup_control_image() -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:300]
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
