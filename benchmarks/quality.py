@@ -19,7 +19,7 @@
     .venv/bin/python benchmarks/quality.py --sdxl-model DIR --clip-model DIR --reference-dir DIR \\
         [--fid-model DIR] [--size 1024] [--steps 30] [--guidance 7.5]
 
-Writes the "quality" section of benchmarks/REPORT.md.
+Writes the "quality" section of benchmarks/REPORT.md ((a2): the "quality-shapes" section).
 """
 
 from __future__ import annotations
@@ -354,9 +354,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_demo:
         parts.append(demo_markdown(demo_rows(per_digit=args.per_digit)))
     if args.shapes_model:
-        parts.append(
-            shapes_markdown(shapes_rows(model=args.shapes_model, per_category=args.per_category))
+        # Its own report section: a shapes run leaves the digits and SDXL numbers alone.
+        shapes = shapes_markdown(
+            shapes_rows(model=args.shapes_model, per_category=args.per_category)
         )
+        print(shapes)
+        if not args.no_report:
+            write_section("quality-shapes", shapes)
+        if args.skip_demo and not args.sdxl_model:
+            return 0
     sdxl = None
     if args.sdxl_model:
         if not (args.clip_model and args.reference_dir):
