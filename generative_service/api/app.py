@@ -157,8 +157,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await app.state.async_redis.aclose()
+        # Both clients were given their pools, so closing a client leaves its pool's sockets open
+        # (redis-py closes only pools it made): close the pools, or every app that starts and stops
+        # in one process (tests, reloads) leaves its warmed connections behind.
+        await app.state.async_redis.aclose(close_connection_pool=True)
         app.state.redis.close()
+        app.state.redis.connection_pool.disconnect()
 
 
 def _with_security_headers(app: FastAPI) -> None:
