@@ -214,7 +214,10 @@ def test_generate_control_type_choices_are_the_servers(
         return subprocess.run([sys.executable, "-m", "generative_service.cli", *argv], env=process_env(settings),
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
 
-    refused = generate_with("canny")  # the tiny model has no ControlNet
+    # What a worker serving no ControlNet publishes at start (the session's tiny bundle may have
+    # gained ControlNets from other tests, so the answer must not depend on it).
+    redis.set(settings.keys.models, json.dumps({"controlnets": []}))
+    refused = generate_with("canny")
     assert refused.returncode == 2
     assert (
         refused.stderr.strip()
