@@ -26,7 +26,13 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from generative_service.engine.tokenizer import build_clip_tokenizer, clip_special_ids
 from generative_service.training import shapes as S
-from generative_service.training.stages import Latents, _min_snr_mse, _noised, _shape_weighted_mse
+from generative_service.training.stages import (
+    Latents,
+    _controlled_noise_pred,
+    _min_snr_mse,
+    _noised,
+    _shape_weighted_mse,
+)
 
 TEXT_DIM = 64
 TEXT_LAYERS = 3  # SDXL reads the penultimate layer: 2 layers of context per token
@@ -285,17 +291,7 @@ def controlnet_loss(
         with torch.no_grad():
             embeds, added = _conditioning(text, data, idx, gen, p_generic=0.3, p_drop=0.3)
         noisy, noise, t = _noised(scheduler, z0, gen)
-        down, mid = controlnet(
-            noisy, t, embeds, controlnet_cond=edges[idx], added_cond_kwargs=added, return_dict=False
-        )
-        pred = unet(
-            noisy,
-            t,
-            embeds,
-            added_cond_kwargs=added,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-        ).sample
+        pred = _controlled_noise_pred(unet, controlnet, noisy, t, embeds, added, edges[idx])
         return _shape_weighted_mse(scheduler, pred, noise, t)
 
     return loss_fn

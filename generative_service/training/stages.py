@@ -146,6 +146,21 @@ def _min_snr_mse(
     return (weight * per_sample).mean()
 
 
+def _controlled_noise_pred(unet, controlnet, noisy, t, embeds, added, control) -> torch.Tensor:
+    """The UNet's noise prediction with the ControlNet's residuals for `control` added."""
+    down, mid = controlnet(
+        noisy, t, embeds, controlnet_cond=control, added_cond_kwargs=added, return_dict=False
+    )
+    return unet(
+        noisy,
+        t,
+        embeds,
+        added_cond_kwargs=added,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+    ).sample
+
+
 def _shape_weighted_mse(
     scheduler, pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
@@ -210,17 +225,7 @@ def controlnet_loss(
         z0 = latents.sample(idx, gen)
         embeds, added = _conditioning(table, labels[idx], gen, p_generic=0.3, p_drop=0.3)
         noisy, noise, t = _noised(scheduler, z0, gen)
-        down, mid = controlnet(
-            noisy, t, embeds, controlnet_cond=edges[idx], added_cond_kwargs=added, return_dict=False
-        )
-        pred = unet(
-            noisy,
-            t,
-            embeds,
-            added_cond_kwargs=added,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-        ).sample
+        pred = _controlled_noise_pred(unet, controlnet, noisy, t, embeds, added, edges[idx])
         return _shape_weighted_mse(scheduler, pred, noise, t)
 
     return loss_fn
