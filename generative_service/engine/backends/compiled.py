@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from generative_service.engine.backends.base import Backend
+from generative_service.engine.backends.base import Backend, UNetStandIn
 from generative_service.engine.backends.onnx_export import residual_shapes
 from generative_service.engine.backends.slot_loras import SlotLoras
 from generative_service.engine.hashing import FileHasher
@@ -237,63 +237,16 @@ class CompiledBackend(Backend):
                 self.serving_stance = stance
 
 
-class _UNetStandIn:
-    """The UNet's `forward` on this backend: the compiled graph for served sizes, else eager."""
+class _UNetStandIn(UNetStandIn):
+    """The compiled graph for served sizes and batches, else eager."""
 
-    def __init__(self, backend: CompiledBackend, module: torch.nn.Module) -> None:
-        self.backend = backend
-        self.module = module
+    backend: CompiledBackend
 
-    def __deepcopy__(self, memo):
-        return self
+    def serves(self, sample: torch.Tensor) -> bool:
+        return self.backend._serving and self.backend.rows(sample.shape[0]) is not None
 
-    def __call__(
-        self,
-        sample,
-        timestep,
-        encoder_hidden_states,
-        *,
-        added_cond_kwargs=None,
-        down_block_additional_residuals=None,
-        mid_block_additional_residual=None,
-        return_dict=True,
-        **extra,
-    ):
-        unused = {name: value for name, value in extra.items() if value is not None}
-        served = (
-            self.backend._serving
-            and not unused
-            and added_cond_kwargs is not None
-            and self.backend.rows(sample.shape[0]) is not None
-        )
-        if served:
-            residuals = None
-            if down_block_additional_residuals is not None:
-                residuals = [*down_block_additional_residuals, mid_block_additional_residual]
-            out = self.backend.call(
-                sample,
-                timestep,
-                encoder_hidden_states,
-                added_cond_kwargs["text_embeds"],
-                added_cond_kwargs["time_ids"],
-                residuals,
-            )
-            if not return_dict:
-                return (out,)
-            from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-
-            return UNet2DConditionOutput(sample=out)
-        return type(self.module).forward(
-            self.module,
-            sample,
-            timestep,
-            encoder_hidden_states,
-            added_cond_kwargs=added_cond_kwargs,
-            down_block_additional_residuals=down_block_additional_residuals,
-            mid_block_additional_residual=mid_block_additional_residual,
-            return_dict=return_dict,
-            **extra,
-        )
+    def graph(self, sample, timestep, hidden, text_embeds, time_ids, residuals) -> torch.Tensor:
+        return self.backend.call(sample, timestep, hidden, text_embeds, time_ids, residuals)
 
 
 # --- helpers ---------------------------------------------------------------------------------------

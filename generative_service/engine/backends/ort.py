@@ -28,7 +28,7 @@ import torch
 
 from generative_service.engine import paths
 from generative_service.engine.backends import onnx_export
-from generative_service.engine.backends.base import Backend
+from generative_service.engine.backends.base import Backend, StandIn, UNetStandIn
 from generative_service.engine.hashing import combined
 from generative_service.errors import ModelLoadError
 
@@ -230,72 +230,37 @@ class OrtBackend(Backend):
 # --- stand-ins ---------------------------------------------------------------------------------------
 
 
-class _StandIn:
-    """Common part: the eager fallback and never being deep-copied with the module."""
+class _UNetStandIn(UNetStandIn):
+    """The exported UNet graph (the LoRA set's, else the base one), ControlNet residuals fed."""
 
-    def __init__(self, backend: OrtBackend, module: torch.nn.Module) -> None:
-        self.backend = backend
-        self.module = module
+    backend: OrtBackend
 
-    def __deepcopy__(self, memo):
-        return self
+    def serves(self, sample: torch.Tensor) -> bool:
+        return self.backend._serving
 
-    def eager(self, *args, **kwargs):
-        return type(self.module).forward(self.module, *args, **kwargs)
-
-
-class _UNetStandIn(_StandIn):
-    def __call__(
-        self,
-        sample,
-        timestep,
-        encoder_hidden_states,
-        *,
-        added_cond_kwargs=None,
-        down_block_additional_residuals=None,
-        mid_block_additional_residual=None,
-        return_dict=True,
-        **extra,
-    ):
-        unused = {name: value for name, value in extra.items() if value is not None}
-        if not self.backend._serving or unused:
-            return self.eager(
-                sample,
-                timestep,
-                encoder_hidden_states,
-                added_cond_kwargs=added_cond_kwargs,
-                down_block_additional_residuals=down_block_additional_residuals,
-                mid_block_additional_residual=mid_block_additional_residual,
-                return_dict=return_dict,
-                **extra,
-            )
+    def graph(self, sample, timestep, hidden, text_embeds, time_ids, residuals) -> torch.Tensor:
         batch, _, height, width = sample.shape
         feeds = {
             "sample": _array(sample),
             "timestep": _timestep(timestep),
-            "encoder_hidden_states": _array(encoder_hidden_states),
-            "text_embeds": _array(added_cond_kwargs["text_embeds"]),
-            "time_ids": _array(added_cond_kwargs["time_ids"]),
+            "encoder_hidden_states": _array(hidden),
+            "text_embeds": _array(text_embeds),
+            "time_ids": _array(time_ids),
         }
-        if down_block_additional_residuals is None:
-            dtype = feeds["sample"].dtype
-            feeds.update(self.backend.zero_residuals(batch, height, width, dtype))
+        if residuals is None:
+            feeds.update(self.backend.zero_residuals(batch, height, width, feeds["sample"].dtype))
         else:
-            residuals = [*down_block_additional_residuals, mid_block_additional_residual]
             names = onnx_export.unet_input_names(self.module.config)[len(onnx_export.UNET_INPUTS) :]
             feeds.update(
                 {name: _array(value) for name, value in zip(names, residuals, strict=True)}
             )
         (noise,) = self.backend._unet_session.run(None, feeds)
-        out = _tensor(noise, like=sample)
-        if not return_dict:
-            return (out,)
-        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-
-        return UNet2DConditionOutput(sample=out)
+        return _tensor(noise, like=sample)
 
 
-class _ControlNetStandIn(_StandIn):
+class _ControlNetStandIn(StandIn):
+    backend: OrtBackend
+
     def __init__(self, backend: OrtBackend, module: torch.nn.Module, session) -> None:
         super().__init__(backend, module)
         self.session = session
@@ -347,7 +312,9 @@ class _ControlNetStandIn(_StandIn):
         return ControlNetOutput(down_block_res_samples=down, mid_block_res_sample=mid)
 
 
-class _DecoderStandIn(_StandIn):
+class _DecoderStandIn(StandIn):
+    backend: OrtBackend
+
     def __init__(self, backend: OrtBackend, module, session, *, dtype: torch.dtype) -> None:
         super().__init__(backend, module)
         self.session = session
