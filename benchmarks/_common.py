@@ -7,6 +7,7 @@ The scripts run as `python benchmarks/NAME.py`, so this directory is on sys.path
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 import socket
 import sys
@@ -68,6 +69,47 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+# Modules the service runs faster with (its dependencies since uvicorn[standard] and
+# redis[hiredis]); `plain_pythonpath` hides them to measure a tree as it ran without them.
+SPEEDUPS = ("uvloop", "httptools", "hiredis")
+
+
+def plain_pythonpath(workdir: Path) -> Path:
+    """A directory that, first on PYTHONPATH, makes `import uvloop/httptools/hiredis` fail as if
+    they were not installed: uvicorn then runs asyncio's loop and h11, redis-py its Python parser."""
+    where = workdir / "no-speedups"
+    where.mkdir(parents=True, exist_ok=True)
+    for name in SPEEDUPS:
+        (where / f"{name}.py").write_text(
+            f"raise ModuleNotFoundError('hidden by the benchmark', name={name!r})\n"
+        )
+    return where
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` and its live descendants
+    (uvicorn's worker processes), read from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        stats[int(entry.name)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        if current in stats:
+            total += (int(stats[current][11]) + int(stats[current][12])) / tick
+        todo.extend(children.get(current, []))
+    return total
 
 
 def free_port() -> int:

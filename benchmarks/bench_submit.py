@@ -6,7 +6,11 @@ redis-server and `gensvc api --workers N` from that tree, then measures:
 
 1. POST /v1/jobs at 10 and 100 concurrent clients: submits/s, p50, p99, non-202 answers;
 2. GET /v1/jobs/{id} at 50 clients: reads/s, p50, p99;
-3. queue depth: submit and GET latency with 100 and with 100 000 jobs queued ahead.
+3. queue depth: submit and GET latency with 100 and with 100 000 jobs queued ahead;
+
+and for each, the gateway's CPU milliseconds per request (user + system time of its process and
+its uvicorn workers, from /proc): on a shared machine requests/s mostly says how much CPU the
+gateway was given, CPU per request says what a request costs.
 
     .venv/bin/python benchmarks/bench_submit.py --tree before=/tmp/perf-base --tree after=. \
         [--api-workers 1,2] [--seconds 8] [--deep 100000] [--no-report]
@@ -16,6 +20,13 @@ redis-server and `gensvc api --workers N` from that tree, then measures:
 With `--interleave ROUNDS` every tree's gateway is up at once and they are measured in
 alternating slices (the fair comparison on a shared machine); `PATH@N` runs that tree's gateway
 as `gensvc api --workers N`. `--depth-only` then runs only the queue-depth part per tree.
+`--plain LABEL` hides uvloop, httptools and hiredis from that tree's gateway (a tree from before
+they were dependencies would otherwise pick them up from the shared venv: uvicorn and redis-py use
+them whenever installed). `--log-level INFO` measures with the service's default logging (one
+JSON line per request and per submit) instead of WARNING.
+
+    .venv/bin/python benchmarks/bench_submit.py --tree before=OLD --tree "main=MAIN" \
+        --tree after=. --plain before --plain main --interleave 3 --interleave-only --seconds 4
 
 `hey` is the Debian package `hey` (`apt-get install hey`). Writes the "submit" section of
 benchmarks/REPORT.md and benchmarks/figures/submit_latency.png.
@@ -38,7 +49,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, free_port, http_ok, pct, wait_until, write_section  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    free_port,
+    http_ok,
+    pct,
+    plain_pythonpath,
+    tree_cpu_s,
+    wait_until,
+    write_section,
+)
 
 SECTION = "submit"
 FIGURES = ROOT / "benchmarks" / "figures"
@@ -52,6 +72,7 @@ class Load:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # CPU the gateway process(es) used meanwhile (0: not measured)
 
     @property
     def rate(self) -> float:
@@ -60,18 +81,42 @@ class Load:
     def p(self, q: float) -> float:
         return pct(self.latencies_ms, q)
 
+    @property
+    def cpu_ms(self) -> float:
+        """Gateway CPU milliseconds per request."""
+        return self.cpu_s * 1000 / len(self.latencies_ms) if self.latencies_ms else float("nan")
+
+    def add(self, other: Load) -> None:
+        self.latencies_ms += other.latencies_ms
+        self.wall_s += other.wall_s
+        self.cpu_s += other.cpu_s
+        for status, count in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
+
     def row(self) -> str:
         other = {k: v for k, v in self.statuses.items() if k not in (200, 202)}
-        return f"{self.rate:.0f} | {self.p(0.5):.1f} | {self.p(0.99):.1f} | {other or 0}"
+        return (
+            f"{self.rate:.0f} | {self.p(0.5):.1f} | {self.p(0.99):.1f} | {self.cpu_ms:.2f} "
+            f"| {other or 0}"
+        )
 
 
-def hey(url: str, *, clients: int, seconds: float = 0, requests: int = 0, post: bool) -> Load:
+def hey(
+    url: str,
+    *,
+    clients: int,
+    seconds: float = 0,
+    requests: int = 0,
+    post: bool,
+    gateway_pid: int | None = None,
+) -> Load:
     argv = ["hey", "-c", str(clients), "-o", "csv", "-t", "30"]
     argv += ["-z", f"{seconds}s"] if seconds else ["-n", str(requests)]
     if post:
         argv += ["-m", "POST", "-T", "application/json", "-d", json.dumps(BODY)]
+    cpu_before = tree_cpu_s(gateway_pid) if gateway_pid else 0.0
     out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
-    load = Load()
+    load = Load(cpu_s=tree_cpu_s(gateway_pid) - cpu_before if gateway_pid else 0.0)
     starts, ends = [], []
     for row in csv.DictReader(io.StringIO(out)):
         seconds_taken, offset = float(row["response-time"]), float(row["offset"])
@@ -87,7 +132,15 @@ def hey(url: str, *, clients: int, seconds: float = 0, requests: int = 0, post: 
 class Service:
     """A private redis-server and one gateway started from `tree`."""
 
-    def __init__(self, tree: Path, workdir: Path, api_workers: int) -> None:
+    def __init__(
+        self,
+        tree: Path,
+        workdir: Path,
+        api_workers: int,
+        *,
+        plain: bool = False,
+        log_level: str = "WARNING",
+    ) -> None:
         self.tree = tree
         self.processes: list[subprocess.Popen] = []
         self.redis_port = free_port()
@@ -101,13 +154,15 @@ class Service:
         env = {key: value for key, value in os.environ.items() if not key.startswith("GENSVC_")}
         env.update(
             GENSVC_REDIS_URL=self.redis_url, GENSVC_KEY_PREFIX=self.prefix, GENSVC_MODEL="tiny",
-            GENSVC_STORAGE_DIR=str(workdir / "images"), GENSVC_LOG_LEVEL="WARNING", GENSVC_MAX_QUEUED="1000000",
-            GENSVC_MAX_QUEUED_PER_KEY="1000000", HF_HUB_OFFLINE="1", PYTHONPATH=str(tree),
+            GENSVC_STORAGE_DIR=str(workdir / "images"), GENSVC_LOG_LEVEL=log_level, GENSVC_MAX_QUEUED="1000000",
+            GENSVC_MAX_QUEUED_PER_KEY="1000000", HF_HUB_OFFLINE="1",
+            PYTHONPATH=f"{plain_pythonpath(workdir)}:{tree}" if plain else str(tree),
         )  # fmt: skip
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         argv = [sys.executable, "-m", "generative_service.cli", "api", "--port", str(port)]
         self._spawn([*argv, "--workers", str(api_workers)], workdir / "gateway.log", env)
+        self.pid = self.processes[-1].pid
         wait_until(lambda: http_ok(f"{self.url}/healthz"), 300, f"gateway of {tree}")
 
     def _redis_up(self) -> bool:
@@ -157,67 +212,91 @@ class Service:
                 process.kill()
 
 
-def measure(tree: Path, api_workers: int, seconds: float, deep: int) -> dict[str, Load]:
+@dataclass(frozen=True)
+class Spec:
+    """One gateway to measure: a source tree, its process count, and whether the C speedups
+    (uvloop, httptools, hiredis) are hidden from it."""
+
+    label: str
+    tree: Path
+    workers: int = 1
+    plain: bool = False
+
+    def start(self, workdir: Path, log_level: str) -> Service:
+        return Service(self.tree, workdir, self.workers, plain=self.plain, log_level=log_level)
+
+
+def parse_tree(item: str, plain: set[str]) -> Spec:
+    """`LABEL=PATH` or `LABEL=PATH@N` (N gateway processes)."""
+    label, _, path = item.partition("=")
+    where, _, workers = path.partition("@")
+    return Spec(label, Path(where).resolve(), int(workers or 1), label in plain)
+
+
+def measure(spec: Spec, seconds: float, deep: int, log_level: str) -> dict[str, Load]:
     with tempfile.TemporaryDirectory(prefix="gensvc-submit-") as tmp:
-        service = Service(tree, Path(tmp), api_workers)
+        service = spec.start(Path(tmp), log_level)
         try:
-            jobs = f"{service.url}/v1/jobs"
+            jobs, pid = f"{service.url}/v1/jobs", service.pid
             hey(jobs, clients=10, requests=200, post=True)  # warm up
             out = {
-                "post10": hey(jobs, clients=10, seconds=seconds, post=True),
-                "post100": hey(jobs, clients=100, seconds=seconds, post=True),
+                "post10": hey(jobs, clients=10, seconds=seconds, post=True, gateway_pid=pid),
+                "post100": hey(jobs, clients=100, seconds=seconds, post=True, gateway_pid=pid),
             }
             import httpx
 
             job_id = httpx.post(jobs, json=BODY, timeout=30).json()["id"]
-            out["get50"] = hey(f"{jobs}/{job_id}", clients=50, seconds=seconds, post=False)
+            out["get50"] = hey(
+                f"{jobs}/{job_id}", clients=50, seconds=seconds, post=False, gateway_pid=pid
+            )
             if deep:
                 service.stop()
-                return out | depth(tree, api_workers, deep, seconds)
+                return out | depth(spec, deep, seconds, log_level)
             return out
         finally:
             service.stop()
 
 
-def depth(tree: Path, api_workers: int, deep: int, seconds: float) -> dict[str, Load]:
+def depth(spec: Spec, deep: int, seconds: float, log_level: str) -> dict[str, Load]:
     """Submit and GET latency behind 100 and behind `deep` queued jobs (fresh Redis for each)."""
     import httpx
 
     out: dict[str, Load] = {}
     for ahead in (100, deep):
         with tempfile.TemporaryDirectory(prefix="gensvc-depth-") as tmp:
-            service = Service(tree, Path(tmp), api_workers)
+            service = spec.start(Path(tmp), log_level)
             try:
                 service.fill(ahead)
                 jobs = f"{service.url}/v1/jobs"
                 job_id = httpx.post(jobs, json=BODY, timeout=30).json()["id"]
-                out[f"post_q{ahead}"] = hey(jobs, clients=10, seconds=seconds / 2, post=True)
+                out[f"post_q{ahead}"] = hey(
+                    jobs, clients=10, seconds=seconds / 2, post=True, gateway_pid=service.pid
+                )
                 out[f"get_q{ahead}"] = hey(
-                    f"{jobs}/{job_id}", clients=10, seconds=seconds / 2, post=False
+                    f"{jobs}/{job_id}",
+                    clients=10,
+                    seconds=seconds / 2,
+                    post=False,
+                    gateway_pid=service.pid,
                 )
             finally:
                 service.stop()
     return out
 
 
-def tree_spec(path: str) -> tuple[Path, int]:
-    """`PATH` or `PATH@N` (N gateway processes)."""
-    where, _, workers = path.partition("@")
-    return Path(where).resolve(), int(workers or 1)
-
-
-def interleaved(trees: list[list[str]], rounds: int, seconds: float) -> dict[str, dict[str, Load]]:
+def interleaved(
+    specs: list[Spec], rounds: int, seconds: float, log_level: str
+) -> dict[str, dict[str, Load]]:
     """Every tree's gateway up at once and measured in alternating short slices, so the load of a
     shared machine falls on all trees alike (sequential runs minutes apart see different loads)."""
     import httpx
 
     with tempfile.TemporaryDirectory(prefix="gensvc-submit-") as tmp:
-        services = {}
+        services: dict[str, Service] = {}
         try:
-            for label, path in trees:
-                (Path(tmp) / label).mkdir()
-                where, workers = tree_spec(path)
-                services[label] = Service(where, Path(tmp) / label, workers)
+            for number, spec in enumerate(specs):
+                (Path(tmp) / str(number)).mkdir()
+                services[spec.label] = spec.start(Path(tmp) / str(number), log_level)
             out: dict[str, dict[str, Load]] = {label: {} for label in services}
             ids = {}
             for label, service in services.items():
@@ -227,20 +306,16 @@ def interleaved(trees: list[list[str]], rounds: int, seconds: float) -> dict[str
                 ]
             for _ in range(rounds):
                 for label, service in services.items():
-                    jobs = f"{service.url}/v1/jobs"
-                    for key, load in (
-                        ("post10", hey(jobs, clients=10, seconds=seconds, post=True)),
-                        ("post100", hey(jobs, clients=100, seconds=seconds, post=True)),
-                        (
-                            "get50",
-                            hey(f"{jobs}/{ids[label]}", clients=50, seconds=seconds, post=False),
-                        ),
+                    jobs, pid = f"{service.url}/v1/jobs", service.pid
+                    for key, clients, url, post in (
+                        ("post10", 10, jobs, True),
+                        ("post100", 100, jobs, True),
+                        ("get50", 50, f"{jobs}/{ids[label]}", False),
                     ):
-                        total = out[label].setdefault(key, Load())
-                        total.latencies_ms += load.latencies_ms
-                        total.wall_s += load.wall_s
-                        for status, count in load.statuses.items():
-                            total.statuses[status] = total.statuses.get(status, 0) + count
+                        load = hey(
+                            url, clients=clients, seconds=seconds, post=post, gateway_pid=pid
+                        )
+                        out[label].setdefault(key, Load()).add(load)
             return out
         finally:
             for service in services.values():
@@ -277,15 +352,18 @@ def figure(results: dict[str, dict[str, Load]]) -> Path | None:
     return path
 
 
-def report(results: dict[str, dict[str, Load]], deep: int, seconds: float) -> str:
+def report(
+    results: dict[str, dict[str, Load]], deep: int, seconds: float, log_level: str = "WARNING"
+) -> str:
     lines = [
         "## Submit and read path (`benchmarks/bench_submit.py`)",
         "",
         f"`hey` against one gateway, jobs only queue (no worker), {seconds:g} s per load, a private "
-        "redis-server per tree; every tree measured in the same run, one after the other.",
+        "redis-server per tree; every tree measured in the same run, one after the other; "
+        f"GENSVC_LOG_LEVEL={log_level}.",
         "",
-        "| tree | load | requests/s | p50 ms | p99 ms | non-2xx |",
-        "|---|---|---:|---:|---:|---|",
+        "| tree | load | requests/s | p50 ms | p99 ms | gateway CPU ms/request | non-2xx |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     names = {"post10": "POST, 10 clients", "post100": "POST, 100 clients", "get50": "GET job, 50 clients",
              "post_q100": "POST, 100 queued", f"post_q{deep}": f"POST, {deep} queued",
@@ -304,7 +382,8 @@ def report(results: dict[str, dict[str, Load]], deep: int, seconds: float) -> st
             if key in first and key in last and first[key].rate:
                 lines.append(
                     f"- {names[key]}: {last[key].rate / first[key].rate:.1f}x requests/s, "
-                    f"p99 {first[key].p(0.99):.0f} -> {last[key].p(0.99):.0f} ms"
+                    f"p99 {first[key].p(0.99):.0f} -> {last[key].p(0.99):.0f} ms, gateway CPU "
+                    f"{first[key].cpu_ms:.2f} -> {last[key].cpu_ms:.2f} ms per request"
                 )
     lines += ["", "![submit latency](figures/submit_latency.png)"]
     return "\n".join(lines)
@@ -328,36 +407,54 @@ def main() -> int:
         action="store_true",
         help="instead of the sequential runs, only the queue-depth part (1 process) per tree",
     )
+    parser.add_argument(
+        "--plain",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="run that tree's gateway with uvloop, httptools and hiredis hidden (as before they "
+        "were dependencies); repeatable",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="GENSVC_LOG_LEVEL of the gateways (INFO, the default of the service, logs every "
+        "request)",
+    )
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--json", help="also write the raw numbers here")
     args = parser.parse_args()
     if not shutil.which("hey"):
         raise SystemExit("hey is not installed (apt-get install hey)")
-    trees = [item.split("=", 1) for item in args.tree] or [["this", str(ROOT)]]
+    specs = [parse_tree(item, set(args.plain)) for item in args.tree] or [Spec("this", ROOT)]
     results: dict[str, dict[str, Load]] = {}
     loads = [os.getloadavg()]
     if args.interleave:
         results = {
             f"{k}, interleaved": v
-            for k, v in interleaved(trees, args.interleave, args.seconds).items()
+            for k, v in interleaved(specs, args.interleave, args.seconds, args.log_level).items()
         }
         loads.append(os.getloadavg())
     if args.depth_only:
-        for label, path in trees:
-            where, workers = tree_spec(path)
-            if workers == 1:
-                results[f"{label}, depth"] = depth(where, 1, args.deep, args.seconds)
+        for spec in specs:
+            if spec.workers == 1:
+                results[f"{spec.label}, depth"] = depth(
+                    spec, args.deep, args.seconds, args.log_level
+                )
                 loads.append(os.getloadavg())
     for workers in (
         [int(w) for w in args.api_workers.split(",")]
         if not (args.interleave_only or args.depth_only)
         else []
     ):
-        for label, path in trees:
-            name = f"{label}, {workers} proc" if "," in args.api_workers else label
+        for spec in specs:
+            name = f"{spec.label}, {workers} proc" if "," in args.api_workers else spec.label
             started = time.monotonic()
             results[name] = measure(
-                Path(path).resolve(), workers, args.seconds, args.deep if workers == 1 else 0
+                Spec(spec.label, spec.tree, workers, spec.plain),
+                args.seconds,
+                args.deep if workers == 1 else 0,
+                args.log_level,
             )
             print(f"{name}: done in {time.monotonic() - started:.0f} s", file=sys.stderr)
             for key, load in results[name].items():
@@ -365,7 +462,7 @@ def main() -> int:
     with_loads = {k: v for k, v in results.items() if "post10" in v}
     if with_loads:  # a depth-only run leaves the figure alone
         figure(with_loads)
-    text = report(results, args.deep, args.seconds)
+    text = report(results, args.deep, args.seconds, args.log_level)
     text += (
         "\n\nLoad average (1 min) of the machine at the start and after each part: "
         + ", ".join(f"{load[0]:.1f}" for load in loads)
@@ -374,7 +471,8 @@ def main() -> int:
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {name: {key: {"rate": load.rate, "p50": load.p(0.5), "p99": load.p(0.99), "statuses": load.statuses}
+            {name: {key: {"rate": load.rate, "p50": load.p(0.5), "p99": load.p(0.99), "cpu_ms": load.cpu_ms,
+                          "statuses": load.statuses}
                     for key, load in loads.items()} for name, loads in results.items()}, indent=1))  # fmt: skip
     if not args.no_report:
         write_section(SECTION, text)
