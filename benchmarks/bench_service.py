@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import platform
 import secrets
@@ -121,26 +122,79 @@ def direct_engine(settings, *, steps: int, runs: int) -> list[float]:
     return times
 
 
-def one_job(client, *, steps: int, seed: int) -> float:
-    """Seconds from submit to the job's terminal SSE event."""
-    started = time.perf_counter()
+def one_job(client, *, steps: int, seed: int) -> tuple[float, str, dict[str, float]]:
+    """Seconds from submit to the job's terminal SSE event, the job id, and when (ms after the
+    submit began, from the events' stream ids: Redis's clock, this host's) each event was written."""
+    wall, started = time.time(), time.perf_counter()
     job = client.submit(job_body(steps, seed))
-    for _, event in client.events(job.id):
+    marks: dict[str, float] = {}
+    for event_id, event in client.events(job.id):
+        name = f"stage:{event.stage.value}" if event.type == "stage" and event.stage else event.type
+        at_ms = int(event_id.split("-")[0]) - wall * 1000.0
+        marks.setdefault(name, at_ms)
+        if event.type == "progress":
+            marks["last progress"] = at_ms
         if event.is_terminal:
+            marks["terminal"] = at_ms
             break
-    return time.perf_counter() - started, job.id
+    elapsed = time.perf_counter() - started
+    marks["client"] = elapsed * 1000.0
+    return elapsed, job.id, marks
 
 
-def through_service(clients: dict, *, steps: int, runs: int) -> dict[str, tuple[list[float], list]]:
+# Where a lone job's overhead goes: consecutive marks of its event stream, minus the engine's and
+# the filter's own time where they fall (their sum is the overhead, up to the rounding of ids).
+PHASES = (
+    ("gateway: submit -> `queued` written", lambda m, t: m["queued"]),
+    ("worker pickup: `queued` -> `started`", lambda m, t: m["started"] - m["queued"]),
+    (
+        "worker around the engine: `started` -> `safety` stage, minus inference_ms",
+        lambda m, t: m["stage:safety"] - m["started"] - (t.inference_ms or 0.0),
+    ),
+    (
+        "worker around the filter: `safety` -> `storing` stage, minus safety_ms",
+        lambda m, t: m["stage:storing"] - m["stage:safety"] - (t.safety_ms or 0.0),
+    ),
+    ("worker: `storing` -> terminal event (encode, write, record)", lambda m, t: m["terminal"] - m["stage:storing"]),
+    ("gateway: terminal event -> client has it (SSE)", lambda m, t: m["client"] - m["terminal"]),
+)  # fmt: skip
+
+
+def phase_rows(jobs: list, marks: list[dict[str, float]]) -> list[tuple[str, float, float]]:
+    """(phase, p50 ms, min ms) over the measured jobs; NaN where a job lacks the marks."""
+    rows = []
+    for name, take in PHASES:
+        values = []
+        for job, mark in zip(jobs, marks, strict=True):
+            try:
+                values.append(take(mark, job.timings))
+            except KeyError:  # e.g. GENSVC_NSFW_FILTER off: no `safety` stage
+                continue
+        rows.append(
+            (name, statistics.median(values) if values else math.nan, min(values, default=math.nan))
+        )
+    return rows
+
+
+def through_service(
+    clients: dict, *, steps: int, runs: int, gap_s: float = 0.0
+) -> dict[str, tuple[list[float], list, list[dict[str, float]]]]:
     """One job at a time, taking the services in `clients` in turn (so a shared machine's load
-    falls on all alike): per label, seconds from submit to the terminal SSE event, and the jobs."""
-    out: dict[str, tuple[list[float], list]] = {label: ([], []) for label in clients}
+    falls on all alike): per label, seconds from submit to the terminal SSE event, the jobs, and
+    each job's event marks (one_job). `gap_s` between jobs lets the worker finish the previous
+    job (RQ's result and registries are written after the terminal event) and go back to sleep
+    in its dequeue, so each job meets an idle worker, as a lone job does."""
+    out: dict[str, tuple[list[float], list, list[dict[str, float]]]] = {
+        label: ([], [], []) for label in clients
+    }
     for i in range(runs + 2):
         for label, client in clients.items():
-            elapsed, job_id = one_job(client, steps=steps, seed=2000 + i)
+            elapsed, job_id, marks = one_job(client, steps=steps, seed=2000 + i)
             if i >= 2:  # the first two warm the worker (prompt cache, allocator)
                 out[label][0].append(elapsed)
                 out[label][1].append(client.get(job_id))
+                out[label][2].append(marks)
+            time.sleep(gap_s)
     return out
 
 
@@ -230,7 +284,7 @@ def render(args, engine_s, runs_by_window, gains, load, loads) -> str:
         "",
         f"64x64, {args.steps} steps, DPM++ 2M Karras; torch threads {args.threads}; {platform.machine()}, "
         f"{os.cpu_count()} logical CPUs shared with other work (expect noise), load average {loads[0]:.1f} at the "
-        f"start, {loads[-1]:.1f} at the end. {args.runs} jobs per row"
+        f"start, {loads[-1]:.1f} at the end. {args.runs} jobs per row, {args.gap_s:g} s apart"
         + (f"; trees {', '.join(args.tree)}, one job of each in turn." if args.tree else "."),
         "",
         '**Overhead**: one job at a time, vs `Engine.run` of the same job in-process. "terminal SSE event" is what a '
@@ -241,7 +295,7 @@ def render(args, engine_s, runs_by_window, gains, load, loads) -> str:
         "|---|---:|---:|---:|---:|",
         f"| direct `Engine.run` | {ms(base)} | {ms(pct(engine_s, 0.9))} | 1.00x | 0 |",
     ]
-    for window, (times, jobs) in runs_by_window.items():
+    for window, (times, jobs, _) in runs_by_window.items():
         recorded = [job.timings.total_ms / 1000.0 for job in jobs]
         for label, values in (("terminal SSE event", times), ("terminal state recorded", recorded)):
             p50 = statistics.median(values)
@@ -254,11 +308,25 @@ def render(args, engine_s, runs_by_window, gains, load, loads) -> str:
               "p50 (target <= 15 ms).", "",
               "| service | queued | inference | safety | storing | total (record) | lone-job overhead p50 |",
               "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for window, (times, jobs) in runs_by_window.items():
+    for window, (times, jobs, _) in runs_by_window.items():
         b = breakdown(jobs)
         lines.append(
             f"| {window} | {b['queued_ms']:.1f} | {b['inference_ms']:.1f} | {b['safety_ms']:.1f} | {b['storing_ms']:.1f} | {b['total_ms']:.1f} | {lone_overhead_ms(times, jobs):.1f} |"
         )
+    labels = list(runs_by_window)
+    lines += ["", "**Where the lone-job overhead goes** (from the stream ids of each job's events, Redis's clock in ms, "
+              "and the client's own clock; p50 / min ms; the phases add up to the overhead, up to rounding; min is "
+              "what a job met with the least waiting for a core):", "",
+              "| phase | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]  # fmt: skip
+    per_label = {
+        label: phase_rows(jobs, marks) for label, (_, jobs, marks) in runs_by_window.items()
+    }
+    for index, (name, _) in enumerate(PHASES):
+        cells = [
+            f"{per_label[label][index][1]:.1f} / {per_label[label][index][2]:.1f}"
+            for label in labels
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if gains:  # not with --overhead-only
         lines += [
             "",
@@ -291,7 +359,7 @@ def delivery_note(runs_by_window: dict) -> str:
     """Say so when the gateway's SSE delivery, not the queue or worker, dominates the overhead."""
     gaps = [
         statistics.median(times) - statistics.median(job.timings.total_ms / 1000.0 for job in jobs)
-        for times, jobs in runs_by_window.values()
+        for times, jobs, _ in runs_by_window.values()
     ]
     gap = statistics.median(gaps)
     if gap < 0.1:
@@ -336,6 +404,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--overhead-only", action="store_true", help="only the one-job-at-a-time overhead rows"
     )
+    parser.add_argument(
+        "--gap-s",
+        type=float,
+        default=0.3,
+        help="pause after each one-at-a-time job, so the next meets an idle worker (0: back to "
+        "back, each job also waits for the previous one's RQ bookkeeping)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -378,14 +453,14 @@ def main(argv: list[str] | None = None) -> int:
                 service.wait_ready()
             clients = {label: Client(s.base_url, timeout=60) for label, s in services.items()}
             try:
-                runs = through_service(clients, steps=args.steps, runs=args.runs)
+                runs = through_service(clients, steps=args.steps, runs=args.runs, gap_s=args.gap_s)
                 for label, client in clients.items():
                     key = (
                         f"{label}, window {window} ms" if len(trees) > 1 else f"window {window} ms"
                     )
                     runs_by_window[key] = runs[label]
                     print(f"{key}: p50 {ms(statistics.median(runs[label][0]))} ms, lone-job overhead "
-                          f"{lone_overhead_ms(*runs[label]):.1f} ms")  # fmt: skip
+                          f"{lone_overhead_ms(*runs[label][:2]):.1f} ms")  # fmt: skip
                     if not args.overhead_only:
                         store = JobStore(redis, services[label].settings)
                         gains[key] = batching_gain(

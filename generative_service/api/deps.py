@@ -3,6 +3,10 @@
 
 The dependencies are all `async def` although none waits for anything: FastAPI runs a plain `def`
 dependency in its thread pool, a thread hop per dependency per request (a submit had four).
+NOTE: FastAPI solves every dependency node on every request (cache key, the node's own headers and
+query parameters, its sub-dependencies): about a quarter of a submit's CPU went there. The hottest
+routes (submit, read a job) therefore take `Request` and read `app.state` themselves
+(`submitter_of`, `store_of`), and the caller's owner is one node that is also the Bearer scheme.
 """
 
 from __future__ import annotations
@@ -22,9 +26,8 @@ from generative_service.settings import Settings
 from generative_service.storage import Storage
 
 # auto_error=False: we answer 401 ourselves, in the common error shape.
-_bearer = HTTPBearer(
-    auto_error=False, description="One of GENSVC_API_KEYS (only when API keys are configured)."
-)
+_BEARER_DESCRIPTION = "One of GENSVC_API_KEYS (only when API keys are configured)."
+_bearer = HTTPBearer(auto_error=False, description=_BEARER_DESCRIPTION)
 
 
 async def app_settings(request: Request) -> Settings:
@@ -35,10 +38,15 @@ async def app_redis(request: Request) -> Redis:
     return request.app.state.redis
 
 
-async def app_async_redis(request: Request) -> AsyncRedis:
+def aredis_of(request: Request) -> AsyncRedis:
+    """The app's async Redis client (what `AsyncRedisDep` gives), without a dependency node."""
     from generative_service.api.app import async_redis_for
 
     return async_redis_for(request.app)
+
+
+async def app_async_redis(request: Request) -> AsyncRedis:
+    return aredis_of(request)
 
 
 async def app_store(request: Request) -> JobStore:
@@ -49,16 +57,16 @@ async def app_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-async def app_submitter(request: Request) -> Submitter:
-    from generative_service.api.app import async_redis_for
-
+def submitter_of(request: Request) -> Submitter:
+    """The app's submit path (what `SubmitterDep` gives), without a dependency node."""
     state = request.app.state
     return Submitter(
-        store=state.store,
-        redis=state.redis,
-        aredis=async_redis_for(request.app),
-        settings=state.settings,
+        store=state.store, redis=state.redis, aredis=aredis_of(request), settings=state.settings
     )
+
+
+async def app_submitter(request: Request) -> Submitter:
+    return submitter_of(request)
 
 
 def caller_owner(
@@ -84,12 +92,15 @@ def caller_owner(
     return owner_for_key(credentials.credentials)
 
 
-async def caller_owner_dependency(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
-) -> str:
-    """`caller_owner` as a dependency (on the event loop: it only compares and hashes)."""
-    return caller_owner(request, credentials)
+class _BearerOwner(HTTPBearer):
+    """`caller_owner` as one dependency that is also the Bearer security scheme (the same
+    `HTTPBearer` entry in OpenAPI as `_bearer`); on the event loop: it only compares and hashes."""
+
+    async def __call__(self, request: Request) -> str:  # type: ignore[override]
+        return caller_owner(request, await super().__call__(request))
+
+
+_owner = _BearerOwner(auto_error=False, scheme_name="HTTPBearer", description=_BEARER_DESCRIPTION)
 
 
 SettingsDep = Annotated[Settings, Depends(app_settings)]
@@ -97,5 +108,5 @@ RedisDep = Annotated[Redis, Depends(app_redis)]
 AsyncRedisDep = Annotated[AsyncRedis, Depends(app_async_redis)]
 StoreDep = Annotated[JobStore, Depends(app_store)]
 StorageDep = Annotated[Storage, Depends(app_storage)]
-OwnerDep = Annotated[str, Depends(caller_owner_dependency)]
+OwnerDep = Annotated[str, Depends(_owner)]
 SubmitterDep = Annotated[Submitter, Depends(app_submitter)]

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from generative_service import webhooks
 from generative_service.api import submit
 from generative_service.api.deps import (
-    AsyncRedisDep,
     OwnerDep,
     RedisDep,
     SettingsDep,
     StorageDep,
     StoreDep,
-    SubmitterDep,
+    aredis_of,
+    submitter_of,
 )
 from generative_service.api.responses import WebhookAttempts, error_responses
 from generative_service.errors import NotFound
@@ -82,9 +82,8 @@ _JOB_JSON = {"application/json": {"example": _RESOURCE_EXAMPLE}}
 )
 async def submit_job(
     body: GenerationRequest,
+    request: Request,
     response: Response,
-    submitter: SubmitterDep,
-    settings: SettingsDep,
     owner: OwnerDep,
     idempotency_key: Annotated[
         str | None,
@@ -103,7 +102,8 @@ async def submit_job(
     ] = None,
 ) -> JobResource:
     """Validate, enqueue and answer at once (202), unless `Prefer: wait=N` asks to wait for the result."""
-    wait_s = submit.parse_prefer_wait(prefer, settings)
+    submitter = submitter_of(request)  # NOTE: no dependency nodes on the hot path (deps.py)
+    wait_s = submit.parse_prefer_wait(prefer, submitter.settings)
     submitted = await submitter.submit(
         body, owner=owner, idempotency_key=idempotency_key, wait_s=wait_s
     )
@@ -144,10 +144,9 @@ def list_jobs(
     summary="Get a job",
     responses={200: {"content": _JOB_JSON}, **error_responses(401, 404, 503)},
 )
-async def get_job(
-    job_id: JobId, store: StoreDep, aredis: AsyncRedisDep, owner: OwnerDep
-) -> JobResource:
-    return await store.read_async(aredis, job_id, owner=owner)
+async def get_job(job_id: JobId, request: Request, owner: OwnerDep) -> JobResource:
+    store = request.app.state.store  # NOTE: no dependency nodes on the hot path (deps.py)
+    return await store.read_async(aredis_of(request), job_id, owner=owner)
 
 
 @router.post(
