@@ -244,6 +244,7 @@ def measure_model(args, model: str, backends: list[str], tmp: Path) -> dict:
                 batch: statistics.median(times[backend][batch]) / batch for batch in BATCHES
             }
             data["timing_load"] = (min(loads), max(loads))
+            data["times_s"] = times[backend]  # every timed call (--json), to see the spread
     finally:
         for process in children.values():
             process.close()
