@@ -381,6 +381,11 @@ should agree within noise. Each of these steps is a process wake-up: on a quiet 
 well under a millisecond each; on a CPU shared by many busy processes every wake-up waits for a
 core, which is what the overhead column mostly measures there (compare the load average above).
 With real SDXL on a GPU (seconds per job) the same fixed costs are a few percent.
+The one-at-a-time jobs are `--gap-s` apart (default 0.3 s): back to back, each job's pickup also
+waited for the previous job's RQ bookkeeping (result, registries, metrics), which the worker
+writes after the terminal event the client already has (10-40 ms at load 7-10 here). The
+phase table's "min" column is the closest this run came to a quiet core; the overhead's target
+(<= 15 ms) is about the p50 on one.
 """
 
 
