@@ -464,7 +464,9 @@ def main() -> int:
         help="GENSVC_LOG_LEVEL of the gateways (INFO, the default of the service, logs every "
         "request)",
     )
-    parser.add_argument("--no-report", action="store_true")
+    parser.add_argument(
+        "--no-report", action="store_true", help="print only; leave REPORT.md and its figures alone"
+    )
     parser.add_argument("--json", help="also write the raw numbers here")
     args = parser.parse_args()
     if not shutil.which("hey"):
@@ -503,7 +505,7 @@ def main() -> int:
             for key, load in results[name].items():
                 print(f"  {key}: {load.row()}", file=sys.stderr)
     with_loads = {k: v for k, v in results.items() if "post10" in v}
-    if with_loads:  # a depth-only run leaves the figures alone
+    if with_loads and not args.no_report:  # a depth-only run leaves the figures alone
         figure(with_loads)
         cpu_figure(
             {
