@@ -106,6 +106,7 @@ def test_a_corrupt_checkpoint_is_a_load_error(make_engine_settings, tmp_path, ch
     assert "cannot load" in str(caught.value) and caught.value.setting == "model"
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_offline_sdxl_configs_describe_the_real_architecture(tmp_path):
     """Without GENSVC_MODEL_CONFIG_DIR, SDXL base's configs and CLIP's tokenizer come offline."""
     from diffusers import UNet2DConditionModel

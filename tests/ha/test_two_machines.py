@@ -9,6 +9,7 @@ import io
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -16,6 +17,7 @@ def files_under(root) -> set[str]:
     return {str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()}
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_gateway_and_worker_share_only_redis_and_the_bucket(
     make_s3_settings, start_service, tmp_path, model_cache_dir
 ) -> None:

@@ -59,6 +59,7 @@ def test_models_load_from_the_wheel_without_network(monkeypatch: pytest.MonkeyPa
     assert safety.detector is None and safety.policy == "blur" and safety.threshold == 0.8
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_safe_set_is_safe_at_the_configured_threshold(make_filter: MakeFilter) -> None:
     """Every distinct offline source, flipped and cropped (7 variants each), is judged safe."""
     safety = make_filter()

@@ -66,6 +66,7 @@ def test_upscales_a_real_photo_sharper_than_bicubic_and_close_to_the_original(
     )
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_factor_two_is_x4_then_lanczos_down(upscaler: Upscaler, photo: Image.Image) -> None:
     small = photo.resize((40, 32), BICUBIC)
     x2 = upscaler.upscale(small, 2)
@@ -88,6 +89,7 @@ def test_rejects_other_factors(upscaler: Upscaler, photo: Image.Image) -> None:
         upscaler.upscale(photo, 3)
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_tiled_matches_untiled_without_seams(upscaler: Upscaler, photo: Image.Image) -> None:
     small = np.asarray(photo.resize((40, 40), BICUBIC))
     x = torch.from_numpy(small.astype(np.float32) / 255).permute(2, 0, 1)[None]
@@ -105,6 +107,7 @@ def test_tiled_matches_untiled_without_seams(upscaler: Upscaler, photo: Image.Im
     assert db(no_context, untiled) < db(tiled, untiled) - 3.0
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_upscale_tile_setting_is_used(
     pp_cache: Path, upscaler: Upscaler, photo: Image.Image
 ) -> None:
@@ -116,6 +119,7 @@ def test_upscale_tile_setting_is_used(
     assert not np.array_equal(a, b)  # it really was tiled
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_configured_pth_weights_give_the_same_result(
     tmp_path: Path, x4_weights: Path, upscaler: Upscaler
 ) -> None:

@@ -50,6 +50,7 @@ def _image_ok(base_url: str, job: dict) -> bool:
     ) and bool(job["images"])
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_client_drops_its_stream_and_the_gateway_crashes_mid_job(start_service, fault_settings):
     service = start_service(fault_settings(), workers=1)
     url = service.base_url

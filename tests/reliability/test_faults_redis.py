@@ -9,6 +9,7 @@ without persistence the data is gone, and the service says so instead of hanging
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from .helpers import (
     LONG,
@@ -42,6 +43,7 @@ def _while_down(base_url: str) -> None:
     assert httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_redis_restart_with_appendonly_loses_nothing(start_service, fault_settings, private_redis):
     redis_server = private_redis(appendonly=True)
     service = start_service(fault_settings(redis_url=redis_server.url), workers=1)
@@ -82,6 +84,7 @@ def test_redis_restart_with_appendonly_loses_nothing(start_service, fault_settin
     assert "Traceback" not in service.logs("gateway")  # the SSE stream rode out the outage cleanly
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_redis_restart_without_persistence_says_what_was_lost(
     start_service, fault_settings, private_redis
 ):

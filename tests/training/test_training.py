@@ -70,6 +70,7 @@ def test_quick_training_writes_a_loadable_bundle(quick_bundle, monkeypatch):
     assert control_pipe("7", image=edges, num_inference_steps=2).images[0].size == (64, 64)
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_retraining_reproduces_and_resume_reuses_checkpoints(quick_bundle, tmp_path):
     first = _unet_weights(quick_bundle / "bundle")
     assert _train(tmp_path / "again", tmp_path / "work") == 0  # fresh run, fresh work dir

@@ -110,6 +110,7 @@ def test_playground_shows_errors_in_the_api_words(web_service, browser) -> None:
     wait.until(EC.text_to_be_present_in_element((By.ID, "error"), "width: must be a multiple of 8"))
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_eval_page_casts_votes_and_the_results_change(
     start_service, make_settings, browser
 ) -> None:

@@ -61,6 +61,7 @@ def test_a_job_of_key_b_starts_within_a_few_batches_behind_key_a_flood(
     assert any(r.batch and r.batch.id == b_record.batch.id for r in a_records)
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 @pytest.mark.timeout(900)
 def test_running_bound_per_key_leaves_the_rest_of_that_keys_jobs_waiting(
     start_service, worker_settings, make_jobs

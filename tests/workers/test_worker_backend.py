@@ -32,6 +32,7 @@ def stopped_at_start(start_service, settings, *, timeout: float = 300) -> str:
     return service.logs("worker-0")
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_worker_whose_backend_cannot_start_exits_with_the_reason(
     start_service, worker_settings
 ) -> None:
@@ -40,6 +41,7 @@ def test_worker_whose_backend_cannot_start_exits_with_the_reason(
     assert "GENSVC_ONNX_PROVIDER" in logs and "cuda" in logs
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_compile_worker_with_a_bad_size_list_exits_with_the_reason(
     start_service, worker_settings
 ) -> None:

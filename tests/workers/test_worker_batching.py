@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from worker_helpers import wait_for
 
 PROMPTS = ["a red house", "a blue car", "a handwritten seven", "a drawing of a tree"]
@@ -44,6 +45,7 @@ def test_four_concurrent_compatible_jobs_run_as_one_batch_with_solo_images(
     assert not places["started"] and not places["queued"] and not places["failed"]
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_incompatible_jobs_never_share_and_an_invalid_one_fails_alone(
     start_service, worker_settings, make_jobs
 ) -> None:
@@ -89,6 +91,7 @@ def test_incompatible_jobs_never_share_and_an_invalid_one_fails_alone(
     assert not places["started"] and not places["queued"]
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_cancel_running_job_stops_it_and_its_batch_mate_finishes(
     start_service, worker_settings, make_jobs
 ) -> None:

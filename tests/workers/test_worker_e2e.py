@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 
+import pytest
 from PIL import Image
 
 
@@ -59,6 +60,7 @@ def test_submit_follow_events_and_download_image(start_service, worker_settings,
     assert not places["started"] and not places["queued"] and not places["failed"]
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_flagged_image_is_blurred_then_upscaled(start_service, worker_settings, make_jobs) -> None:
     # Threshold 0 flags every image: what a user gets for an NSFW verdict under the blur policy.
     settings = worker_settings(nsfw_threshold=0.0, safety_policy="blur")

@@ -56,6 +56,7 @@ def test_sigkill_mid_batch_jobs_are_retried_on_a_surviving_worker(
     assert not places["started"] and not places["failed"] and not places["queued"]
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_sigkill_without_retries_fails_jobs_with_a_reason(
     start_service, worker_settings, make_jobs
 ) -> None:
@@ -104,6 +105,7 @@ def test_sigterm_finishes_the_running_batch_then_exits(
     assert jobs.registries()["finished"] == set(ids)
 
 
+@pytest.mark.slow  # among the heaviest of the default suite: `make test-all` runs it
 def test_second_sigterm_hands_the_batch_back_to_the_queue(
     start_service, worker_settings, make_jobs
 ) -> None:
