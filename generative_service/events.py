@@ -13,6 +13,7 @@ from typing import cast
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.client import Pipeline
 from redis.typing import StreamRangeResponse, XReadResponse
 
 from generative_service.keys import Keys
@@ -24,12 +25,18 @@ STREAM_MAXLEN = 2000
 
 def publish(redis: Redis, prefix: str, event: Event, *, ttl_s: int) -> str:
     """Append `event` to its job's stream and return the stream id."""
-    key = Keys(prefix).events(event.job_id)
     pipe = redis.pipeline(transaction=True)
+    append(pipe, prefix, event, ttl_s=ttl_s)
+    event_id, _ = pipe.execute()
+    return reply_text(event_id)
+
+
+def append(pipe: Pipeline, prefix: str, event: Event, *, ttl_s: int) -> None:
+    """Queue `publish`'s two commands (XADD, EXPIRE) on `pipe`, e.g. inside the transaction that
+    stores the record the event reports, so record and event become visible together."""
+    key = Keys(prefix).events(event.job_id)
     pipe.xadd(key, {"data": json.dumps(event.to_payload())}, maxlen=STREAM_MAXLEN, approximate=True)
     pipe.expire(key, ttl_s)
-    event_id, _ = pipe.execute()
-    return event_id.decode() if isinstance(event_id, bytes) else event_id
 
 
 def xread_streams(reply: XReadResponse | None) -> list[tuple[str, StreamRangeResponse]]:

@@ -32,6 +32,7 @@ from typing import cast
 
 from redis import Redis, WatchError
 from redis.asyncio import Redis as AsyncRedis
+from redis.client import Pipeline
 from rq.job import Job as RQJob
 
 from generative_service import events, logs, metrics, webhooks
@@ -389,8 +390,19 @@ class JobStore:
         return JobResource.model_validate(data)
 
     # --- state changes --------------------------------------------------------------------------
-    def update(self, job_id: str, change: Callable[[JobRecord], bool | None]) -> JobRecord:
-        """Atomically apply `change` to the stored record. `change` returns False to skip writing."""
+    def update(
+        self,
+        job_id: str,
+        change: Callable[[JobRecord], bool | None],
+        *,
+        make_event: Callable[[JobRecord], Event] | None = None,
+        also: Callable[[Pipeline, JobRecord], object] | None = None,
+    ) -> JobRecord:
+        """Atomically apply `change` to the stored record. `change` returns False to skip writing.
+
+        `make_event(record)` gives the event of the changed record, appended to the job's stream in
+        the same transaction (one round trip less, and no moment where a client reads the new
+        record before its event exists); `also(pipe, record)` queues more writes into it."""
         key = self.keys.job(job_id)
         with self.redis.pipeline() as pipe:
             while True:
@@ -411,6 +423,12 @@ class JobStore:
                     self.queue.status_change(pipe, record, old, front)
                     if record.status.is_terminal:
                         pipe.expire(key, Ttl.retention(self.settings))
+                    if make_event is not None:
+                        events.append(
+                            pipe, self.prefix, make_event(record), ttl_s=Ttl.events(self.settings)
+                        )
+                    if also is not None:
+                        also(pipe, record)
                     pipe.execute()
                     return record
                 except WatchError:
@@ -427,9 +445,16 @@ class JobStore:
         job_id: str,
         change: Callable[[JobRecord], bool | None],
         make_event: Callable[[JobRecord], Event],
+        *,
+        also: Callable[[Pipeline, JobRecord], object] | None = None,
+        event_after_commit: bool = False,
     ) -> JobRecord | None:
-        """Apply `change` unless the job already ended; emit the event. None if it had ended."""
+        """Apply `change` unless the job already ended; emit the event. None if it had ended.
+
+        The event goes into the record's transaction (`update`), unless `event_after_commit`:
+        for an event that reads what the transaction wrote (a requeued job's position)."""
         changed = False
+        made: list[Event] = []
 
         def guarded(record: JobRecord) -> bool | None:
             nonlocal changed
@@ -438,13 +463,32 @@ class JobStore:
             changed = change(record) is not False
             return changed
 
-        record = self.update(job_id, guarded)
+        def event_of(record: JobRecord) -> Event:
+            made[:] = [make_event(record)]  # the last try's (a WatchError retries the change)
+            return made[0]
+
+        record = self.update(
+            job_id, guarded, make_event=None if event_after_commit else event_of, also=also
+        )
         if not changed:
             return None
-        self._emit(record, make_event(record))
+        if event_after_commit:
+            self._emit(record, make_event(record))
+        elif record.request.webhook:
+            webhooks.on_event(self.redis, self.settings, record, made[0])
         return record
 
-    def mark_started(self, job_id: str, *, batch: BatchInfo, worker_id: str) -> JobRecord | None:
+    def mark_started(
+        self,
+        job_id: str,
+        *,
+        batch: BatchInfo,
+        worker_id: str,
+        also: Callable[[Pipeline, JobRecord], object] | None = None,
+    ) -> JobRecord | None:
+        """The job is running on `worker_id`; `also` queues the worker's own bookkeeping (its
+        running entry) into the same transaction."""
+
         def change(record: JobRecord) -> None:
             record.status = JobStatus.running
             record.started_at = record.started_at or utcnow()
@@ -457,7 +501,9 @@ class JobStore:
                 (utcnow() - record.created_at).total_seconds() * 1000, 1
             )
 
-        return self._transition(job_id, change, lambda r: Event(type="started", job_id=job_id))
+        return self._transition(
+            job_id, change, lambda r: Event(type="started", job_id=job_id), also=also
+        )
 
     def report_progress(
         self, job_id: str, step: int, total: int, *, preview: str | None = None
@@ -511,10 +557,7 @@ class JobStore:
                     pipe.multi()
                     for record, event in changed:
                         pipe.set(self.keys.job(record.id), record.model_dump_json(), keepttl=True)
-                        stream = self.keys.events(record.id)
-                        pipe.xadd(stream, {"data": json.dumps(event.to_payload())},
-                                  maxlen=events.STREAM_MAXLEN, approximate=True)  # fmt: skip
-                        pipe.expire(stream, ttl_s)
+                        events.append(pipe, self.prefix, event, ttl_s=ttl_s)
                     pipe.execute()
                     break
                 except WatchError:
@@ -593,29 +636,30 @@ class JobStore:
             job_id,
             change,
             lambda r: Event(type="queued", job_id=job_id, position=self.queue.position(r)),
+            event_after_commit=True,
         )
 
     def _finish(
         self, job_id: str, change: Callable[[JobRecord], None], kind: str
     ) -> JobRecord | None:
         def make_event(record: JobRecord) -> Event:
-            job = self.to_resource(record, base_url=self.settings.public_url).model_dump(
-                mode="json"
-            )
+            # No Redis read: an ended job has no queue position, and its ETA is 0 whatever the
+            # step times (JobQueue.with_eta).
+            job = self.resource_from(record, None, {}, base_url=self.settings.public_url)
             return Event(
                 type=kind,
                 job_id=job_id,
                 error=record.error if kind != "succeeded" else None,
-                job=job,
+                job=job.model_dump(mode="json"),
             )
 
-        record = self._transition(job_id, change, make_event)
-        if record is not None:
-            pipe = self.redis.pipeline(transaction=False)
+        def bookkeeping(pipe: Pipeline, record: JobRecord) -> None:
             pipe.delete(self.keys.cancel(job_id))
             if record.started_at is not None:
                 self.queue.record_finished(pipe)
-            pipe.execute()
+
+        record = self._transition(job_id, change, make_event, also=bookkeeping)
+        if record is not None:
             # Counted here, once, wherever the job ended (worker, recovery, watchdog, gateway cancel).
             latency = (
                 (record.finished_at - record.created_at).total_seconds()

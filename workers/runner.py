@@ -203,14 +203,19 @@ class BatchRunner:
             rq_job=job, record=record, execution=lifecycle.start(self.worker, job), queue=queue
         )
         self.state.add(slot)
-        started = self.store.mark_started(record.id, batch=info, worker_id=self.worker_id)
+        owner = _json({"worker": self.worker_id, "incarnation": self.worker.name})
+        started = self.store.mark_started(
+            record.id,
+            batch=info,
+            worker_id=self.worker_id,
+            # The running entry in the same transaction: no moment where the job runs unclaimed.
+            also=lambda pipe, _record: pipe.hset(self.running_key, record.id, owner),
+        )
         if started is None:  # canceled while it was being claimed
             lifecycle.cancel(self.worker, job, queue, slot.execution)
             slot.outcome = Outcome.canceled
             return None
         slot.record = started
-        owner = {"worker": self.worker_id, "incarnation": self.worker.name}
-        self.store.redis.hset(self.running_key, record.id, _json(owner))
         return slot
 
     # --- denoising ------------------------------------------------------------------------------
