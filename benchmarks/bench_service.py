@@ -28,8 +28,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from pathlib import Path
+from urllib.parse import urlparse
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,6 +201,97 @@ def through_service(
     return out
 
 
+# --- commands per lone job --------------------------------------------------------------------------
+def redis_ports(service: Service) -> dict[int, str]:
+    """Local TCP port -> process name ("gateway", "worker") of the service's connections to Redis
+    (its processes and their children)."""
+    import psutil
+
+    redis_port = urlparse(service.settings.redis_url).port or 6379
+    out: dict[int, str] = {}
+    for name, process in service.processes.items():
+        try:
+            root = psutil.Process(process.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in procs:
+            try:
+                connections = proc.net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            for conn in connections:
+                if conn.raddr and conn.raddr.port == redis_port:
+                    out[conn.laddr.port] = name
+    return out
+
+
+def count_commands(
+    service: Service, client, *, steps: int, seed: int, settle_s: float = 0.5
+) -> dict[str, Counter]:
+    """The Redis commands one lone job costs, seen with MONITOR and attributed to the service's
+    processes by connection port: per process, command names before the job's terminal event
+    was written ("<name>, before terminal") and in all up to `settle_s` after it (the worker's
+    bookkeeping after the event, and its idle polling in that time)."""
+    from redis import Redis
+
+    ports = redis_ports(service)
+    stop = f"bench-monitor-stop-{secrets.token_hex(4)}"
+    seen: list[tuple[float, str, str]] = []
+    ready = threading.Event()
+
+    def watch() -> None:
+        with Redis.from_url(service.settings.redis_url).monitor() as monitor:
+            ready.set()
+            for command in monitor.listen():
+                if stop in command["command"]:
+                    return
+                seen.append((float(command["time"]), str(command.get("client_port", "")),
+                             command["command"].split(" ", 1)[0].upper()))  # fmt: skip
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    ready.wait(10)
+    wall = time.time()
+    _, _, marks = one_job(client, steps=steps, seed=seed)
+    terminal_s = wall + marks["terminal"] / 1000.0
+    time.sleep(settle_s)
+    ports.update(redis_ports(service))
+    Redis.from_url(service.settings.redis_url).echo(stop)
+    thread.join(10)
+    out: dict[str, Counter] = {}
+    for at, port, name in seen:
+        process = ports.get(int(port)) if port.isdigit() else None
+        if process is None:  # this benchmark's own client, another tree, a Lua script's calls
+            continue
+        out.setdefault(process, Counter())[name] += 1
+        if at <= terminal_s:
+            out.setdefault(f"{process}, before terminal", Counter())[name] += 1
+    return out
+
+
+def command_rows(counts: dict[str, dict[str, Counter]]) -> list[str]:
+    """Report lines: commands per lone job for each tree."""
+    lines = [
+        "",
+        "**Redis commands per lone job** (MONITOR, one job per tree after the timed ones, "
+        "attributed by connection; `EXEC` = transactions; commands queued in a MULTI count one "
+        "each; a Lua script's own calls are not counted, its EVALSHA is):",
+        "",
+        "| tree | gateway, before terminal | worker, before terminal | worker's `EXEC` before terminal "
+        "| gateway, in all | worker, in all (+0.5 s) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, by in counts.items():
+        total = {name: sum(counter.values()) for name, counter in by.items()}
+        execs = by.get("worker, before terminal", Counter())["EXEC"]
+        lines.append(
+            f"| {label} | {total.get('gateway, before terminal', 0)} | {total.get('worker, before terminal', 0)} "
+            f"| {execs} | {total.get('gateway', 0)} | {total.get('worker', 0)} |"
+        )
+    return lines
+
+
 def breakdown(jobs: list) -> dict[str, float]:
     """Median job timings (ms) of the measured jobs."""
     fields = ("queued_ms", "inference_ms", "safety_ms", "storing_ms", "total_ms")
@@ -277,7 +371,7 @@ async def submit_load(base_url: str, *, clients: int, total: int, steps: int) ->
 
 
 # --- report ------------------------------------------------------------------------------------------
-def render(args, engine_s, runs_by_window, gains, load, loads) -> str:
+def render(args, engine_s, runs_by_window, gains, load, loads, counts=None) -> str:
     base = statistics.median(engine_s)
     lines = [
         "## Service (gateway + Redis + one GPU worker, tiny model on CPU) — `benchmarks/bench_service.py`",
@@ -327,6 +421,8 @@ def render(args, engine_s, runs_by_window, gains, load, loads) -> str:
             for label in labels
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if counts:
+        lines += command_rows(counts)
     if gains:  # not with --overhead-only
         lines += [
             "",
@@ -416,6 +512,11 @@ def main(argv: list[str] | None = None) -> int:
         help="pause after each one-at-a-time job, so the next meets an idle worker (0: back to "
         "back, each job also waits for the previous one's RQ bookkeeping)",
     )
+    parser.add_argument(
+        "--no-count",
+        action="store_true",
+        help="skip counting each tree's Redis commands for one lone job (MONITOR)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -451,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         for service in services.values():
             service.start_gateway()
         runs_by_window, gains = {}, {}
+        counts: dict[str, dict[str, Counter]] = {}
         for window in (default_window, 0):
             for service in services.values():
                 service.start_worker(wait=False, GENSVC_BATCH_WINDOW_MS=str(window))
@@ -459,6 +561,14 @@ def main(argv: list[str] | None = None) -> int:
             clients = {label: Client(s.base_url, timeout=60) for label, s in services.items()}
             try:
                 runs = through_service(clients, steps=args.steps, runs=args.runs, gap_s=args.gap_s)
+                if window == default_window and not args.no_count:
+                    for label, client in clients.items():
+                        counts[label] = count_commands(
+                            services[label], client, steps=args.steps, seed=99
+                        )
+                        print(f"{label}: commands per lone job", {
+                            name: dict(counter.most_common()) for name, counter in counts[label].items()
+                        })  # fmt: skip
                 for label, client in clients.items():
                     key = (
                         f"{label}, window {window} ms" if len(trees) > 1 else f"window {window} ms"
@@ -490,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         for service in services.values():
             service.stop_all()
             purge_prefix(redis, service.settings.key_prefix)
-    text = render(args, engine_s, runs_by_window, gains, load, loads)
+    text = render(args, engine_s, runs_by_window, gains, load, loads, counts)
     print(text)
     if not args.no_report:
         write_section(SECTION, text)
