@@ -698,6 +698,20 @@ class JobStore:
     def is_cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(self.keys.cancel(job_id)))
 
+    def ended_or_cancel_requested(self, job_id: str) -> bool:
+        """The job already ended, or a client asked to cancel it: both read in one round trip.
+
+        Raises:
+            NotFound: the record is gone.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.keys.job(job_id))
+        pipe.exists(self.keys.cancel(job_id))
+        raw, cancel = pipe.execute()
+        if raw is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return bool(cancel) or JobRecord.model_validate_json(raw).status.is_terminal
+
 
 def _total_ms(record: JobRecord) -> float:
     return round((utcnow() - record.created_at).total_seconds() * 1000, 1)

@@ -375,7 +375,7 @@ class BatchRunner:
             )
             lifecycle.hand_back(worker, job, queue, slot.execution)
             return Outcome.handed_back
-        if result.canceled or self._ended(slot.id) or self.store.is_cancel_requested(slot.id):
+        if result.canceled or self.store.ended_or_cancel_requested(slot.id):
             return self._canceled(slot, queue)
         try:
             stored = postprocess_and_store(

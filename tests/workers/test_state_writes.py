@@ -1,0 +1,98 @@
+"""How a job's state changes reach Redis: the record and its event in one transaction, the
+worker's bookkeeping folded into it, and no more round trips than the change needs (each is a
+process wake-up on a lone job's path). Real Redis, JobStore as the worker drives it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from redis import ConnectionPool, Redis
+from redis.connection import Connection
+
+from generative_service import events
+from generative_service.errors import NotFound
+from generative_service.jobs import JobStore
+from generative_service.queue import THROUGHPUT_BUCKET_S
+from generative_service.schemas import BatchInfo, GenerationRequest, Stage, Timings
+
+
+class CountingConnection(Connection):
+    """Counts the writes to the socket: one per command sent alone, one per pipeline."""
+
+    sent = 0
+
+    def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        CountingConnection.sent += 1
+        return super().send_packed_command(command, check_health)
+
+
+@pytest.fixture
+def counted(redis_url: str):
+    pool = ConnectionPool.from_url(redis_url, connection_class=CountingConnection)
+    client = Redis(connection_pool=pool)
+    yield client
+    client.close()
+    pool.disconnect()
+
+
+def round_trips(call):  # type: ignore[no-untyped-def]
+    before = CountingConnection.sent
+    result = call()
+    return result, CountingConnection.sent - before
+
+
+def test_a_lone_jobs_state_changes_write_record_and_event_together(counted, settings) -> None:
+    store = JobStore(counted, settings)
+    record, _ = store.create(GenerationRequest(prompt="a red house", steps=4, seed=1))
+    job_id = record.id
+    counted.set(settings.keys.cancel(job_id), "1")  # e.g. a cancel that came too late
+    running = settings.keys.running
+
+    started, trips_started = round_trips(
+        lambda: store.mark_started(
+            job_id,
+            batch=BatchInfo(id="batch_t", size=1),
+            worker_id="w1",
+            also=lambda pipe, _record: pipe.hset(running, job_id, json.dumps({"worker": "w1"})),
+        )
+    )
+    _, trips_stage = round_trips(lambda: store.set_stage(job_id, Stage.safety))
+    done, trips_done = round_trips(
+        lambda: store.mark_succeeded(
+            job_id, images=[], timings=Timings(inference_ms=1.0, safety_ms=1.0)
+        )
+    )
+
+    # WATCH, GET, then one MULTI/EXEC with the record, its event (and the running entry).
+    assert (trips_started, trips_stage) == (3, 3)
+    # ...and the terminal one: the same three, plus the metrics pipeline after the event.
+    assert trips_done == 4
+    assert started is not None and done is not None
+    assert json.loads(counted.hget(running, job_id)) == {"worker": "w1"}
+    assert not counted.exists(settings.keys.cancel(job_id))  # cleared with the terminal write
+    finished = counted.get(store.queue.finished_key(int(time.time()) // THROUGHPUT_BUCKET_S))
+    assert finished is not None and int(finished) >= 1  # counted for Retry-After
+
+    streamed = [event for _, event in events.read(counted, settings.key_prefix, job_id)]
+    assert [event.type for event in streamed] == ["queued", "started", "stage", "succeeded"]
+    assert streamed[2].stage == Stage.safety
+    # The terminal event carries the job as GET /v1/jobs/{id} shows it (no position, ETA 0).
+    assert streamed[-1].job == store.to_resource(store.get(job_id)).model_dump(mode="json")
+    assert streamed[-1].job["progress"]["eta_s"] == 0.0
+    assert streamed[-1].job["queue_position"] is None
+
+
+def test_a_canceled_or_ended_job_is_seen_in_one_read(redis, settings) -> None:
+    store = JobStore(redis, settings)
+    record, _ = store.create(GenerationRequest(prompt="a red house", steps=4, seed=2))
+    store.mark_started(record.id, batch=BatchInfo(id="batch_t", size=1), worker_id="w1")
+    assert store.ended_or_cancel_requested(record.id) is False
+    redis.set(settings.keys.cancel(record.id), "1")
+    assert store.ended_or_cancel_requested(record.id) is True
+    redis.delete(settings.keys.cancel(record.id))
+    store.mark_failed(record.id, code="generation_failed", message="boom")
+    assert store.ended_or_cancel_requested(record.id) is True
+    with pytest.raises(NotFound):
+        store.ended_or_cancel_requested("job_0000000000000000000000")
