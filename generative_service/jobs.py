@@ -13,7 +13,8 @@ Redis layout (prefix P = settings.key_prefix):
   rq:queue:P:{queue}        the RQ queue the job waits in (RQ job id == our job id)  (queue.py)
 
 Gateway and worker both change records; every change is a WATCH/MULTI read-modify-write so
-neither overwrites the other. A terminal record never changes again. Admission (the queue bound,
+neither overwrites the other, and the change's event is appended in the same MULTI (a reader
+never sees a record ahead of its event; one round trip less per change). A terminal record never changes again. Admission (the queue bound,
 idempotency, enqueueing, positions and ETAs) lives in queue.py.
 """
 
