@@ -119,6 +119,15 @@ class Submission:
     digest: str
 
 
+# KEYS[1] step-times hash; ARGV[1] pixel class, ARGV[2] this step's ms.
+_STEP_TIME_SCRIPT = """
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+local value = tonumber(ARGV[2])
+if old then value = 0.8 * old + 0.2 * value end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.17g', value))
+"""
+
+
 def body_hash(body: dict) -> str:
     return hashlib.sha256(
         json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
@@ -210,6 +219,7 @@ class JobQueue:
         self._queues: dict[str, Queue] = {}
         self._rq_templates: dict[str, RQJobTemplate] = {}
         self._submit = redis.register_script(_SUBMIT_SCRIPT)
+        self._step_time = redis.register_script(_STEP_TIME_SCRIPT)
 
     # --- RQ queues ------------------------------------------------------------------------------
     def rq_queue(self, queue: str) -> Queue:
@@ -427,9 +437,9 @@ class JobQueue:
         return mean_step_ms(self.step_times(), width, height)
 
     def record_step_time(self, width: int, height: int, step_ms: float) -> None:
-        old = self.redis.hget(self.step_ms_key, pixel_class(width, height))
-        value = step_ms if old is None else 0.8 * float(old) + 0.2 * step_ms
-        self.redis.hset(self.step_ms_key, pixel_class(width, height), value)
+        """Fold one step's time into the EWMA of its pixel class (0.8 old + 0.2 new), in one
+        round trip (the worker records every step)."""
+        self._step_time(keys=[self.step_ms_key], args=[pixel_class(width, height), repr(step_ms)])
 
     def with_eta(
         self, record: JobRecord, position: int | None, step_times: dict[str, float] | None = None

@@ -32,6 +32,7 @@ class CountingConnection(Connection):
 def counted(redis_url: str):
     pool = ConnectionPool.from_url(redis_url, connection_class=CountingConnection)
     client = Redis(connection_pool=pool)
+    client.ping()  # the connection's handshake is not the code's round trips
     yield client
     client.close()
     pool.disconnect()
@@ -96,3 +97,14 @@ def test_a_canceled_or_ended_job_is_seen_in_one_read(redis, settings) -> None:
     assert store.ended_or_cancel_requested(record.id) is True
     with pytest.raises(NotFound):
         store.ended_or_cancel_requested("job_0000000000000000000000")
+
+
+def test_a_step_time_is_folded_into_the_eta_average_in_one_round_trip(counted, settings) -> None:
+    store = JobStore(counted, settings)
+    store.queue.record_step_time(128, 128, 7.5)  # connects, loads the script (once per Redis)
+    _, first = round_trips(lambda: store.queue.record_step_time(64, 64, 100.0))
+    _, second = round_trips(lambda: store.queue.record_step_time(64, 64, 50.0))
+    assert (first, second) == (1, 1)
+    # 0.8 x old + 0.2 x new per pixel class, as ETAs (and Retry-After) read it.
+    assert store.queue.step_times() == {"4096": pytest.approx(90.0), "16384": 7.5}
+    assert store.queue.mean_step_ms(64, 64) == pytest.approx(90.0)
