@@ -49,8 +49,13 @@ async def app_async_redis(request: Request) -> AsyncRedis:
     return aredis_of(request)
 
 
-async def app_store(request: Request) -> JobStore:
+def store_of(request: Request) -> JobStore:
+    """The app's job store (what `StoreDep` gives), without a dependency node."""
     return request.app.state.store
+
+
+async def app_store(request: Request) -> JobStore:
+    return store_of(request)
 
 
 async def app_storage(request: Request) -> Storage:

@@ -16,6 +16,7 @@ from generative_service.api.deps import (
     StorageDep,
     StoreDep,
     aredis_of,
+    store_of,
     submitter_of,
 )
 from generative_service.api.responses import WebhookAttempts, error_responses
@@ -145,7 +146,7 @@ def list_jobs(
     responses={200: {"content": _JOB_JSON}, **error_responses(401, 404, 503)},
 )
 async def get_job(job_id: JobId, request: Request, owner: OwnerDep) -> JobResource:
-    store = request.app.state.store  # NOTE: no dependency nodes on the hot path (deps.py)
+    store = store_of(request)  # NOTE: no dependency nodes on the hot path (deps.py)
     return await store.read_async(aredis_of(request), job_id, owner=owner)
 
 
