@@ -437,9 +437,13 @@ class JobStore:
 
     def _emit(self, record: JobRecord, event: Event) -> str:
         event_id = events.publish(self.redis, self.prefix, event, ttl_s=Ttl.events(self.settings))
+        self._notify_webhook(record, event)
+        return event_id
+
+    def _notify_webhook(self, record: JobRecord, event: Event) -> None:
+        """Queue the webhook delivery of an event already in the job's stream, if it has one."""
         if record.request.webhook:
             webhooks.on_event(self.redis, self.settings, record, event)
-        return event_id
 
     def _transition(
         self,
@@ -475,8 +479,8 @@ class JobStore:
             return None
         if event_after_commit:
             self._emit(record, make_event(record))
-        elif record.request.webhook:
-            webhooks.on_event(self.redis, self.settings, record, made[0])
+        else:
+            self._notify_webhook(record, made[0])
         return record
 
     def mark_started(
