@@ -349,6 +349,58 @@ def prompts_for_scene(objects: list[Obj]) -> list[str]:
     return out
 
 
+# --- what a prompt means (the text encoders' pretraining targets) ------------------------------
+
+# Per object slot: colour (0 any, then COLOURS), shape (0 any, then SHAPES), x and y
+# (0 not said, 1 left / top, 2 right / bottom). Plus the object count: 0 not said, 1, 2.
+MEANING_CLASSES = (3,) + (len(COLOURS) + 1, len(SHAPES) + 1, 3, 3) * 2
+_SINGULAR = {plural: shape for shape, plural in PLURALS.items()}
+
+
+def prompt_meaning(prompt: str) -> tuple[int, ...]:
+    """The layout a trained phrasing asks for, as class indices of `MEANING_CLASSES`.
+
+    Objects in the order the prompt names them; a relation gives object 0 and 1 opposite sides
+    on its axis, a region gives the single object its side; counting names the same object twice.
+    """
+    objects: list[list] = []  # [colour, shape, x, y]
+    colour = None
+    for word in prompt.split():
+        if word in COLOURS:
+            colour = word
+        shape = _SINGULAR.get(word, word)
+        if shape in SHAPES:
+            objects.append([colour, shape, 0, 0])
+            colour = None
+    if colour is not None:  # "red", "a red shape"
+        objects.append([colour, None, 0, 0])
+    padded = f" {prompt} "
+    plural = any(f" {p} " in padded for p in _SINGULAR)
+    count = 0 if not objects else 2 if plural or len(objects) == 2 else 1
+    if plural and len(objects) == 1:
+        objects.append(list(objects[0]))
+    index = {"x": 2, "y": 3}
+    for words in sorted(RELATIONS, key=len, reverse=True):
+        if f" {words} " in padded and len(objects) == 2:
+            axis, sign = RELATIONS[words]
+            objects[0][index[axis]], objects[1][index[axis]] = (1, 2) if sign > 0 else (2, 1)
+            break
+    else:
+        for words, (axis, sign) in REGIONS.items():
+            if padded.endswith(f" {words} ") and len(objects) == 1:
+                objects[0][index[axis]] = 1 if sign < 0 else 2
+    out = [count]
+    for k in range(2):
+        c, s, x, y = objects[k] if k < len(objects) else (None, None, 0, 0)
+        out += [
+            0 if c is None else 1 + COLOURS.index(c),
+            0 if s is None else 1 + SHAPES.index(s),
+            x,
+            y,
+        ]
+    return tuple(out)
+
+
 # --- the judge ---------------------------------------------------------------------------------
 
 HUES = {"red": 0.0, "yellow": 50.0, "green": 128.0, "blue": 225.0}  # degrees

@@ -1,8 +1,8 @@
 """`gensvc models train-demo --world shapes`: train the shapes demo model (issue #19).
 
 Stages: VAE (then its reconstructions are read by the exact judge: the ceiling of everything
-after it) -> latent scaling factor -> decoder-only VAE fine-tune -> UNet with both text encoders
--> canny ControlNet -> `pastel` style LoRA; then the bundle (fp16 safetensors) and, unless
+after it) -> latent scaling factor -> decoder-only VAE fine-tune -> both text encoders pretrained
+on the prompts' layouts, then frozen -> UNet -> canny ControlNet -> `pastel` style LoRA; then the bundle (fp16 safetensors) and, unless
 `--no-eval`, the evaluation of `shapes_eval` through the service's Engine and the model card.
 
 Budgets are step counts, not wall-clock time, so a retrain reproduces the model. Checkpoints go
@@ -34,6 +34,7 @@ def stage_configs(budget: str) -> dict:
     if budget == "quick":
         return {
             "vae": C("vae", steps=4, batch_size=8, seed=21, checkpoint_every=2),
+            "text": C("text", steps=4, batch_size=16, seed=26, checkpoint_every=2),
             "unet": C("unet", steps=4, batch_size=8, ema_decay=0.999, seed=22, checkpoint_every=2),
             "decoder": C("decoder", steps=2, batch_size=4, seed=23),
             "controlnet": C("controlnet", steps=2, batch_size=4, seed=24),
@@ -43,13 +44,15 @@ def stage_configs(budget: str) -> dict:
     return {
         "vae": C("vae", steps=450 if short else 2000, batch_size=16 if short else 32, lr=2e-3,
                  warmup_steps=30, seed=21, checkpoint_every=25),
-        "unet": C("unet", steps=600 if short else 3000, batch_size=32 if short else 64, lr=1e-3,
+        "text": C("text", steps=300, batch_size=128, lr=3e-3, warmup_steps=20, seed=26,
+                  checkpoint_every=50),
+        "unet": C("unet", steps=600 if short else 2400, batch_size=32 if short else 64, lr=1e-3,
                   warmup_steps=50, ema_decay=0.999, seed=22, checkpoint_every=25),
         "decoder": C("decoder", steps=300 if short else 1200, batch_size=16 if short else 32,
                      lr=5e-4, warmup_steps=10, seed=23, checkpoint_every=25),
         "controlnet": C("controlnet", steps=40 if short else 400, batch_size=16 if short else 32,
                         lr=2e-3, warmup_steps=10, seed=24, checkpoint_every=20),
-        "lora": C("lora", steps=30 if short else 200, batch_size=16 if short else 32,
+        "lora": C("lora", steps=30 if short else 400, batch_size=16 if short else 32, lr=3e-3,
                   warmup_steps=5, seed=25, checkpoint_every=20),
     }  # fmt: skip
 
@@ -142,24 +145,43 @@ def train(
     if stop_after == "decoder":
         return {"stopped_after": "decoder", "vae_ceiling": ceiling}
 
-    # 3. UNet and both text encoders together.
-    scheduler = components.noise_scheduler()
-    joint = M.UNetAndText(unet, text)
+    # 3. Both text encoders learn to name each prompt's layout, then stay frozen.
+    phrasings = M.Phrasings.build(tokenizers)
+    with_heads = M.TextAndHeads(text, M.LayoutHeads())
     results.append(
         run_stage(
-            configs["unet"],
-            joint,
-            M.unet_loss(joint, scheduler, latents, data, batch_size=configs["unet"].batch_size),
+            configs["text"],
+            with_heads,
+            M.text_loss(with_heads, phrasings, batch_size=configs["text"].batch_size),
             work_dir=work,
             resume=resume,
             progress=progress,
         )
     )
-    joint.requires_grad_(False)
+    text.requires_grad_(False)
+    layout = M.layout_accuracy(with_heads, phrasings)
+    _log(f"text encoders: the pooled embedding names the layout of {layout:.1%} of the phrasings")
+    table = M.PromptTable.encode(text, data)
+
+    # 4. UNet.
+    scheduler = components.noise_scheduler()
+    results.append(
+        run_stage(
+            configs["unet"],
+            unet,
+            M.unet_loss(
+                unet, table, scheduler, latents, data, batch_size=configs["unet"].batch_size
+            ),
+            work_dir=work,
+            resume=resume,
+            progress=progress,
+        )
+    )
+    unet.requires_grad_(False)
     if stop_after == "unet":
         return {"stopped_after": "unet", "vae_ceiling": ceiling}
 
-    # 4. Canny ControlNet over the frozen UNet.
+    # 5. Canny ControlNet over the frozen UNet.
     controlnet = components.build_controlnet(unet)  # the digits recipe's, same seeds
     edges = stages.edges_as_control(shapes.canny_edges(pixels_uint8(pixels)))
     results.append(
@@ -169,7 +191,7 @@ def train(
             M.controlnet_loss(
                 controlnet,
                 unet,
-                text,
+                table,
                 scheduler,
                 latents,
                 data,
@@ -183,7 +205,7 @@ def train(
     )
     controlnet.requires_grad_(False)
 
-    # 5. `pastel` LoRA on a copy of the frozen UNet (peft wraps the layers it targets).
+    # 6. `pastel` LoRA on a copy of the frozen UNet (peft wraps the layers it targets).
     # The first scenes of the training set again, drawn pastel (a style needs fewer examples).
     pastel = M.scene_set(min(len(data.pixels), 2000), tokenizers, seed=1, pastel=True)
     p_mean, p_std = stages.encode_latents(vae, pastel.pixels)
@@ -198,7 +220,7 @@ def train(
             lora_unet,
             M.lora_loss(
                 lora_unet,
-                text,
+                M.PromptTable.encode(text, pastel),
                 scheduler,
                 pastel_latents,
                 pastel,
@@ -214,7 +236,7 @@ def train(
         for k, v in get_peft_model_state_dict(lora_unet, adapter_name=LORA_NAME).items()
     }
 
-    # 6. Bundle, evaluation through the engine, model card.
+    # 7. Bundle, evaluation through the engine, model card.
     pipe = components.assemble_pipeline(
         vae=vae, unet=unet, tokenizers=tokenizers, text_encoders=text_encoders
     )
@@ -246,6 +268,9 @@ def train(
         "train_prompts": len(data.prompts),
         "vae_ceiling": ceiling,
         "lora_rank": 8,
+        "unet_channels": list(M.UNET_CHANNELS),
+        "text_layout_accuracy": layout,
+        "phrasings": len(phrasings.prompts),
     }
     report["train_minutes"] = sum(r.seconds for r in results) / 60
     report["bundle_mb"] = bundle.bundle_bytes(out) / 1e6

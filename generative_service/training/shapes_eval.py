@@ -254,9 +254,14 @@ def render_card(report: dict) -> str:
         f"{report['machine']} (a 2-core machine shared with other work; times are upper bounds).",
         "",
         "## Architecture",
-        f"- UNet2DConditionModel (SDXL `text_time`), channels (64, 128), cross-attention at 8x8 and 4x4: {report['params']['unet'] / 1e6:.2f} M parameters.",
+        f"- UNet2DConditionModel (SDXL `text_time`), channels {tuple(report.get('unet_channels', (64, 128)))}, cross-attention at 8x8 and 4x4: {report['params']['unet'] / 1e6:.2f} M parameters.",
         f"- AutoencoderKL (8, 16, 32, 64), GroupNorm with one group, scale factor 8: {report['params']['vae'] / 1e6:.2f} M; scaling_factor {report['scaling_factor']:.4f}.",
-        f"- CLIPTextModel + CLIPTextModelWithProjection (width 64, 3 layers), trained with the UNet: {report['params']['text_encoders'] / 1e6:.2f} M.",
+        f"- CLIPTextModel + CLIPTextModelWithProjection (width 64, 3 layers): {report['params']['text_encoders'] / 1e6:.2f} M, "
+        + (
+            f"pretrained to name each prompt's layout (every object's colour, shape and side, and the count) from the states after the end-of-text token and the pooled embedding ({_pct(report['text_layout_accuracy'])} of the {report['phrasings']} phrasings read back exactly), then frozen."
+            if "text_layout_accuracy" in report
+            else "trained with the UNet."
+        ),
         f"- Canny ControlNet {report['params']['controlnet'] / 1e6:.2f} M; LoRA `pastel` rank {report['lora_rank']}. {report['bundle_mb']:.1f} MB in fp16.",
         "",
         "## Data",

@@ -117,9 +117,18 @@ def _conditioning(
     p_drop: float,
 ):
     """Per sample: a random phrasing of its class (or a generic prompt), zeroed with `p_drop`."""
-    batch = len(labels)
-    template = torch.randint(table.by_class.shape[1], (batch,), generator=gen)
+    template = torch.randint(table.by_class.shape[1], (len(labels),), generator=gen)
     rows = table.by_class[labels, template]
+    return condition_rows(table, rows, gen, p_generic=p_generic, p_drop=p_drop)
+
+
+def condition_rows(
+    table, rows: torch.Tensor, gen: torch.Generator, *, p_generic: float, p_drop: float
+):
+    """The UNet's conditioning for prompt `rows` of `table` (`embeds`, `pooled`, `generic`):
+    each row replaced by a generic prompt with `p_generic`, zeroed with `p_drop` (the pipeline
+    feeds zeros to the unconditional branch: force_zeros_for_empty_prompt)."""
+    batch = len(rows)
     generic = table.generic[torch.randint(len(table.generic), (batch,), generator=gen)]
     rows = torch.where(torch.rand(batch, generator=gen) < p_generic, generic, rows)
     keep = (torch.rand(batch, generator=gen) >= p_drop).float()
