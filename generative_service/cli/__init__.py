@@ -205,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.set_defaults(func=cmd_build_tiny)
     p = models.add_parser(
-        "train-demo", help="train the demo digits model (arguments go to the trainer)"
+        "train-demo",
+        help="train the embedded demo model (shapes; --world digits: the earlier digits recipe); "
+        "arguments go to the trainer",
     )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_train_demo)

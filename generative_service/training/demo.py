@@ -1,13 +1,19 @@
-"""`gensvc models train-demo`: train the embedded demo model on scikit-learn's digits.
+"""`gensvc models train-demo`: train the embedded demo model (the shapes world, issue #19), or the
+earlier digits model.
 
-    gensvc models train-demo [--out DIR] [--budget quick|full] [--resume] [--work DIR] [--no-eval]
-    gensvc models train-demo --world shapes [--budget quick|short|full] [--resume] [--eval-only] ...
+    gensvc models train-demo [--budget quick|short|full] [--resume] [--eval-only] [--out DIR] ...
+    gensvc models train-demo --world digits [--out DIR] [--budget quick|full] [--resume] [--no-eval]
     python -m generative_service.training.demo ...
 
-Stages: VAE -> (measure the latent scaling factor) -> UNet -> canny ControlNet -> `bold` LoRA,
-then the bundle is written (fp16 safetensors), evaluated through the engine and described in
-MODEL_CARD.md. Budgets are step counts, not wall-clock time, so a retrain reproduces the model.
-Checkpoints go to `--work` (default CACHE_DIR/train-demo/BUDGET); `--resume` continues there.
+`--world shapes` (the default) is `training/shapes_demo.py`; it writes the embedded bundle
+(`generative_service/models/demo`, what GENSVC_MODEL=demo serves) unless `--out` is given.
+`--world digits` is the recipe of the earlier default, kept as a recipe: it writes
+CACHE_DIR/demo-digits unless `--out` is given, and nothing serves it by default. Digits stages: VAE
+-> (measure the latent scaling factor) -> UNet -> canny ControlNet -> `bold` LoRA, then the bundle
+(fp16 safetensors), evaluated through the engine and described in MODEL_CARD.md. Budgets are step
+counts, not wall-clock time, so a retrain reproduces the model. Checkpoints go to `--work`
+(default CACHE_DIR/train-demo/BUDGET, shapes: CACHE_DIR/train-demo/shapes-BUDGET); `--resume`
+continues there.
 """
 
 from __future__ import annotations
@@ -65,14 +71,15 @@ def _parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=None,
-        help=f"bundle directory to write (default: {DEMO_ROOT}; shapes: CACHE_DIR/demo-shapes)",
+        help=f"bundle directory to write (default: {DEMO_ROOT}, the embedded model; "
+        "digits: CACHE_DIR/demo-digits)",
     )
     parser.add_argument(
         "--budget",
         choices=(*BUDGETS, "short"),
         default="full",
         help="step budget: quick (seconds, smoke test), full (the committed model); "
-        "shapes also: short (what a loaded 2-core CPU trains in ~1.5 h)",
+        "shapes also: short (what a loaded 2-core CPU trains in ~1 h)",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the checkpoints in the work directory"
@@ -107,11 +114,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--world",
         choices=("digits", "shapes"),
-        default="digits",
-        help="training world: digits (the embedded default today) or shapes (issue #19); "
-        "shapes also takes --budget short and writes to CACHE_DIR/demo-shapes unless --out is given",
+        default="shapes",
+        help="training world: shapes (the embedded default model) or digits (the earlier "
+        "default, a recipe only: writes CACHE_DIR/demo-digits unless --out is given)",
     )
     return parser
+
+
+def default_out(world: str, cache: Path) -> Path:
+    """Where a world's bundle goes without `--out`: shapes is the embedded model (what
+    GENSVC_MODEL=demo serves), digits a bundle in the cache that nothing serves by default."""
+    from generative_service.engine.paths import DEMO_ROOT
+
+    return DEMO_ROOT if world == "shapes" else cache / "demo-digits"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget not in BUDGETS:
         print(f"error: --budget {args.budget} is a shapes-world budget", file=sys.stderr)
         return 2
-    from generative_service.engine.paths import DEMO_ROOT
-
-    args.out = args.out or DEMO_ROOT
+    args.out = args.out or default_out("digits", cache)
     work = args.work or cache / "train-demo" / args.budget
     try:
         report = train(
@@ -166,7 +179,7 @@ def _main_shapes(args, cache: Path) -> int:
     from generative_service.training import shapes_demo
     from generative_service.training.loop import StageMismatch
 
-    out = args.out or cache / "demo-shapes"
+    out = args.out or default_out("shapes", cache)
     work = args.work or cache / "train-demo" / f"shapes-{args.budget}"
     if args.eval_only:
         ev = shapes_demo.evaluate_only(out, per_category=args.per_category)["evaluation"]

@@ -15,6 +15,8 @@ from generative_service.training.loop import StageConfig, StageMismatch, run_sta
 def _train(out, work, *extra: str) -> int:
     return demo.main(
         [
+            "--world",
+            "digits",
             "--budget",
             "quick",
             "--out",
@@ -81,6 +83,15 @@ def test_retraining_reproduces_and_resume_reuses_checkpoints(quick_bundle, tmp_p
         other = _unet_weights(tmp_path / out)
         assert first.keys() == other.keys()
         assert all(torch.equal(first[k], other[k]) for k in first), out
+
+
+def test_without_options_the_shapes_world_trains_the_embedded_model(tmp_path):
+    from generative_service.engine.paths import DEMO_ROOT
+
+    args = demo._parser().parse_args([])
+    assert (args.world, args.budget, args.out) == ("shapes", "full", None)
+    assert demo.default_out("shapes", tmp_path) == DEMO_ROOT  # what GENSVC_MODEL=demo serves
+    assert demo.default_out("digits", tmp_path) == tmp_path / "demo-digits"  # served by nothing
 
 
 def _toy(steps: int, *, fail_at: int | None = None):
