@@ -144,7 +144,8 @@ def pixel_class(width: int, height: int) -> str:
 
 
 def resolve(request: GenerationRequest, settings: Settings) -> GenerationRequest:
-    """Fill every server-side default: size from the model, a random seed when none was given.
+    """Fill every server-side default: size and guidance from the model, a random seed when none
+    was given.
 
     Raises:
         InvalidRequest: width or height above GENSVC_MAX_SIDE.
@@ -155,6 +156,8 @@ def resolve(request: GenerationRequest, settings: Settings) -> GenerationRequest
         updates["width"] = size
     if request.height is None:
         updates["height"] = size
+    if request.guidance_scale is None:
+        updates["guidance_scale"] = paths.default_guidance(settings)
     if request.seed is None:
         updates["seed"] = secrets.randbelow(rules.RANDOM_SEEDS)
     resolved = request.model_copy(update=updates)

@@ -72,16 +72,17 @@ class PreviewSpec(_Strict):
 
 
 class GenerationRequest(_Strict):
-    """POST /v1/jobs body. `width`/`height`/`seed` may be null on the wire; the gateway fills them."""
+    """POST /v1/jobs body. `width`/`height`/`guidance_scale`/`seed` may be null on the wire; the
+    gateway fills them (the job resource shows the values used)."""
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
             "examples": [
                 {
-                    "prompt": "a handwritten seven",
+                    "prompt": "a red circle above a blue square",
                     "steps": 20,
-                    "guidance_scale": 5.0,
+                    "guidance_scale": 3.0,
                     "seed": 42,
                     "num_images": 2,
                 },
@@ -98,11 +99,13 @@ class GenerationRequest(_Strict):
         None, description="Multiple of 8, 64..GENSVC_MAX_SIDE; default: the model's size."
     )
     steps: int = Field(rules.DEFAULT_STEPS, ge=rules.MIN_STEPS, le=rules.MAX_STEPS)
-    guidance_scale: float = Field(
-        rules.DEFAULT_GUIDANCE,
+    guidance_scale: float | None = Field(
+        None,
         ge=rules.MIN_GUIDANCE,
         le=rules.MAX_GUIDANCE,
         allow_inf_nan=False,
+        description="Classifier-free guidance; 1 or less turns it off. Default: the model's own "
+        f"(`default_guidance` of GET /v1/models; {rules.DEFAULT_GUIDANCE:g} for models without one).",
     )
     sampler: str = Field(rules.DEFAULT_SAMPLER, description=f"One of {', '.join(SAMPLERS)}.")
     seed: int | None = Field(None, ge=0, lt=MAX_SEED)
@@ -154,7 +157,14 @@ class GenerationRequest(_Strict):
 
     @property
     def uses_cfg(self) -> bool:
-        return self.guidance_scale > 1.0
+        return self.resolved_guidance > 1.0
+
+    @property
+    def resolved_guidance(self) -> float:
+        """guidance_scale of a resolved request: the gateway (or the engine) fills it first."""
+        if self.guidance_scale is None:
+            raise ValueError("the request's guidance_scale is not resolved yet")
+        return self.guidance_scale
 
     @property
     def resolved_size(self) -> tuple[int, int]:

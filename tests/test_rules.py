@@ -23,7 +23,9 @@ def test_the_wire_schema_declares_the_rules():
     assert fields["steps"]["default"] == rules.DEFAULT_STEPS
     assert fields["prompt"]["maxLength"] == rules.MAX_PROMPT_CHARS
     assert fields["num_images"]["maximum"] == rules.MAX_IMAGES
-    assert fields["guidance_scale"]["maximum"] == rules.MAX_GUIDANCE
+    guidance = next(o for o in fields["guidance_scale"]["anyOf"] if o.get("type") == "number")
+    assert guidance["maximum"] == rules.MAX_GUIDANCE
+    assert fields["guidance_scale"]["default"] is None  # the model's own (bundle.json)
     lora = LoraSpec.model_json_schema()["properties"]["name"]
     assert (lora["pattern"], lora["maxLength"]) == (rules.LORA_NAME_PATTERN, rules.LORA_NAME_MAX)
 

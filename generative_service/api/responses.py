@@ -110,6 +110,7 @@ class ModelsInfo(BaseModel):
                     "loras": ["ink"],
                     "default_size": 64,
                     "default_steps": rules.DEFAULT_STEPS,
+                    "default_guidance": 3.0,
                     "limits": {
                         "max_side": 2048,
                         "max_batch_images": 4,
@@ -131,6 +132,10 @@ class ModelsInfo(BaseModel):
     default_size: int | None = None
     default_steps: int = Field(
         rules.DEFAULT_STEPS, description="Denoising steps a job without `steps` runs."
+    )
+    default_guidance: float = Field(
+        rules.DEFAULT_GUIDANCE,
+        description="Guidance scale a job without `guidance_scale` runs (the model's own when its bundle names one).",
     )
     limits: dict[str, Any] = {}
     backend: dict[str, Any] | None = Field(

@@ -138,7 +138,7 @@ def plan_batch(
         start = plan.total_images
         for index in range(request.num_images):
             plan.seeds.append(seed + index)
-            plan.guidance.append(request.guidance_scale)
+            plan.guidance.append(request.resolved_guidance)
             plan.embeds.append(positive.embeds)
             plan.pooled.append(positive.pooled)
             if negative is not None:

@@ -180,6 +180,7 @@ class Engine:
             GenerationFailed: the pipeline failed (out of memory, device error, ...).
         """
         outputs: dict[str, JobOutput] = {}
+        jobs = [self._with_guidance(job) for job in jobs]
         with self._lock:
             for group in self._groups(jobs):
                 for output in self._run_group(group, on_step=on_step, is_canceled=is_canceled):
@@ -200,6 +201,7 @@ class Engine:
             "loras": self.loras.store.names(),
             "default_size": self.default_size,
             "default_steps": rules.DEFAULT_STEPS,  # what a job without `steps` runs
+            "default_guidance": self.default_guidance,  # what a job without `guidance_scale` runs
             "prompt_hint": info.get("prompt_hint"),
             "limits": rules.limits(self.settings),
             "device": str(self.models.device),
@@ -214,7 +216,19 @@ class Engine:
     def default_size(self) -> int:
         return paths.default_size(self.settings)
 
+    @property
+    def default_guidance(self) -> float:
+        return paths.default_guidance(self.settings)
+
     # --- internals -------------------------------------------------------------------------------------
+
+    def _with_guidance(self, job: EngineJob) -> EngineJob:
+        """The job with the model's guidance when its request has none (the gateway fills it for
+        the service's jobs; direct callers such as benchmarks may leave it out)."""
+        if job.request.guidance_scale is not None:
+            return job
+        request = job.request.model_copy(update={"guidance_scale": self.default_guidance})
+        return EngineJob(job.job_id, request)
 
     def _size(self, request: GenerationRequest) -> tuple[int, int]:
         return (request.width or self.default_size, request.height or self.default_size)

@@ -7,7 +7,8 @@ Bundle layout (written by `engine.tiny.build_tiny` and by the demo trainer)::
     ROOT/controlnet-depth/    ControlNetModel.save_pretrained            (optional)
     ROOT/depth-estimator/     transformers depth model + image processor (optional)
     ROOT/loras/NAME.safetensors                                          (optional)
-    ROOT/bundle.json          {"name", "default_size", "prompt_hint"} (a job without `steps` runs rules.DEFAULT_STEPS)
+    ROOT/bundle.json          {"name", "default_size", "default_guidance", "prompt_hint"}
+                              (a job without `steps` runs rules.DEFAULT_STEPS)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from generative_service import rules
 from generative_service.settings import Settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -88,6 +90,15 @@ def default_size(settings: Settings) -> int:
     if isinstance(size, int) and size >= 64:
         return size
     return 64 if settings.model in BUILTIN_MODELS else SDXL_DEFAULT_SIZE
+
+
+def default_guidance(settings: Settings) -> float:
+    """Guidance scale used when a request leaves it null: the bundle's `default_guidance` (the
+    value its evaluation picked), else rules.DEFAULT_GUIDANCE."""
+    value = bundle_info(settings).get("default_guidance")
+    if isinstance(value, int | float) and rules.MIN_GUIDANCE <= value <= rules.MAX_GUIDANCE:
+        return float(value)
+    return rules.DEFAULT_GUIDANCE
 
 
 def resolve_lora_dir(settings: Settings) -> Path:

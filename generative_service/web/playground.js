@@ -19,12 +19,11 @@ export function buildRequest() {
     prompt: $("prompt").value.trim() || $("prompt").placeholder,
     negative_prompt: $("negative_prompt").value,
     steps: numberOrNull("steps") ?? 20,
-    guidance_scale: numberOrNull("guidance_scale") ?? 3,
     sampler: $("sampler").value || "dpmpp_2m_karras",
     num_images: numberOrNull("num_images") ?? 1,
     output_format: $("output_format").value,
   };
-  for (const field of ["width", "height", "seed"]) {
+  for (const field of ["width", "height", "guidance_scale", "seed"]) { // empty: the server's default
     const value = numberOrNull(field);
     if (value !== null) body[field] = value;
   }
@@ -214,6 +213,7 @@ async function loadOptions() {
   try {
     const models = await apiJson("/v1/models");
     limits = models.limits || {};
+    if (models.default_guidance != null) $("guidance_scale").placeholder = `model default (${models.default_guidance})`;
     applyLimits();
     const sampler = $("sampler");
     const current = sampler.value;

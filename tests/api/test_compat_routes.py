@@ -129,3 +129,38 @@ def test_a1111_lora_list_answers(api_client):
     response = api_client.get("/sdapi/v1/loras")
     assert response.status_code == 200, response.text
     assert isinstance(response.json(), list)
+
+
+def test_guidance_omitted_is_the_models_default_on_every_surface(
+    make_settings, make_api_client, make_fake_worker, tmp_path
+):
+    """A request without guidance runs the model's own (bundle.json `default_guidance`, the value
+    its evaluation picked), and the job shows it; a value the client sends wins. A1111 clients
+    always send cfg_scale (A1111's own default is 7)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "bundle.json").write_text('{"name": "m", "default_size": 64, "default_guidance": 2.5}')
+    settings = make_settings(model=str(model), compat_wait_s=30)
+    client, worker = make_api_client(settings), make_fake_worker(settings)
+    assert client.get("/v1/models").json()["default_guidance"] == 2.5
+
+    def guidance_of(job_id: str) -> float:
+        return client.get(f"/v1/jobs/{job_id}").json()["request"]["guidance_scale"]
+
+    omitted = client.post("/v1/jobs", json={"prompt": "a red circle"}).json()
+    assert omitted["request"]["guidance_scale"] == 2.5 == guidance_of(omitted["id"])
+    sent = client.post("/v1/jobs", json={"prompt": "a red circle", "guidance_scale": 6}).json()
+    assert guidance_of(sent["id"]) == 6.0
+    off = client.post("/v1/jobs", json={"prompt": "a red circle", "guidance_scale": 0}).json()
+    assert guidance_of(off["id"]) == 0.0  # 0 is a value (guidance off), not "omitted"
+
+    background = _finish_jobs_in_background(worker, 5)  # the three above, then one per surface
+    openai = client.post("/openai/v1/images/generations", json={"prompt": "a red circle"})
+    a1111 = client.post("/sdapi/v1/txt2img", json={"prompt": "a red circle", "cfg_scale": 4,
+                                                    "width": 64, "height": 64})  # fmt: skip
+    background.join()
+    assert openai.status_code == 200 and a1111.status_code == 200, (openai.text, a1111.text)
+    assert a1111.json()["parameters"]["cfg_scale"] == 4
+    assert "CFG scale: 4," in a1111.json()["info"]
+    jobs = client.get("/v1/jobs?limit=2").json()["data"]  # newest first: A1111's, OpenAI's
+    assert [job["request"]["guidance_scale"] for job in jobs] == [4.0, 2.5]

@@ -126,3 +126,10 @@ def test_reproducibility_record_names_parameters_and_file_hashes(engine, tiny_ro
     assert str(tiny_root) not in json.dumps(record)
     assert record["components"]["model"]["source"] == "local:tiny/pipeline"
     assert str(tiny_root) not in json.dumps(engine.describe())
+
+
+def test_a_request_without_guidance_runs_the_models_default(engine):
+    omitted = run_one(engine, req(guidance_scale=None))
+    explicit = run_one(engine, req(guidance_scale=engine.default_guidance))
+    assert omitted.reproducibility["guidance_scale"] == engine.default_guidance
+    assert max_diff(omitted.images[0], explicit.images[0]) == 0

@@ -62,6 +62,8 @@ def test_playground_generates_an_image_with_live_progress(
     assert browser.find_element(By.ID, "width").get_attribute("step") == str(rules.SIDE_MULTIPLE)
     guidance = browser.find_element(By.ID, "guidance_scale")
     assert float(guidance.get_attribute("max")) == rules.MAX_GUIDANCE
+    # left empty, the job runs the model's guidance (tiny: none of its own, the rules' default)
+    assert guidance.get_attribute("placeholder") == f"model default ({rules.DEFAULT_GUIDANCE:g})"
     steps.clear()
     steps.send_keys("8")
     browser.find_element(By.ID, "seed").send_keys("1234")

@@ -234,7 +234,7 @@ async def txt2img(
                 raw, _ = await run_in_threadpool(storage.get, record.id, image.index)
                 images.append(base64.b64encode(raw).decode())
     model = await run_in_threadpool(submit.served_model, submitter.redis, settings)
-    info = _info(body, jobs[0], records, seeds, model)
+    info = _info(body, records[0].request, records, seeds, model)
     return Txt2ImgResponse(images=images, parameters=body.model_dump(), info=json.dumps(info))
 
 
@@ -249,7 +249,7 @@ def _info(
     sampler = next(name for name, ours in SAMPLER_NAMES.items() if ours == job.sampler)
     infotext = (
         f"{body.prompt}\nNegative prompt: {body.negative_prompt}\n"
-        f"Steps: {job.steps}, Sampler: {sampler}, CFG scale: {job.guidance_scale:g}, "
+        f"Steps: {job.steps}, Sampler: {sampler}, CFG scale: {job.resolved_guidance:g}, "
         f"Seed: {{seed}}, Size: {job.width}x{job.height}, Model: {model}"
     )
     return {
@@ -265,7 +265,7 @@ def _info(
         "width": job.width,
         "height": job.height,
         "sampler_name": sampler,
-        "cfg_scale": job.guidance_scale,
+        "cfg_scale": job.resolved_guidance,
         "steps": job.steps,
         "batch_size": body.batch_size,
         "n_iter": body.n_iter,

@@ -40,6 +40,7 @@ def settings_info(settings: Settings) -> dict:
         "samplers": list(rules.SAMPLERS),
         "default_size": paths.default_size(settings),
         "default_steps": rules.DEFAULT_STEPS,
+        "default_guidance": paths.default_guidance(settings),
         "backend": {"name": settings.engine_backend},
         "limits": rules.limits(settings),
     }
