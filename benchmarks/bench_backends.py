@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import write_section  # noqa: E402
 
-LORAS = {"tiny": "tiny-style-a", "demo": "bold"}
-PROMPTS = {"tiny": "a photo of a cat", "demo": "a handwritten seven"}
+LORAS = {"tiny": "tiny-style-a", "demo": "pastel"}
+PROMPTS = {"tiny": "a photo of a cat", "demo": "a red circle above a blue square"}
 BATCHES = (1, 2, 4)
 STRATEGIES = ("mark_dynamic", "dynamic", "pad")
 REPLY = "@@bench "  # marks the child's answers among whatever else it prints

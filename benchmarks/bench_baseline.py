@@ -36,7 +36,12 @@ from _common import ROOT, free_port, http_ok, pct, save_figure, wait_until, writ
 SECTION = "baseline"
 MODEL = ROOT / "generative_service" / "models" / "demo" / "pipeline"
 BASELINE = "plain diffusers + FastAPI"
-PROMPTS = ["a handwritten seven", "the digit three", "a handwritten two", "the digit eight"]
+PROMPTS = [
+    "a red circle above a blue square",
+    "two green triangles",
+    "a blue square on the left",
+    "a yellow circle",
+]
 
 
 class Processes:

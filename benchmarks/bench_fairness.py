@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import free_port, http_ok, poll, publish, stop_processes, wait_until  # noqa: E402
 
 SECTION = "fairness"
-BODY = {"prompt": "a handwritten two", "width": 64, "height": 64, "steps": 2, "seed": 7}
+BODY = {"prompt": "a blue square on the left", "width": 64, "height": 64, "steps": 2, "seed": 7}
 KEY_A, KEY_B = "bench-key-a", "bench-key-b"
 
 

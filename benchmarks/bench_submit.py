@@ -69,7 +69,7 @@ from _common import (  # noqa: E402
 
 SECTION = "submit"
 FIGURES = ROOT / "benchmarks" / "figures"
-BODY = {"prompt": "a handwritten seven", "width": 64, "height": 64, "steps": 4}
+BODY = {"prompt": "a red circle above a blue square", "width": 64, "height": 64, "steps": 4}
 
 
 @dataclass

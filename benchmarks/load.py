@@ -211,7 +211,7 @@ async def user(
 ) -> None:
     for index in range(jobs):
         body = {
-            "prompt": "a handwritten seven",
+            "prompt": "a red circle above a blue square",
             "steps": steps,
             "width": 64,
             "height": 64,
@@ -255,7 +255,7 @@ async def burst(url: str, *, count: int, steps: int, max_s: float) -> Run:
     deadline = time.monotonic() + max_s
     started = time.perf_counter()
     async with _client(count) as http:
-        body = {"prompt": "a handwritten two", "steps": steps, "width": 64, "height": 64}
+        body = {"prompt": "a blue square on the left", "steps": steps, "width": 64, "height": 64}
         ids = await asyncio.gather(
             *(
                 submit(http, url, {**body, "seed": i}, run, retry_429=False, deadline=deadline)

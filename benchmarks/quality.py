@@ -1,21 +1,23 @@
 """Image-quality benchmark (numbers, not a test).
 
-(a) The demo model (digits), drawn through the Engine: prompted-digit accuracy (judge: an SVM
-    trained on held-out real digits) and Fréchet distance on the judge's features (generated vs
-    the held-out real digits), for guidance 1, 3, 5, 7.5 (DPM++ 2M Karras) and for every sampler
-    at the default guidance. 20 steps, 64x64, fixed seeds.
-(a2) A shapes-world bundle (`--shapes-model DIR`, issue #19), through the Engine: GenEval-style
-    accuracy per category (single, two objects, counting, colour attribution, position) read by
-    the exact judge of `training/shapes.py` (its score on real renders of the same prompts
-    beside), Fréchet distance on the judge's features vs real renders (with the real-vs-real
-    floor) and images/s, for guidance 1.5, 3, 5, 7.5. `--per-category` prompts (default 100),
-    fixed seeds, 20 steps DPM++ 2M Karras, 64x64.
+(a) A digits bundle (`--digits-model DIR`, from `gensvc models train-demo --world digits`; the
+    embedded default until issue #19), drawn through the Engine: prompted-digit accuracy (judge:
+    an SVM trained on held-out real digits) and Fréchet distance on the judge's features
+    (generated vs the held-out real digits), for guidance 1, 3, 5, 7.5 (DPM++ 2M Karras) and for
+    every sampler at the default guidance. 20 steps, 64x64, fixed seeds.
+(a2) The demo model (shapes world, issue #19; `--shapes-model DIR` for another shapes bundle),
+    through the Engine: GenEval-style accuracy per category (single, two objects, counting,
+    colour attribution, position) read by the exact judge of `training/shapes.py` (its score on
+    real renders of the same prompts beside), Fréchet distance on the judge's features vs real
+    renders (with the real-vs-real floor) and images/s, for guidance 1.5, 3, 5, 7.5.
+    `--per-category` prompts (default 100), fixed seeds, 20 steps DPM++ 2M Karras, 64x64.
 (b) Real SDXL weights: FID and CLIP score on the fixed prompts in benchmarks/prompts.txt, with
     the metric models and reference images taken from local paths. Runs where such weights exist
     (`--sdxl-model`); without them the section says it was not run.
 
-    .venv/bin/python benchmarks/quality.py [--per-digit 10] [--no-report]
-    .venv/bin/python benchmarks/quality.py --skip-demo --shapes-model DIR [--per-category 100]
+    .venv/bin/python benchmarks/quality.py [--per-category 100] [--no-report]
+    .venv/bin/python benchmarks/quality.py --shapes-model DIR [--per-category 100]
+    .venv/bin/python benchmarks/quality.py --skip-demo --digits-model DIR [--per-digit 10]
     .venv/bin/python benchmarks/quality.py --sdxl-model DIR --clip-model DIR --reference-dir DIR \\
         [--fid-model DIR] [--size 1024] [--steps 30] [--guidance 7.5]
 
@@ -61,7 +63,7 @@ def write_section(key: str, body: str, *, report: Path = REPORT) -> None:
         report.write_text(text)
 
 
-# --- (a) demo model ----------------------------------------------------------------------------
+# --- (a) a digits bundle ----------------------------------------------------------------------------
 
 
 def _measure(drawer, judge, items, reference_features, *, guidance: float, sampler: str) -> dict:
@@ -88,7 +90,7 @@ def _measure(drawer, judge, items, reference_features, *, guidance: float, sampl
 def demo_rows(
     *,
     per_digit: int,
-    model: str = "demo",
+    model: str,
     samplers: tuple[str, ...] | None = None,
     guidances: tuple[float, ...] = GUIDANCES,
 ) -> dict:
@@ -112,6 +114,7 @@ def demo_rows(
         for s in (samplers or SAMPLERS)
     ]
     return {
+        "model": str(model),
         "images": len(items),
         "reference": len(reference),
         "real_frechet": _real_split_frechet(judge, reference),
@@ -147,7 +150,7 @@ def demo_markdown(result: dict) -> str:
             )
         return "\n".join(lines)
 
-    return f"""### (a) Demo model (digits) through the Engine
+    return f"""### (a) Digits model (`{result["model"]}`) through the Engine
 
 {result["images"]} images per row (fixed seeds, the trained phrasings), {STEPS} steps, 64x64. Judge: RBF SVM on
 held-out real digits ({100 * result["judge_real_accuracy"]:.1f} % on real digits it never saw). Fréchet distance on the
@@ -163,7 +166,7 @@ Samplers (guidance {result["default_guidance"]:g}):
 {table(result["by_sampler"], "sampler")}"""
 
 
-# --- (a2) shapes-world bundle -------------------------------------------------------------------
+# --- (a2) the demo model (shapes world) -------------------------------------------------------------------
 
 SHAPES_GUIDANCES = (1.5, 3.0, 5.0, 7.5)
 
@@ -221,7 +224,7 @@ def shapes_markdown(result: dict) -> str:
             f"| {row['guidance']:g}{marker} | {cells} | {row['frechet']:.2f} ({row['frechet_real_floor']:.2f}) | {row['images_per_second']:.2f} |"
         )
     table = "\n".join(lines)
-    return f"""### (a2) Shapes-world model through the Engine
+    return f"""### (a2) The demo model (shapes world) through the Engine
 
 Bundle `{result["model"]}`. {result["per_category"]} prompts per category (fixed prompts and seeds, every trained
 phrasing), {STEPS} steps DPM++ 2M Karras, 64x64, judged exactly (HSV colour segmentation, connected components,
@@ -321,9 +324,14 @@ Not run here: no SDXL weights on this machine. Run with `--sdxl-model DIR --clip
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--per-digit", type=int, default=10, help="demo images per digit per row")
-    parser.add_argument("--skip-demo", action="store_true")
-    parser.add_argument("--shapes-model", help="a shapes-world bundle directory (section a2)")
+    parser.add_argument(
+        "--digits-model", help="a digits bundle directory (section a; not run without it)"
+    )
+    parser.add_argument("--per-digit", type=int, default=10, help="digits images per digit per row")
+    parser.add_argument("--skip-demo", action="store_true", help="no shapes section (a2)")
+    parser.add_argument(
+        "--shapes-model", default="demo", help="the shapes bundle of section a2 (default: demo)"
+    )
     parser.add_argument("--per-category", type=int, default=100, help="shapes prompts per category")
     parser.add_argument(
         "--sdxl-model", help="SDXL weights (bundle/pipeline directory or hub id in the local cache)"
@@ -351,9 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parts = [
         f"## Image quality — `benchmarks/quality.py`\n\n{platform.machine()}, torch threads {torch.get_num_threads()}."
     ]
+    if args.digits_model:
+        parts.append(demo_markdown(demo_rows(per_digit=args.per_digit, model=args.digits_model)))
     if not args.skip_demo:
-        parts.append(demo_markdown(demo_rows(per_digit=args.per_digit)))
-    if args.shapes_model:
         # Its own report section: a shapes run leaves the digits and SDXL numbers alone.
         shapes = shapes_markdown(
             shapes_rows(model=args.shapes_model, per_category=args.per_category)
@@ -361,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         print(shapes)
         if not args.no_report:
             write_section("quality-shapes", shapes)
-        if args.skip_demo and not args.sdxl_model:
+        if not (args.digits_model or args.sdxl_model):
             return 0
     sdxl = None
     if args.sdxl_model:

@@ -1,7 +1,7 @@
 """A small Python client for the service, sync (`Client`) and async (`AsyncClient`), on httpx.
 
     with Client("http://127.0.0.1:8000") as client:
-        job = client.submit(prompt="a handwritten seven", steps=20, seed=7)
+        job = client.submit(prompt="a red circle above a blue square", steps=20, seed=7)
         for event_id, event in client.events(job.id):   # resumes after a dropped connection
             print(event.type, event.percent)
         client.save_images(client.get(job.id), "seven.png")

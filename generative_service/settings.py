@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     # --- Models -------------------------------------------------------------------------------
     model: str = Field(
         "demo",
-        description="Base SDXL model: `demo` (the bundled trained digits model), `tiny` (random weights, built once), a local directory or a hub id.",
+        description="Base SDXL model: `demo` (the bundled trained shapes model: flat coloured shapes, 64 px), `tiny` (random weights, built once), a local directory or a hub id.",
     )
     controlnet_canny: str | None = Field(
         None,
@@ -184,7 +184,7 @@ class Settings(BaseSettings):
     )
     queue_routes: CommaList = Field(
         [],
-        description="Routing rules tried in order: `QUEUE:MAX_PIXELS` (a job whose width*height fits) or `QUEUE:lora=NAME|NAME` (a job using any of those LoRAs), e.g. `styles:lora=ink|bold,small:1048576,large:4194304`; no match goes to `default`.",
+        description="Routing rules tried in order: `QUEUE:MAX_PIXELS` (a job whose width*height fits) or `QUEUE:lora=NAME|NAME` (a job using any of those LoRAs), e.g. `styles:lora=ink|pastel,small:1048576,large:4194304`; no match goes to `default`.",
     )
     max_batch_images: int = Field(4, ge=1, le=16, description="Most images in one pipeline call.")
     batch_window_ms: int = Field(

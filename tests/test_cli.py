@@ -170,7 +170,7 @@ def test_generate_saves_the_image(start_service, settings, redis, tmp_path, proc
                 "-m",
                 "generative_service.cli",
                 "generate",
-                "a handwritten seven",
+                "a red circle above a blue square",
                 "--steps",
                 "3",
                 "--seed",

@@ -17,9 +17,9 @@ def test_lists_come_from_comma_separated_environment_values(monkeypatch):
 
 
 def test_routes_by_size_and_by_lora_set_first_match_wins():
-    settings = Settings(queue_routes="styles:lora=ink|bold,small:4096,large:1048576")
+    settings = Settings(queue_routes="styles:lora=ink|pastel,small:4096,large:1048576")
     assert settings.queue_for(pixels=64 * 64) == "small"
-    assert settings.queue_for(pixels=64 * 64, loras=["bold"]) == "styles"
+    assert settings.queue_for(pixels=64 * 64, loras=["pastel"]) == "styles"
     assert settings.queue_for(pixels=512 * 512, loras=["other"]) == "large"
     assert settings.queue_for(pixels=2048 * 2048) == "default"
     assert settings.routed_queues == ["default", "styles", "small", "large"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from generative_service.client import DEFAULT_URL
 
-DEMO_PROMPT = "a handwritten seven"
+DEMO_PROMPT = "a red circle above a blue square"
 
 
 def _exec_module(module: str, args: list[str]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from api_helpers import check_error
 
-OK = {"prompt": "a handwritten seven", "steps": 3}
+OK = {"prompt": "a red circle above a blue square", "steps": 3}
 ALICE = {"Authorization": "Bearer key-alice"}
 BOB = {"Authorization": "Bearer key-bob"}
 

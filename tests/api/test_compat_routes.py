@@ -33,9 +33,9 @@ def test_sampler_names_map_to_ours(fields, ours):
 
 
 def test_lora_tags_leave_the_prompt():
-    assert split_loras("<lora:ink:0.5> a cat, <LORA:bold> ") == (
+    assert split_loras("<lora:ink:0.5> a cat, <LORA:pastel> ") == (
         "a cat,",
-        [{"name": "ink", "scale": 0.5}, {"name": "bold", "scale": 1.0}],
+        [{"name": "ink", "scale": 0.5}, {"name": "pastel", "scale": 1.0}],
     )
     assert split_loras("a <lora:ink:0.7:0.2> dog")[1] == [{"name": "ink", "scale": 0.7}]
 

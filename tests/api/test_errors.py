@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from api_helpers import check_error
 
-OK = {"prompt": "a handwritten seven", "steps": 3}
+OK = {"prompt": "a red circle above a blue square", "steps": 3}
 
 
 def test_unknown_route_is_404_in_the_error_shape(api_client):

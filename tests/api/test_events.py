@@ -11,7 +11,7 @@ from api_helpers import check_error
 
 from generative_service import events
 
-OK = {"prompt": "a handwritten seven", "steps": 4}
+OK = {"prompt": "a red circle above a blue square", "steps": 4}
 
 
 def parse_sse(text: str) -> list[dict]:

@@ -13,7 +13,7 @@ from api_helpers import png_size
 
 from generative_service.client import APIError, AsyncClient
 
-OK = {"prompt": "a handwritten seven", "steps": 3}
+OK = {"prompt": "a red circle above a blue square", "steps": 3}
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from generative_service.cli import server_stack
 from generative_service.jobs import JobStore
 from generative_service.schemas import GenerationRequest
 
-BODY = {"prompt": "a handwritten seven", "steps": 3, "metadata": {"note": "é✓"}}
+BODY = {"prompt": "a red circle above a blue square", "steps": 3, "metadata": {"note": "é✓"}}
 
 
 def test_async_pool_packs_commands_in_c_with_redis_pys_bytes(make_settings, redis):

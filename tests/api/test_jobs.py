@@ -7,7 +7,7 @@ from api_helpers import check_error, png_size
 
 from generative_service.jobs import JobStore
 
-OK = {"prompt": "a handwritten seven", "steps": 3}
+OK = {"prompt": "a red circle above a blue square", "steps": 3}
 
 
 def test_submit_answers_202_with_location_and_resolved_request(api_client):

@@ -6,7 +6,7 @@ from support import check_error
 
 from generative_service.jobs import JobStore
 
-OK = {"prompt": "a handwritten three", "steps": 2}
+OK = {"prompt": "two green triangles", "steps": 2}
 A = {"Authorization": "Bearer key-a"}
 B = {"Authorization": "Bearer key-b"}
 

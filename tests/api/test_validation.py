@@ -11,7 +11,7 @@ import pytest
 from api_helpers import check_error
 from PIL import Image
 
-OK = {"prompt": "a handwritten seven"}
+OK = {"prompt": "a red circle above a blue square"}
 
 
 def png_b64(width: int = 64, height: int = 64) -> str:

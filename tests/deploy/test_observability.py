@@ -17,7 +17,7 @@ from support import free_port
 
 from generative_service import metrics
 
-PROMPT = "a handwritten seven, zebra-striped observability marker"
+PROMPT = "a red circle above a blue square, zebra-striped observability marker"
 STEPS = 4
 SERIES = (
     "gensvc_jobs_submitted",

@@ -91,10 +91,10 @@ def wait_terminal(base_url: str, job_ids: list[str], *, timeout: float = 240.0) 
 
 
 # Job bodies the fault tests share: one that ends at once, one long enough to interrupt.
-QUICK = {"prompt": "a handwritten three", "steps": 2}
+QUICK = {"prompt": "two green triangles", "steps": 2}
 # Seconds of work even on a quiet machine (64 px x 16 steps ends in well under a second there,
 # before a test can act on it "mid-job").
-LONG = {"prompt": "a handwritten seven", "steps": 150, "width": 128, "height": 128}
+LONG = {"prompt": "a red circle above a blue square", "steps": 150, "width": 128, "height": 128}
 TERMINAL = ("succeeded", "failed", "canceled")
 
 

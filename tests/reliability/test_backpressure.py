@@ -15,7 +15,7 @@ SUBMITS = 48
 
 def test_concurrent_submits_never_overshoot_the_bound(make_settings, redis):
     settings = make_settings(max_queued=BOUND)
-    request = GenerationRequest(prompt="a handwritten four", steps=2)
+    request = GenerationRequest(prompt="a yellow triangle", steps=2)
 
     def submit(_: int) -> str:
         store = JobStore(redis, settings)  # one store per thread, like gateway requests

@@ -26,7 +26,7 @@ from .helpers import b64, check_error, png_declaring
 
 KEY_A = {"Authorization": "Bearer key-a"}
 KEY_B = {"Authorization": "Bearer key-b"}
-OK = {"prompt": "a handwritten seven", "steps": 2}
+OK = {"prompt": "a red circle above a blue square", "steps": 2}
 MAX_BODY = 256 * 1024
 MAX_LORA = 64 * 1024
 JSON = {"Content-Type": "application/json"}

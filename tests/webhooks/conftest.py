@@ -187,7 +187,7 @@ def store(redis_client: Redis, settings: Settings) -> JobStore:
 
 def submit(store: JobStore, url: str, events: list[str] | None = None, steps: int = 3):
     request = GenerationRequest(
-        prompt="a handwritten seven",
+        prompt="a red circle above a blue square",
         steps=steps,
         webhook=url,
         webhook_events_filter=events or ["completed"],

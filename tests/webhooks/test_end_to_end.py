@@ -199,7 +199,9 @@ def api(worker_store: JobStore):
     ],
 )
 def test_submit_with_internal_webhook_is_422(api, url: str, reason: str) -> None:
-    response = api.post("/v1/jobs", json={"prompt": "a handwritten seven", "webhook": url})
+    response = api.post(
+        "/v1/jobs", json={"prompt": "a red circle above a blue square", "webhook": url}
+    )
     assert response.status_code == 422
     error = response.json()["error"]
     assert (
@@ -214,7 +216,8 @@ def test_delivery_log_is_served_by_the_gateway(
 ) -> None:
     receiver.script = [503]
     response = api.post(
-        "/v1/jobs", json={"prompt": "a handwritten seven", "steps": 2, "webhook": receiver.url()}
+        "/v1/jobs",
+        json={"prompt": "a red circle above a blue square", "steps": 2, "webhook": receiver.url()},
     )
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
