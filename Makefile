@@ -36,7 +36,7 @@ typecheck: install
 	$(BIN)/python -m mypy
 
 test: install test-deps redis typecheck
-	@$(BIN)/python -m pytest -q -m "not slow and not gpu"; rc=$$?; \
+	@$(BIN)/python -m pytest -q -m "not slow and not gpu" --durations=30; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 test-all: install test-deps redis

@@ -92,7 +92,7 @@ def _fuzz_operation(operation, mode: GenerationMode, examples: int) -> int:
 
 
 def test_no_server_errors_from_generated_requests(fuzz_app):
-    assert _fuzz(fuzz_app, examples=12) > 200
+    assert _fuzz(fuzz_app, examples=6) > 100  # NOTE: 12 took ~40 s of CI's 15 min; `slow` digs
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ def quick_bundle(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # the digits recipe, no longer the embedded model: ~30 s of CI's 15 min
 def test_quick_training_writes_a_loadable_bundle(quick_bundle, monkeypatch):
     from diffusers import (
         ControlNetModel,
