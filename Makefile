@@ -8,7 +8,7 @@ EXTRAS ?= test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-all test-deps typecheck lint openapi postman test-postman bench redis clean gpu-check gpu-check-smoke
+.PHONY: install demo embed-demo test test-all test-deps typecheck lint openapi postman test-postman bench redis clean gpu-check gpu-check-smoke
 
 $(BIN)/gensvc: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,12 @@ test-deps:
 # generates one image into ./demo.png, then stops everything.
 demo: install
 	$(BIN)/gensvc demo --out demo.png
+
+# Makes a trained shapes bundle the embedded `demo` model (no checkpoints, card re-rendered, the
+# Walkthrough's LoRA rewritten for its UNet, all staged in git): make embed-demo BUNDLE=/path/to/bundle
+embed-demo: install
+	@test -n "$(BUNDLE)" || { echo "usage: make embed-demo BUNDLE=DIR" >&2; exit 2; }
+	$(BIN)/python scripts/embed-demo $(BUNDLE)
 
 # Type check first (seconds with mypy's cache): a type error fails CI before any test runs.
 typecheck: install
