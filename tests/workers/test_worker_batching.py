@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from worker_helpers import wait_for
 
-PROMPTS = ["a red house", "a blue car", "a handwritten seven", "a drawing of a tree"]
+PROMPTS = ["a red house", "a blue car", "a red circle above a blue square", "a drawing of a tree"]
 
 
 def test_four_concurrent_compatible_jobs_run_as_one_batch_with_solo_images(
