@@ -103,16 +103,19 @@ def train(
     pixels = data.pixels
     results = []
 
-    # 1. VAE, then what its reconstructions let through (the judge reads them like real renders).
-    results.append(
-        run_stage(
-            configs["vae"],
-            vae,
-            M.vae_loss(vae, pixels, batch_size=configs["vae"].batch_size),
-            work_dir=work,
-            resume=resume,
-            progress=progress,
+    def stage(name: str, module, loss_fn) -> None:
+        """Train one stage (resumable, in `work`) and keep its result for the card."""
+        results.append(
+            run_stage(
+                configs[name], module, loss_fn, work_dir=work, resume=resume, progress=progress
+            )
         )
+
+    # 1. VAE, then what its reconstructions let through (the judge reads them like real renders).
+    stage(
+        "vae",
+        vae,
+        M.vae_loss(vae, pixels, batch_size=configs["vae"].batch_size),
     )
     vae.requires_grad_(False)
     ceiling = {"after_vae": reconstruction_accuracy(vae, _ceiling_count(budget))}
@@ -128,15 +131,10 @@ def train(
     #    the same whether this runs before or after the UNet (the feasibility run did it after).
     vae.decoder.requires_grad_(True)
     vae.post_quant_conv.requires_grad_(True)
-    results.append(
-        run_stage(
-            configs["decoder"],
-            vae,
-            M.decoder_loss(vae, latents, pixels, batch_size=configs["decoder"].batch_size),
-            work_dir=work,
-            resume=resume,
-            progress=progress,
-        )
+    stage(
+        "decoder",
+        vae,
+        M.decoder_loss(vae, latents, pixels, batch_size=configs["decoder"].batch_size),
     )
     vae.requires_grad_(False)
     ceiling["after_decoder"] = reconstruction_accuracy(vae, _ceiling_count(budget))
@@ -148,15 +146,10 @@ def train(
     # 3. Both text encoders learn to name each prompt's layout, then stay frozen.
     phrasings = M.Phrasings.build(tokenizers)
     with_heads = M.TextAndHeads(text, M.LayoutHeads())
-    results.append(
-        run_stage(
-            configs["text"],
-            with_heads,
-            M.text_loss(with_heads, phrasings, batch_size=configs["text"].batch_size),
-            work_dir=work,
-            resume=resume,
-            progress=progress,
-        )
+    stage(
+        "text",
+        with_heads,
+        M.text_loss(with_heads, phrasings, batch_size=configs["text"].batch_size),
     )
     text.requires_grad_(False)
     layout = M.layout_accuracy(with_heads, phrasings)
@@ -165,17 +158,10 @@ def train(
 
     # 4. UNet.
     scheduler = components.noise_scheduler()
-    results.append(
-        run_stage(
-            configs["unet"],
-            unet,
-            M.unet_loss(
-                unet, table, scheduler, latents, data, batch_size=configs["unet"].batch_size
-            ),
-            work_dir=work,
-            resume=resume,
-            progress=progress,
-        )
+    stage(
+        "unet",
+        unet,
+        M.unet_loss(unet, table, scheduler, latents, data, batch_size=configs["unet"].batch_size),
     )
     unet.requires_grad_(False)
     if stop_after == "unet":
@@ -184,24 +170,19 @@ def train(
     # 5. Canny ControlNet over the frozen UNet.
     controlnet = components.build_controlnet(unet)  # the digits recipe's, same seeds
     edges = stages.edges_as_control(shapes.canny_edges(pixels_uint8(pixels)))
-    results.append(
-        run_stage(
-            configs["controlnet"],
+    stage(
+        "controlnet",
+        controlnet,
+        M.controlnet_loss(
             controlnet,
-            M.controlnet_loss(
-                controlnet,
-                unet,
-                table,
-                scheduler,
-                latents,
-                data,
-                edges,
-                batch_size=configs["controlnet"].batch_size,
-            ),
-            work_dir=work,
-            resume=resume,
-            progress=progress,
-        )
+            unet,
+            table,
+            scheduler,
+            latents,
+            data,
+            edges,
+            batch_size=configs["controlnet"].batch_size,
+        ),
     )
     controlnet.requires_grad_(False)
 
@@ -214,22 +195,17 @@ def train(
     lora_unet = copy.deepcopy(unet)
     torch.manual_seed(6)  # peft draws the LoRA A matrices from the global generator
     lora_unet.add_adapter(lora_config, adapter_name=LORA_NAME)
-    results.append(
-        run_stage(
-            configs["lora"],
+    stage(
+        "lora",
+        lora_unet,
+        M.lora_loss(
             lora_unet,
-            M.lora_loss(
-                lora_unet,
-                M.PromptTable.encode(text, pastel),
-                scheduler,
-                pastel_latents,
-                pastel,
-                batch_size=configs["lora"].batch_size,
-            ),
-            work_dir=work,
-            resume=resume,
-            progress=progress,
-        )
+            M.PromptTable.encode(text, pastel),
+            scheduler,
+            pastel_latents,
+            pastel,
+            batch_size=configs["lora"].batch_size,
+        ),
     )
     lora_state = {
         k: v.detach().clone()
