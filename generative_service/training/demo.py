@@ -112,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
         help="shapes: train up to this stage only (resume later with --resume)",
     )
     parser.add_argument(
+        "--vae-from",
+        type=Path,
+        default=None,
+        help="shapes: a bundle of this recipe (e.g. the embedded model's folder) whose VAE "
+        "stands for the VAE stage (~25 min saved when only the later stages change); the "
+        "decoder fine-tune runs again from its decoder",
+    )
+    parser.add_argument(
         "--world",
         choices=("digits", "shapes"),
         default="shapes",
@@ -197,6 +205,7 @@ def _main_shapes(args, cache: Path) -> int:
             progress=not args.no_progress,
             eval_per_category=args.per_category,
             stop_after=args.stop_after,
+            vae_from=args.vae_from,
         )
     except StageMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,9 +1,11 @@
 """`gensvc models train-demo --world shapes`: train the shapes demo model (issue #19).
 
 Stages: VAE (then its reconstructions are read by the exact judge: the ceiling of everything
-after it) -> latent scaling factor -> decoder-only VAE fine-tune -> both text encoders pretrained
-on the prompts' layouts, then frozen -> UNet -> canny ControlNet -> `pastel` style LoRA; then the bundle (fp16 safetensors) and, unless
+after it) -> latent scaling factor -> decoder-only VAE fine-tune (pastel scenes included) -> text
+encoder 2 pretrained on the prompts' layouts, then frozen (encoder 1 stays random) -> UNet ->
+canny ControlNet -> `pastel` style LoRA; then the bundle (fp16 safetensors) and, unless
 `--no-eval`, the evaluation of `shapes_eval` through the service's Engine and the model card.
+`--vae-from BUNDLE` takes an earlier run's VAE stage instead of training it again.
 
 Budgets are step counts, not wall-clock time, so a retrain reproduces the model. Checkpoints go
 to the work directory (default CACHE_DIR/train-demo/shapes-BUDGET) every `checkpoint_every` steps;
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 LORA_NAME = "pastel"
@@ -76,11 +78,15 @@ def train(
     progress: bool = True,
     eval_per_category: int | None = None,
     stop_after: str | None = None,
+    vae_from: Path | None = None,
 ) -> dict:
     """Train every stage, write the bundle to `out`, evaluate it, write the card; returns the report.
 
     `stop_after` ("vae", "decoder", "unet"): train up to that stage only (its checkpoints stay in
-    `work` for a later `resume`) and return without a bundle.
+    `work` for a later `resume`) and return without a bundle. `vae_from` (a bundle directory of
+    this recipe): its VAE stands for the VAE stage (its minutes and ceiling come from its
+    training.json, so the card still states the whole budget); the decoder fine-tune runs again
+    from its decoder, a quarter of its steps.
     """
     import copy
 
@@ -90,7 +96,7 @@ def train(
 
     from generative_service.training import bundle, components, shapes, stages
     from generative_service.training import shapes_model as M
-    from generative_service.training.loop import run_stage
+    from generative_service.training.loop import StageResult, run_stage
 
     began = time.monotonic()
     configs = stage_configs(budget)
@@ -111,21 +117,39 @@ def train(
             )
         )
 
-    # 1. VAE, then what its reconstructions let through (the judge reads them like real renders).
-    stage(
-        "vae",
-        vae,
-        M.vae_loss(vae, pixels, batch_size=configs["vae"].batch_size),
-    )
-    vae.requires_grad_(False)
-    ceiling = {"after_vae": reconstruction_accuracy(vae, _ceiling_count(budget))}
-    _log(f"VAE reconstructions judged: {ceiling['after_vae']}")
-    mean, std = stages.encode_latents(vae, pixels)
-    scale = stages.measure_scaling_factor(mean, std)
-    vae.register_to_config(scaling_factor=scale)
+    if vae_from is None:
+        # 1. VAE, then what its reconstructions let through (the judge reads them like real renders).
+        stage(
+            "vae",
+            vae,
+            M.vae_loss(vae, pixels, batch_size=configs["vae"].batch_size),
+        )
+        vae.requires_grad_(False)
+        ceiling = {"after_vae": reconstruction_accuracy(vae, _ceiling_count(budget))}
+        _log(f"VAE reconstructions judged: {ceiling['after_vae']}")
+        mean, std = stages.encode_latents(vae, pixels)
+        scale = stages.measure_scaling_factor(mean, std)
+        vae.register_to_config(scaling_factor=scale)
+    else:
+        # The VAE stage done by an earlier run of this recipe: its encoder and scale (the decoder
+        # fine-tune below runs again, from its decoder).
+        vae, source = load_vae(vae_from)
+        ceiling = {"after_vae": source["vae_ceiling"]["after_vae"]}
+        scale = float(vae.config.scaling_factor)
+        mean, std = stages.encode_latents(vae, pixels)
+        results.extend(StageResult(**r) for r in source["stages"] if r["name"] == "vae")
+        # Its decoder is fine-tuned already: a quarter of the steps teaches it the pastel scenes.
+        configs["decoder"] = replace(
+            configs["decoder"], steps=max(1, configs["decoder"].steps // 4)
+        )
     latents = stages.Latents(mean, std, scale)
     if stop_after == "vae":
         return {"stopped_after": "vae", "vae_ceiling": ceiling}
+    # The `pastel` LoRA's scenes: the first scenes of the training set again, drawn pastel (a
+    # style needs fewer examples). The decoder learns to draw them; the LoRA, to ask for them.
+    pastel = M.scene_set(min(len(data.pixels), 2000), tokenizers, seed=1, pastel=True)
+    p_mean, p_std = stages.encode_latents(vae, pastel.pixels)
+    pastel_latents = stages.Latents(p_mean, p_std, scale)
 
     # 2. Decoder-only fine-tune: the encoder stays frozen, so the latents the UNet trains on are
     #    the same whether this runs before or after the UNet (the feasibility run did it after).
@@ -134,11 +158,18 @@ def train(
     stage(
         "decoder",
         vae,
-        M.decoder_loss(vae, latents, pixels, batch_size=configs["decoder"].batch_size),
+        M.decoder_loss(
+            vae,
+            latents,
+            pixels,
+            batch_size=configs["decoder"].batch_size,
+            styled=(pastel_latents, pastel.pixels),
+        ),
     )
     vae.requires_grad_(False)
     ceiling["after_decoder"] = reconstruction_accuracy(vae, _ceiling_count(budget))
-    _log(f"fine-tuned decoder reconstructions judged: {ceiling['after_decoder']}")
+    pastel_recon = pastel_saturation(vae, _ceiling_count(budget))
+    _log(f"fine-tuned decoder reconstructions judged: {ceiling['after_decoder']}; {pastel_recon}")
 
     if stop_after == "decoder":
         return {"stopped_after": "decoder", "vae_ceiling": ceiling}
@@ -146,6 +177,9 @@ def train(
     # 3. Both text encoders learn to name each prompt's layout, then stay frozen.
     phrasings = M.Phrasings.build(tokenizers)
     with_heads = M.TextAndHeads(text, M.LayoutHeads())
+    if "first" not in M.PRETRAINED_ENCODERS:
+        text.encoder.requires_grad_(False)
+        with_heads.heads.first.requires_grad_(False)
     stage(
         "text",
         with_heads,
@@ -187,10 +221,6 @@ def train(
     controlnet.requires_grad_(False)
 
     # 6. `pastel` LoRA on a copy of the frozen UNet (peft wraps the layers it targets).
-    # The first scenes of the training set again, drawn pastel (a style needs fewer examples).
-    pastel = M.scene_set(min(len(data.pixels), 2000), tokenizers, seed=1, pastel=True)
-    p_mean, p_std = stages.encode_latents(vae, pastel.pixels)
-    pastel_latents = stages.Latents(p_mean, p_std, scale)
     lora_config = LoraConfig(r=8, lora_alpha=8, target_modules=components.LORA_TARGETS)
     lora_unet = copy.deepcopy(unet)
     torch.manual_seed(6)  # peft draws the LoRA A matrices from the global generator
@@ -243,9 +273,12 @@ def train(
         "train_scenes": len(data.pixels),
         "train_prompts": len(data.prompts),
         "vae_ceiling": ceiling,
+        "pastel_reconstruction_saturation": pastel_recon,
         "lora_rank": 8,
         "unet_channels": list(M.UNET_CHANNELS),
         "text_layout_accuracy": layout,
+        "text_pretrained": list(M.PRETRAINED_ENCODERS),
+        "vae_from": None if vae_from is None else str(vae_from),
         "phrasings": len(phrasings.prompts),
     }
     report["train_minutes"] = sum(r.seconds for r in results) / 60
@@ -288,6 +321,29 @@ def bundle_info(budget: str) -> dict:
         "loras": [LORA_NAME],
         "budget": budget,
     }
+
+
+def load_vae(bundle_dir: Path):
+    """The VAE of a bundle of this recipe in fp32 (frozen), and the bundle's training.json."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(
+        Path(bundle_dir) / "pipeline" / "vae", torch_dtype=torch.float32
+    )
+    vae.requires_grad_(False)
+    return vae, json.loads((Path(bundle_dir) / "training.json").read_text())
+
+
+def pastel_saturation(vae, per_category: int) -> dict[str, float]:
+    """Saturation of real pastel renders and of the VAE's reconstructions of them (a decoder that
+    cannot draw the style re-saturates it)."""
+    from generative_service.training import shapes
+    from generative_service.training import shapes_model as M
+
+    real = shapes.real_images(shapes.eval_specs(per_category // 6 or 1), pastel=True)
+    recon = M.reconstruct(vae, M.to_pixels(real))
+    return {"real": shapes.saturation(real), "reconstructed": shapes.saturation(recon)}
 
 
 def _ceiling_count(budget: str) -> int:

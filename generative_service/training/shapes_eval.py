@@ -237,6 +237,40 @@ def write_card(root: Path, report: dict) -> None:
     (root / "MODEL_CARD.md").write_text(render_card(report))
 
 
+def _text_sentence(report: dict) -> str:
+    if "text_layout_accuracy" not in report:
+        return "trained with the UNet."
+    which = report.get("text_pretrained", ["first", "second"])
+    read = f"({_pct(report['text_layout_accuracy'])} of the {report['phrasings']} phrasings read back exactly)"
+    layout = (
+        "to name each prompt's layout (every object's colour, shape and side, and the count) "
+        "from the states after the end-of-text token and the pooled embedding"
+    )
+    if "first" in which:
+        return f"both pretrained {layout} {read}, then frozen."
+    return (
+        f"the first stays random and frozen (every word's state distinct, so cross-attention "
+        f"can find a colour next to its shape); the second is pretrained {layout} {read}, then frozen."
+    )
+
+
+def _vae_notes(report: dict) -> list[str]:
+    notes = []
+    if report.get("vae_from"):
+        notes.append(
+            f"The VAE stage is the one of an earlier run of this recipe (`--vae-from {report['vae_from']}`: "
+            "same seeds and steps; its minutes are in the table); the decoder fine-tune ran again from its decoder."
+        )
+    pastel = report.get("pastel_reconstruction_saturation")
+    if pastel:
+        notes.append(
+            f"The decoder fine-tune sees the `pastel` scenes too (a quarter of each batch): reconstructions of "
+            f"real pastel renders have saturation {pastel['reconstructed']:.3f} (real {pastel['real']:.3f}); a decoder "
+            "trained without them re-saturated pastel (0.73), so no LoRA could draw it."
+        )
+    return ["", *notes] if notes else []
+
+
 def render_card(report: dict) -> str:
     """The model card text of a shapes bundle."""
     ev = report.get("evaluation")
@@ -257,11 +291,7 @@ def render_card(report: dict) -> str:
         f"- UNet2DConditionModel (SDXL `text_time`), channels {tuple(report.get('unet_channels', (64, 128)))}, cross-attention at 8x8 and 4x4: {report['params']['unet'] / 1e6:.2f} M parameters.",
         f"- AutoencoderKL (8, 16, 32, 64), GroupNorm with one group, scale factor 8: {report['params']['vae'] / 1e6:.2f} M; scaling_factor {report['scaling_factor']:.4f}.",
         f"- CLIPTextModel + CLIPTextModelWithProjection (width 64, 3 layers): {report['params']['text_encoders'] / 1e6:.2f} M, "
-        + (
-            f"pretrained to name each prompt's layout (every object's colour, shape and side, and the count) from the states after the end-of-text token and the pooled embedding ({_pct(report['text_layout_accuracy'])} of the {report['phrasings']} phrasings read back exactly), then frozen."
-            if "text_layout_accuracy" in report
-            else "trained with the UNet."
-        ),
+        + _text_sentence(report),
         f"- Canny ControlNet {report['params']['controlnet'] / 1e6:.2f} M; LoRA `pastel` rank {report['lora_rank']}. {report['bundle_mb']:.1f} MB in fp16.",
         "",
         "## Data",
@@ -276,6 +306,7 @@ def render_card(report: dict) -> str:
         f"VAE ceiling (the judge on reconstructions of real renders): after the VAE {_pct(ceiling['after_vae']['overall'])}, "
         f"after the decoder fine-tune {_pct(ceiling['after_decoder']['overall'])} "
         f"(per category: {', '.join(f'{k} {_pct(v)}' for k, v in ceiling['after_decoder'].items())}).",
+        *_vae_notes(report),
         "",
         "## Evaluation",
     ]

@@ -193,6 +193,38 @@ def test_resumed_quick_training_equals_an_uninterrupted_one(quick_shapes, tmp_pa
         assert all(torch.equal(a[k], b[k]) for k in a), part
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_retraining_on_an_earlier_bundles_vae_keeps_it_and_its_budget(quick_shapes, tmp_path):
+    """--vae-from: the encoder is the source bundle's, bit for bit (the decoder is fine-tuned
+    again); its VAE stage's minutes and ceiling are still on the card; text encoder 1 stays the
+    random one (only encoder 2 learns the layouts)."""
+    source = quick_shapes / "bundle"
+    assert _train(tmp_path / "bundle", tmp_path / "work", "--vae-from", str(source)) == 0
+    vae = "pipeline/vae/diffusion_pytorch_model.safetensors"
+    a, b = load_file(source / vae), load_file(tmp_path / "bundle" / vae)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder.", "quant_conv.")))
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    assert not (tmp_path / "work" / "vae.pt").exists()
+    training = json.loads((tmp_path / "bundle" / "training.json").read_text())
+    earlier = json.loads((source / "training.json").read_text())
+    assert training["vae_from"] == str(source)
+    assert [s["name"] for s in training["stages"]][:2] == ["vae", "decoder"]
+    assert training["stages"][0] == earlier["stages"][0]
+    assert training["vae_ceiling"]["after_vae"] == earlier["vae_ceiling"]["after_vae"]
+
+    randoms = M.build_text_encoders(*M.build_tokenizers())
+
+    def fc1(state: dict) -> torch.Tensor:  # the saved files name it with or without text_model.
+        return next(v for k, v in state.items() if k.endswith("encoder.layers.0.mlp.fc1.weight"))
+
+    pairs = zip(("text_encoder", "text_encoder_2"), randoms, (True, False), strict=True)
+    for folder, random, same in pairs:
+        trained = load_file(tmp_path / "bundle" / f"pipeline/{folder}/model.safetensors")
+        assert torch.equal(fc1(trained), fc1(random.half().state_dict())) is same, folder
+
+
 def test_edge_f1_and_placement_read_real_renders_right():
     specs = [S.random_spec("two_objects", np.random.default_rng(i)) for i in range(4)]
     real = S.real_images(specs)
