@@ -74,6 +74,9 @@ def read(
     )
 
 
+READ_COUNT = 500  # events per read; a full batch means more may be waiting
+
+
 async def read_async(
     redis: AsyncRedis,
     prefix: str,
@@ -81,7 +84,7 @@ async def read_async(
     *,
     after: str = "0-0",
     block_ms: int = 0,
-    count: int = 500,
+    count: int = READ_COUNT,
 ) -> list[tuple[str, Event]]:
     """Events after stream id `after`; waits up to `block_ms` for new ones when there are none."""
     key = Keys(prefix).events(job_id)

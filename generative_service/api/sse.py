@@ -109,7 +109,9 @@ async def stream_job_events(
             if time.monotonic() - last_sent >= settings.sse_keepalive_s:
                 yield ": keep-alive\n"
                 last_sent = time.monotonic()
-            if not batch:
+            # NOTE: after a batch too: the hub wakes us for anything appended after this read, so
+            # reading again at once (and then the record) cost two round trips per event for nothing.
+            if len(batch) < events.READ_COUNT:
                 wait_s = (
                     ENDED_RECHECK_S
                     if ended_seen

@@ -176,3 +176,56 @@ def test_canceled_job_stream_ends_with_canceled(api_client):
 
 def test_stream_of_unknown_job_is_404(api_client):
     check_error(api_client.get("/v1/jobs/job_0123456789abcdef01234567/events"), 404, "not_found")
+
+
+def test_a_live_stream_reads_each_event_once_and_not_the_record(
+    api_client, fake_worker, redis, settings
+):
+    """Per event the gateway read the stream twice and the job record once (XRANGE, an empty
+    XRANGE, GET): the hub wakes a stream for anything appended after its last read, so one
+    XRANGE per wake-up is enough. Counted with MONITOR on the real Redis."""
+    job_id = api_client.post("/v1/jobs", json=OK).json()["id"]
+    fake_worker.start(job_id)
+    steps = 10
+    seen: list[tuple[int, str]] = []  # (client port, command)
+    watching = threading.Event()
+
+    def monitor() -> None:
+        with redis.monitor() as m:
+            watching.set()
+            for command in m.listen():
+                text = command["command"]
+                if job_id in text:
+                    seen.append((int(command.get("client_port") or 0), text))
+                if text.startswith("SET") and "stop-monitor" in text:
+                    return
+
+    def emit() -> None:
+        time.sleep(0.3)  # the client is following by now
+        for step in range(1, steps + 1):
+            fake_worker.store.report_progress(job_id, step, steps)
+            time.sleep(0.08)  # one event per wake-up
+        fake_worker.succeed(job_id)
+
+    listener = threading.Thread(target=monitor, daemon=True)
+    listener.start()
+    assert watching.wait(5)
+    writer = threading.Thread(target=emit)
+    writer.start()
+    response = api_client.get(f"/v1/jobs/{job_id}/events")
+    writer.join()
+    redis.set("stop-monitor", "1", ex=5)
+    listener.join(5)
+    frames = event_frames(response.text)
+    assert [f["event"] for f in frames].count("progress") == steps
+    assert frames[-1]["event"] == "succeeded"
+    reads = [
+        (port, c) for port, c in seen if c.startswith(f"XRANGE {settings.keys.events(job_id)}")
+    ]
+    gateway = {port for port, _ in reads}  # the connections the stream reads on
+    record = f"GET {settings.keys.job(job_id)}"
+    record_reads = [c for port, c in seen if port in gateway and c.startswith(record)]
+    # One read per wake-up (each progress event, the stage and terminal events, the first replay)
+    # and a few spare; the old loop made ~2 per event plus a GET of the record per event.
+    assert len(reads) <= steps + 6, reads
+    assert len(record_reads) <= 2, record_reads
