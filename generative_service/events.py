@@ -35,8 +35,13 @@ def append(pipe: Pipeline, prefix: str, event: Event, *, ttl_s: int) -> None:
     """Queue `publish`'s two commands (XADD, EXPIRE) on `pipe`, e.g. inside the transaction that
     stores the record the event reports, so record and event become visible together."""
     key = Keys(prefix).events(event.job_id)
-    pipe.xadd(key, {"data": json.dumps(event.to_payload())}, maxlen=STREAM_MAXLEN, approximate=True)
+    pipe.xadd(key, {"data": encode(event)}, maxlen=STREAM_MAXLEN, approximate=True)
     pipe.expire(key, ttl_s)
+
+
+def encode(event: Event) -> str:
+    """The `data` field of an event's stream entry (what readers decode)."""
+    return json.dumps(event.to_payload())
 
 
 def xread_streams(reply: XReadResponse | None) -> list[tuple[str, StreamRangeResponse]]:

@@ -83,6 +83,29 @@ def owner_for_key(api_key: str | None) -> str:
     return "key_" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
+WRITTEN_CACHE_MAX = 10_000
+# A batch step's progress in one round trip. KEYS: per job its record and its event stream.
+# ARGV: the events' TTL, the stream's MAXLEN, then per job: the record as this process last
+# wrote it, the new record, the event's data. A record that is no longer the one expected is left
+# alone and returned ({position, record or false} pairs), for the caller to update from it.
+_PROGRESS_SCRIPT = """
+local stale = {}
+for i = 1, #KEYS, 2 do
+  local j = 3 + (i - 1) / 2 * 3
+  local now = redis.call('GET', KEYS[i])
+  if now == ARGV[j] then
+    redis.call('SET', KEYS[i], ARGV[j + 1], 'KEEPTTL')
+    redis.call('XADD', KEYS[i + 1], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[j + 2])
+    redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
+  else
+    table.insert(stale, (i + 1) / 2)
+    table.insert(stale, now)
+  end
+end
+return stale
+"""
+
+
 class JobStore:
     """Creates, reads and changes job records; every change emits the matching event."""
 
@@ -92,6 +115,10 @@ class JobStore:
         self.prefix = settings.key_prefix
         self.keys = settings.keys
         self.queue = JobQueue(redis, settings)
+        # What this process last wrote of each job it drives (record JSON): a progress write
+        # checks it is still what Redis holds instead of WATCH + read + transaction.
+        self._written: dict[str, str] = {}
+        self._progress = redis.register_script(_PROGRESS_SCRIPT)
 
     # --- submit ---------------------------------------------------------------------------------
     def prepare(
@@ -420,7 +447,8 @@ class JobStore:
                     entering_queue = record.status == JobStatus.queued != old
                     front = self.queue.front_score(record.queue) if entering_queue else 0.0
                     pipe.multi()
-                    pipe.set(key, record.model_dump_json(), keepttl=True)
+                    written = record.model_dump_json()
+                    pipe.set(key, written, keepttl=True)
                     self.queue.status_change(pipe, record, old, front)
                     if record.status.is_terminal:
                         pipe.expire(key, Ttl.retention(self.settings))
@@ -431,9 +459,18 @@ class JobStore:
                     if also is not None:
                         also(pipe, record)
                     pipe.execute()
+                    self._remember(job_id, None if record.status.is_terminal else written)
                     return record
                 except WatchError:
                     continue
+
+    def _remember(self, job_id: str, written: str | None) -> None:
+        if written is None:
+            self._written.pop(job_id, None)
+            return
+        if len(self._written) >= WRITTEN_CACHE_MAX:  # jobs this process no longer drives
+            self._written.clear()
+        self._written[job_id] = written
 
     def _emit(self, record: JobRecord, event: Event) -> str:
         event_id = events.publish(self.redis, self.prefix, event, ttl_s=Ttl.events(self.settings))
@@ -534,42 +571,51 @@ class JobStore:
     def report_progress_many(
         self, updates: builtins.list[tuple[str, int, int, str | None]]
     ) -> None:
-        """`report_progress` for several jobs (job id, step, total, preview) in one transaction:
-        one batch step costs the same few round trips whatever the batch size."""
-        keys = [self.keys.job(job_id) for job_id, *_ in updates]
+        """`report_progress` for several jobs (job id, step, total, preview) in one round trip:
+        a script writes each record and its event if the record is still the one this process
+        last wrote; a record changed by someone else comes back and is updated from what it is
+        now (a job that ended meanwhile is left alone)."""
+        current = {job_id: self._written.get(job_id) for job_id, *_ in updates}
+        unknown = [job_id for job_id, raw in current.items() if raw is None]
+        if unknown:  # the first step of a job this process did not start
+            for job_id, raw in zip(unknown, self.redis.mget([self.keys.job(j) for j in unknown]), strict=True):  # fmt: skip
+                current[job_id] = None if raw is None else reply_text(raw)
         ttl_s = Ttl.events(self.settings)
-        changed: list[tuple[JobRecord, Event]] = []
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(*keys)
-                    changed = []
-                    for (job_id, step, total, preview), raw in zip(
-                        updates, pipe.mget(keys), strict=True
-                    ):
-                        record = JobRecord.model_validate_json(raw) if raw is not None else None
-                        if record is None or record.status.is_terminal:
-                            continue
-                        done = percent(step, total)
-                        record.progress = Progress(
-                            stage=Stage.denoising, step=step, total_steps=total, percent=done
-                        )
-                        changed.append((record, Event(type="progress", job_id=job_id, step=step,
-                                                      total_steps=total, percent=done, preview=preview)))  # fmt: skip
-                    if not changed:
-                        pipe.unwatch()
-                        return
-                    pipe.multi()
-                    for record, event in changed:
-                        pipe.set(self.keys.job(record.id), record.model_dump_json(), keepttl=True)
-                        events.append(pipe, self.prefix, event, ttl_s=ttl_s)
-                    pipe.execute()
-                    break
-                except WatchError:
+        pending = updates
+        while pending:
+            keys: builtins.list[str] = []
+            args: builtins.list[str | int] = [ttl_s, events.STREAM_MAXLEN]
+            changed: builtins.list[tuple[JobRecord, Event, str]] = []
+            for job_id, step, total, preview in pending:
+                raw = current[job_id]
+                record = JobRecord.model_validate_json(raw) if raw is not None else None
+                if raw is None or record is None or record.status.is_terminal:
+                    self._remember(job_id, None)
                     continue
-        for record, event in changed:
-            if record.request.webhook:
-                webhooks.on_event(self.redis, self.settings, record, event)
+                done = percent(step, total)
+                record.progress = Progress(
+                    stage=Stage.denoising, step=step, total_steps=total, percent=done
+                )
+                event = Event(type="progress", job_id=job_id, step=step, total_steps=total,
+                              percent=done, preview=preview)  # fmt: skip
+                written = record.model_dump_json()
+                keys += [self.keys.job(job_id), self.keys.events(job_id)]
+                args += [raw, written, events.encode(event)]
+                changed.append((record, event, written))
+            if not changed:
+                return
+            reply = self._progress(keys=keys, args=args)
+            stale = {int(reply[k]) - 1: reply[k + 1] for k in range(0, len(reply), 2)}
+            for index, (record, event, written) in enumerate(changed):
+                if index in stale:
+                    raw = stale[index]
+                    current[record.id] = None if raw is None else reply_text(raw)
+                    continue
+                self._remember(record.id, written)
+                if record.request.webhook:
+                    webhooks.on_event(self.redis, self.settings, record, event)
+            again = {changed[index][0].id for index in stale}
+            pending = [update for update in pending if update[0] in again]
 
     def set_stage(self, job_id: str, stage: Stage) -> JobRecord | None:
         def change(record: JobRecord) -> bool | None:

@@ -11,7 +11,7 @@ import pytest
 from redis import ConnectionPool, Redis
 from redis.connection import Connection
 
-from generative_service import events
+from generative_service import events, jobs
 from generative_service.errors import NotFound
 from generative_service.jobs import JobStore
 from generative_service.queue import THROUGHPUT_BUCKET_S
@@ -108,3 +108,42 @@ def test_a_step_time_is_folded_into_the_eta_average_in_one_round_trip(counted, s
     # 0.8 x old + 0.2 x new per pixel class, as ETAs (and Retry-After) read it.
     assert store.queue.step_times() == {"4096": pytest.approx(90.0), "16384": 7.5}
     assert store.queue.mean_step_ms(64, 64) == pytest.approx(90.0)
+
+
+def test_a_batch_steps_progress_is_one_round_trip_and_never_overwrites_another_writer(
+    counted, redis, settings
+) -> None:
+    """Each denoising step wrote WATCH, MGET, then a transaction (3 round trips); now one script
+    call that writes a record only if it is still what this worker last wrote."""
+    worker = JobStore(counted, settings)
+    other = JobStore(redis, settings)  # the gateway, another worker: writes the worker never saw
+    ids = [worker.create(GenerationRequest(prompt="a red house", steps=4, seed=k))[0].id for k in range(3)]  # fmt: skip
+    for job_id in ids:
+        worker.mark_started(job_id, batch=BatchInfo(id="batch_t", size=3), worker_id="w1")
+    redis.script_load(jobs._PROGRESS_SCRIPT)  # once per Redis (the first call loads it)
+
+    _, trips = round_trips(lambda: worker.report_progress_many([(j, 1, 4, None) for j in ids]))
+    assert trips == 1
+    assert [worker.get(j).progress.step for j in ids] == [1, 1, 1]
+
+    other.set_stage(ids[1], Stage.denoising)  # unchanged stage: nothing written
+    other.update(ids[1], lambda r: setattr(r, "worker_id", "w2"))  # a write the worker never saw
+    other.mark_canceled(ids[2])  # ended behind the worker's back
+    _, trips = round_trips(lambda: worker.report_progress_many([(j, 2, 4, None) for j in ids]))
+    assert trips == 2  # the stale record came back with the reply and was updated from it
+    first, second, third = (other.get(j) for j in ids)
+    assert (first.progress.step, second.progress.step) == (2, 2)
+    assert second.worker_id == "w2"  # the other writer's change is kept
+    assert third.status.is_terminal and third.progress.step == 1
+    steps = [
+        [e.step for _, e in events.read(redis, settings.key_prefix, j) if e.type == "progress"]
+        for j in ids
+    ]
+    assert steps == [[1, 2], [1, 2], [1]]
+
+    _, trips = round_trips(lambda: worker.report_progress_many([(ids[2], 3, 4, None)]))
+    assert trips == 1  # the ended job is forgotten: one read, nothing written
+    assert other.get(ids[2]).progress.step == 1
+    fresh = JobStore(counted, settings)  # a worker that did not start the jobs reads them first
+    _, trips = round_trips(lambda: fresh.report_progress_many([(ids[0], 3, 4, None)]))
+    assert trips == 2 and other.get(ids[0]).progress.step == 3
