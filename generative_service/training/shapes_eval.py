@@ -258,8 +258,9 @@ def _vae_notes(report: dict) -> list[str]:
     notes = []
     if report.get("vae_from"):
         notes.append(
-            f"The VAE stage is the one of an earlier run of this recipe (`--vae-from {report['vae_from']}`: "
-            "same seeds and steps; its minutes are in the table); the decoder fine-tune ran again from its decoder."
+            f"The VAE stage is that of an earlier run of this recipe (`--vae-from {report['vae_from']}`, the "
+            "bundle there at the time: same seeds and steps; its minutes are in the table); the decoder "
+            "fine-tune ran again from its decoder."
         )
     pastel = report.get("pastel_reconstruction_saturation")
     if pastel:
@@ -284,7 +285,9 @@ def render_card(report: dict) -> str:
         "# demo (shapes): a small SDXL-architecture model of flat coloured shapes",
         "",
         "Trained from scratch by `gensvc models train-demo --world shapes "
-        f"--budget {report['budget']}`: {report['train_minutes']:.1f} min of training on "
+        f"--budget {report['budget']}"
+        + (f" --vae-from {report['vae_from']}" if report.get("vae_from") else "")
+        + f"`: {report['train_minutes']:.1f} min of training on "
         f"{report['machine']} (a 2-core machine shared with other work; times are upper bounds).",
         "",
         "## Architecture",
