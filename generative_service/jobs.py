@@ -83,7 +83,7 @@ def owner_for_key(api_key: str | None) -> str:
     return "key_" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
-WRITTEN_CACHE_MAX = 10_000
+WRITTEN_CACHE_MAX = 1_000  # records of jobs this process drives; a worker runs a batch at a time
 # A batch step's progress in one round trip. KEYS: per job its record and its event stream.
 # ARGV: the events' TTL, the stream's MAXLEN, then per job: the record as this process last
 # wrote it, the new record, the event's data. A record that is no longer the one expected is left

@@ -147,3 +147,13 @@ def test_a_batch_steps_progress_is_one_round_trip_and_never_overwrites_another_w
     fresh = JobStore(counted, settings)  # a worker that did not start the jobs reads them first
     _, trips = round_trips(lambda: fresh.report_progress_many([(ids[0], 3, 4, None)]))
     assert trips == 2 and other.get(ids[0]).progress.step == 3
+
+
+def test_the_records_a_store_remembers_stay_bounded(redis, settings) -> None:
+    """Jobs a worker requeued for others, or stopped driving, must not pile up in its memory."""
+    store = JobStore(redis, settings)
+    for k in range(jobs.WRITTEN_CACHE_MAX + 5):
+        store._remember(f"job_{k}", "{}")
+    assert len(store._written) <= jobs.WRITTEN_CACHE_MAX
+    store._remember("job_1", None)
+    assert "job_1" not in store._written
