@@ -325,12 +325,14 @@ def bundle_info(budget: str) -> dict:
 
 def load_vae(bundle_dir: Path):
     """The VAE of a bundle of this recipe in fp32 (frozen), and the bundle's training.json."""
-    import torch
     from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
 
-    vae = AutoencoderKL.from_pretrained(
-        Path(bundle_dir) / "pipeline" / "vae", torch_dtype=torch.float32
-    )
+    # NOTE: built from its config and weights, not from_pretrained, which records the folder it
+    # read as `_name_or_path` and the new bundle's config would carry this machine's path.
+    folder = Path(bundle_dir) / "pipeline" / "vae"
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder))
+    vae.load_state_dict(load_file(folder / "diffusion_pytorch_model.safetensors"))  # fp16 -> fp32
     vae.requires_grad_(False)
     return vae, json.loads((Path(bundle_dir) / "training.json").read_text())
 

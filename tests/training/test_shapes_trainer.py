@@ -207,6 +207,10 @@ def test_retraining_on_an_earlier_bundles_vae_keeps_it_and_its_budget(quick_shap
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder.", "quant_conv.")))
     assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
     assert not (tmp_path / "work" / "vae.pt").exists()
+    # from_pretrained would have written the source folder (this machine's path) into the config.
+    assert "_name_or_path" not in json.loads(
+        (tmp_path / "bundle/pipeline/vae/config.json").read_text()
+    )
     training = json.loads((tmp_path / "bundle" / "training.json").read_text())
     earlier = json.loads((source / "training.json").read_text())
     assert training["vae_from"] == str(source)
