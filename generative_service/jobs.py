@@ -588,8 +588,7 @@ class JobStore:
             changed: builtins.list[tuple[JobRecord, Event, str]] = []
             for job_id, step, total, preview in pending:
                 raw = current[job_id]
-                record = JobRecord.model_validate_json(raw) if raw is not None else None
-                if raw is None or record is None or record.status.is_terminal:
+                if raw is None or (record := JobRecord.model_validate_json(raw)).status.is_terminal:
                     self._remember(job_id, None)
                     continue
                 done = percent(step, total)
