@@ -120,6 +120,21 @@ def _parser() -> argparse.ArgumentParser:
         "decoder fine-tune runs again from its decoder",
     )
     parser.add_argument(
+        "--unet-from",
+        type=Path,
+        default=None,
+        help="shapes: a bundle of this recipe whose text encoders and UNet stand for the text "
+        "and UNet stages; the UNet trains on for --unet-steps more (on this tree's prompt "
+        "mixture) and the ControlNet and LoRA are trained again; implies --vae-from it",
+    )
+    parser.add_argument(
+        "--unet-steps",
+        type=int,
+        default=None,
+        help="shapes, with --unet-from: more UNet steps (default a third of the budget's UNet "
+        "stage: 800 on full)",
+    )
+    parser.add_argument(
         "--world",
         choices=("digits", "shapes"),
         default="shapes",
@@ -206,6 +221,8 @@ def _main_shapes(args, cache: Path) -> int:
             eval_per_category=args.per_category,
             stop_after=args.stop_after,
             vae_from=args.vae_from,
+            unet_from=args.unet_from,
+            unet_steps=args.unet_steps,
         )
     except StageMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -79,6 +79,8 @@ def train(
     eval_per_category: int | None = None,
     stop_after: str | None = None,
     vae_from: Path | None = None,
+    unet_from: Path | None = None,
+    unet_steps: int | None = None,
 ) -> dict:
     """Train every stage, write the bundle to `out`, evaluate it, write the card; returns the report.
 
@@ -86,7 +88,11 @@ def train(
     `work` for a later `resume`) and return without a bundle. `vae_from` (a bundle directory of
     this recipe): its VAE stands for the VAE stage (its minutes and ceiling come from its
     training.json, so the card still states the whole budget); the decoder fine-tune runs again
-    from its decoder, a quarter of its steps.
+    from its decoder, a quarter of its steps. `unet_from` (a bundle of this recipe; implies
+    `vae_from` the same bundle unless that is given): its text encoders and UNet stand for the text
+    and UNet stages, and the UNet trains on for `unet_steps` more (default a third of the UNet
+    stage's: 800 on the full budget; stage `unet_more`, on this
+    tree's prompt mixture); the ControlNet and the LoRA are trained again over it.
     """
     import copy
 
@@ -96,10 +102,20 @@ def train(
 
     from generative_service.training import bundle, components, shapes, stages
     from generative_service.training import shapes_model as M
-    from generative_service.training.loop import StageResult, run_stage
+    from generative_service.training.loop import run_stage
 
     began = time.monotonic()
     configs = stage_configs(budget)
+    if unet_from is not None:
+        vae_from = vae_from if vae_from is not None else unet_from
+        configs["unet_more"] = replace(
+            configs["unet"],
+            name="unet_more",
+            steps=unet_steps or max(1, configs["unet"].steps // 3),
+            lr=3e-4,
+            warmup_steps=min(20, configs["unet"].warmup_steps),
+            seed=27,
+        )
     tokenizers = M.build_tokenizers()
     text_encoders = M.build_text_encoders(*tokenizers)
     text = M.TextSide(*text_encoders)
@@ -107,15 +123,22 @@ def train(
     data = M.scene_set(scene_count(budget), tokenizers, seed=1)
     _log(f"{len(data.pixels)} scenes, {len(data.prompts)} distinct prompts")
     pixels = data.pixels
-    results = []
+    results: list[dict] = []  # every stage of the model, in order, with the config it ran with
 
     def stage(name: str, module, loss_fn) -> None:
         """Train one stage (resumable, in `work`) and keep its result for the card."""
-        results.append(
-            run_stage(
-                configs[name], module, loss_fn, work_dir=work, resume=resume, progress=progress
-            )
+        done = run_stage(
+            configs[name], module, loss_fn, work_dir=work, resume=resume, progress=progress
         )
+        results.append({**asdict(done), "config": asdict(configs[name])})
+
+    def carry(source: dict, names: tuple[str, ...]) -> None:
+        """The rows of stages an earlier run did (its minutes count in this model's budget)."""
+        for row in source["stages"]:
+            if row["name"] in names:
+                results.append(
+                    {**row, "config": row.get("config") or source["config"][row["name"]]}
+                )
 
     if vae_from is None:
         # 1. VAE, then what its reconstructions let through (the judge reads them like real renders).
@@ -137,7 +160,7 @@ def train(
         ceiling = {"after_vae": source["vae_ceiling"]["after_vae"]}
         scale = float(vae.config.scaling_factor)
         mean, std = stages.encode_latents(vae, pixels)
-        results.extend(StageResult(**r) for r in source["stages"] if r["name"] == "vae")
+        carry(source, ("vae",))
         # Its decoder is fine-tuned already: a quarter of the steps teaches it the pastel scenes.
         configs["decoder"] = replace(
             configs["decoder"], steps=max(1, configs["decoder"].steps // 4)
@@ -176,24 +199,30 @@ def train(
 
     # 3. Both text encoders learn to name each prompt's layout, then stay frozen.
     phrasings = M.Phrasings.build(tokenizers)
-    with_heads = M.TextAndHeads(text, M.LayoutHeads())
-    if "first" not in M.PRETRAINED_ENCODERS:
-        text.encoder.requires_grad_(False)
-        with_heads.heads.first.requires_grad_(False)
-    stage(
-        "text",
-        with_heads,
-        M.text_loss(with_heads, phrasings, batch_size=configs["text"].batch_size),
-    )
+    if unet_from is None:
+        with_heads = M.TextAndHeads(text, M.LayoutHeads())
+        if "first" not in M.PRETRAINED_ENCODERS:
+            text.encoder.requires_grad_(False)
+            with_heads.heads.first.requires_grad_(False)
+        stage(
+            "text",
+            with_heads,
+            M.text_loss(with_heads, phrasings, batch_size=configs["text"].batch_size),
+        )
+        layout = M.layout_accuracy(with_heads, phrasings)
+    else:
+        source = load_text_and_unet(unet_from, tokenizers, text, unet)
+        carry(source, ("text", "unet", "unet_more"))
+        layout = source["text_layout_accuracy"]
     text.requires_grad_(False)
-    layout = M.layout_accuracy(with_heads, phrasings)
     _log(f"text encoders: the pooled embedding names the layout of {layout:.1%} of the phrasings")
     table = M.PromptTable.encode(text, data)
 
-    # 4. UNet.
+    # 4. UNet (from scratch, or on from an earlier run's).
     scheduler = components.noise_scheduler()
+    unet_stage = "unet" if unet_from is None else "unet_more"
     stage(
-        "unet",
+        unet_stage,
         unet,
         M.unet_loss(unet, table, scheduler, latents, data, batch_size=configs["unet"].batch_size),
     )
@@ -267,7 +296,7 @@ def train(
         "budget": budget,
         "machine": f"{platform.machine()} CPU, 2 torch threads",
         "config": {name: asdict(cfg) for name, cfg in configs.items()},
-        "stages": [asdict(r) for r in results],
+        "stages": results,
         "params": params,
         "scaling_factor": scale,
         "train_scenes": len(data.pixels),
@@ -279,9 +308,10 @@ def train(
         "text_layout_accuracy": layout,
         "text_pretrained": list(M.PRETRAINED_ENCODERS),
         "vae_from": None if vae_from is None else str(vae_from),
+        "unet_from": None if unet_from is None else str(unet_from),
         "phrasings": len(phrasings.prompts),
     }
-    report["train_minutes"] = sum(r.seconds for r in results) / 60
+    report["train_minutes"] = sum(r["seconds"] for r in results) / 60
     report["bundle_mb"] = bundle.bundle_bytes(out) / 1e6
     (Path(out) / "training.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     if evaluate:
@@ -335,6 +365,22 @@ def load_vae(bundle_dir: Path):
     vae.load_state_dict(load_file(folder / "diffusion_pytorch_model.safetensors"))  # fp16 -> fp32
     vae.requires_grad_(False)
     return vae, json.loads((Path(bundle_dir) / "training.json").read_text())
+
+
+def load_text_and_unet(bundle_dir: Path, tokenizers, text, unet) -> dict:
+    """Load a bundle of this recipe's text encoders and UNet (fp16 -> fp32) into `text` and
+    `unet`; returns its training.json. Its tokenizers must be the ones this tree builds."""
+    from safetensors.torch import load_file
+    from transformers import CLIPTokenizer
+
+    pipeline = Path(bundle_dir) / "pipeline"
+    for folder, tokenizer in zip(("tokenizer", "tokenizer_2"), tokenizers, strict=True):
+        if CLIPTokenizer.from_pretrained(pipeline / folder).get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"{bundle_dir}: its {folder} is not the one this recipe builds")
+    for folder, encoder in (("text_encoder", text.encoder), ("text_encoder_2", text.encoder_2)):
+        encoder.load_state_dict(load_file(pipeline / folder / "model.safetensors"))
+    unet.load_state_dict(load_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors"))
+    return json.loads((Path(bundle_dir) / "training.json").read_text())
 
 
 def pastel_saturation(vae, per_category: int) -> dict[str, float]:

@@ -254,13 +254,22 @@ def _text_sentence(report: dict) -> str:
     )
 
 
-def _vae_notes(report: dict) -> list[str]:
+def _lineage_notes(report: dict) -> list[str]:
     notes = []
     if report.get("vae_from"):
         notes.append(
             f"The VAE stage is that of an earlier run of this recipe (`--vae-from {report['vae_from']}`, the "
             "bundle there at the time: same seeds and steps; its minutes are in the table); the decoder "
             "fine-tune ran again from its decoder."
+        )
+    if report.get("unet_from"):
+        more = next(st for st in report["stages"] if st["name"] == "unet_more")
+        notes.append(
+            f"The text encoders and the UNet are those of an earlier run of this recipe (`--unet-from "
+            f"{report['unet_from']}`, the bundle there at the time; their stages are the `text` and `unet` "
+            "rows), and the UNet trained "
+            f"{more['steps']} more steps (`unet_more`) on this tree's prompt mixture; the ControlNet and "
+            "the LoRA were trained again over it."
         )
     pastel = report.get("pastel_reconstruction_saturation")
     if pastel:
@@ -275,18 +284,23 @@ def _vae_notes(report: dict) -> list[str]:
 def render_card(report: dict) -> str:
     """The model card text of a shapes bundle."""
     ev = report.get("evaluation")
-    stages = "\n".join(
-        f"| {st['name']} | {st['steps']} | {report['config'][st['name']]['batch_size']} | "
-        f"{report['config'][st['name']]['lr']:g} | {st['seconds'] / 60:.1f} min | {st['final_loss']:.4f} |"
-        for st in report["stages"]
-    )
+
+    def row(st: dict) -> str:
+        config = st.get("config") or report["config"][st["name"]]
+        return (
+            f"| {st['name']} | {st['steps']} | {config['batch_size']} | {config['lr']:g} | "
+            f"{st['seconds'] / 60:.1f} min | {st['final_loss']:.4f} |"
+        )
+
+    stages = "\n".join(row(st) for st in report["stages"])
     ceiling = report["vae_ceiling"]
     lines = [
         "# demo (shapes): a small SDXL-architecture model of flat coloured shapes",
         "",
-        "Trained from scratch by `gensvc models train-demo --world shapes "
-        f"--budget {report['budget']}"
+        ("Trained by" if report.get("unet_from") else "Trained from scratch by")
+        + f" `gensvc models train-demo --world shapes --budget {report['budget']}"
         + (f" --vae-from {report['vae_from']}" if report.get("vae_from") else "")
+        + (f" --unet-from {report['unet_from']}" if report.get("unet_from") else "")
         + f"`: {report['train_minutes']:.1f} min of training on "
         f"{report['machine']} (a 2-core machine shared with other work; times are upper bounds).",
         "",
@@ -309,7 +323,7 @@ def render_card(report: dict) -> str:
         f"VAE ceiling (the judge on reconstructions of real renders): after the VAE {_pct(ceiling['after_vae']['overall'])}, "
         f"after the decoder fine-tune {_pct(ceiling['after_decoder']['overall'])} "
         f"(per category: {', '.join(f'{k} {_pct(v)}' for k, v in ceiling['after_decoder'].items())}).",
-        *_vae_notes(report),
+        *_lineage_notes(report),
         "",
         "## Evaluation",
     ]

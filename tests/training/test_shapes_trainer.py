@@ -229,6 +229,40 @@ def test_retraining_on_an_earlier_bundles_vae_keeps_it_and_its_budget(quick_shap
         assert torch.equal(fc1(trained), fc1(random.half().state_dict())) is same, folder
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_training_on_from_an_earlier_bundles_unet(quick_shapes, tmp_path):
+    """--unet-from: the text encoders are the source's bit for bit, the UNet starts from the
+    source's and moves; the source's stages stay on the card beside `unet_more`."""
+    source = quick_shapes / "bundle"
+    assert _train(tmp_path / "bundle", tmp_path / "work", "--unet-from", str(source),
+                  "--unet-steps", "3") == 0  # fmt: skip
+    for part in ("text_encoder/model", "text_encoder_2/model", "vae/diffusion_pytorch_model"):
+        a = load_file(source / f"pipeline/{part}.safetensors")
+        b = load_file(tmp_path / f"bundle/pipeline/{part}.safetensors")
+        decoder = ("decoder.", "post_quant_conv.")  # the decoder fine-tune runs again
+        same = [torch.equal(a[k], b[k]) for k in a if not k.startswith(decoder)]
+        assert a.keys() == b.keys() and all(same), part
+    unet = "pipeline/unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(source / unet), load_file(tmp_path / "bundle" / unet)
+    moved = [float((a[k].float() - b[k].float()).abs().max()) for k in a]
+    # Trained on from the source's weights: every tensor near them, not a fresh random UNet.
+    assert 0 < max(moved) < 0.05
+    training = json.loads((tmp_path / "bundle" / "training.json").read_text())
+    earlier = json.loads((source / "training.json").read_text())
+    names = [s["name"] for s in training["stages"]]
+    assert names == ["vae", "decoder", "text", "unet", "unet_more", "controlnet", "lora"]
+    carried = {s["name"]: s for s in earlier["stages"]}
+    for row in training["stages"]:
+        if row["name"] in ("vae", "text", "unet"):
+            assert row == {**carried[row["name"]], "config": earlier["config"][row["name"]]}
+    assert training["stages"][4]["steps"] == 3
+    assert training["unet_from"] == training["vae_from"] == str(source)
+    card = (tmp_path / "bundle" / "MODEL_CARD.md").read_text()
+    assert f"--unet-from {source}" in card and "| unet_more | 3 |" in card
+    assert not (tmp_path / "work" / "unet.pt").exists()
+
+
 def test_edge_f1_and_placement_read_real_renders_right():
     specs = [S.random_spec("two_objects", np.random.default_rng(i)) for i in range(4)]
     real = S.real_images(specs)
