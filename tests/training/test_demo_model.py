@@ -24,17 +24,17 @@ from generative_service.training import shapes as S
 from generative_service.training import shapes_eval
 
 PER_CATEGORY = 8  # 40 images; one miss in a category costs 12.5 points
-# The embedded bundle's evaluation.json (100 prompts per category, guidance 3): single 0.92, two
-# objects 0.43, counting 0.84, colour attribution 0.84, position 0.93 (overall 0.79); two objects
+# The embedded bundle's evaluation.json (100 prompts per category, guidance 3): single 0.93, two
+# objects 0.52, counting 0.83, colour attribution 0.86, position 0.93 (overall 0.81); two objects
 # (no colours named) is far under the issue's 85 % (#19 stays open). Minimums: that less a margin
-# for 8 prompts.
+# for 8 prompts (these 8 per category drew 1.0, 0.375, 0.875, 0.75, 0.75; overall 0.75).
 MIN_ACCURACY = {
     "single": 0.625,
-    "two_objects": 0.125,
+    "two_objects": 0.25,
     "counting": 0.5,
     "colour_attribution": 0.5,
     "position": 0.5,
-    "overall": 0.55,
+    "overall": 0.6,
 }
 MIN_PLACED_WITH_CONTROL = 0.5  # shapes where the canny control put them (evaluation: `placed_on`)
 MIN_SAMPLER_SINGLE = 0.5  # single-object accuracy with every sampler
@@ -109,7 +109,7 @@ def test_draws_what_the_prompt_says_in_every_category(demo_drawer, guidance, tra
 @pytest.mark.slow  # draws through the Engine: minutes on CI's 2 cores
 @pytest.mark.xfail(
     reason="issue #19 gap: the embedded model draws the negative colour anyway (evaluation: refused "
-    "0 % of the time; with classifier-free guidance the negative prompt replaces the unconditional "
+    "2 % of the time; with classifier-free guidance the negative prompt replaces the unconditional "
     "branch, and `red` there still pulls toward red when the prompt says red)",
     strict=False,
 )
