@@ -7,7 +7,10 @@ GENSVC_MAX_BATCH_IMAGES images: compatible jobs of different keys share batches,
 backlog cannot fill every batch. It waits for more only while another compatible job may still
 arrive: within GENSVC_BATCH_WINDOW_MS of the job's submission, and only when other jobs were
 submitted less than a window apart from it (the submit script's burst counter) or jobs are
-waiting; a lone job starts at once. With GENSVC_MAX_RUNNING_PER_KEY it claims no job of a key
+waiting; a lone job starts at once. Right after a batch of several jobs delivered, it also
+waits (up to a window after that delivery) for that many jobs submitted since: clients that loop
+(submit, wait for the result, submit again) come back together, and without the wait two groups
+of them alternate in half-size batches for good. With GENSVC_MAX_RUNNING_PER_KEY it claims no job of a key
 that already has that many running. A claim moves the job id from the queue to the queue's
 RQ intermediate list in one atomic step (the same place RQ's own dequeue puts a job), so two
 workers never claim the same job and RQ's intermediate-queue cleanup covers a worker that dies
@@ -20,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from generative_service.engine.compatibility import batch_key, images_in
@@ -97,6 +101,20 @@ class BatchFiller:
 
     def __post_init__(self) -> None:
         self._claim = self.store.redis.register_script(_CLAIM)
+        self._delivered: tuple[datetime, int] | None = None  # the last batch: when, how many jobs
+
+    def delivered(self, at: datetime, jobs: int) -> None:
+        """The worker's last batch handed `jobs` results to their clients at `at`."""
+        self._delivered = (at, jobs)
+
+    def _returning(self, window_s: float) -> tuple[datetime, int] | None:
+        """(since, jobs): the last batch delivered less than a window ago, to several jobs."""
+        from generative_service.schemas import utcnow
+
+        if self._delivered is None or self._delivered[1] < 2:
+            return None
+        at, jobs = self._delivered
+        return (at, jobs) if utcnow() - at < timedelta(seconds=window_s) else None
 
     def check(self, record: JobRecord) -> Candidate:
         """Validate one job for this worker: its batch key and image count, or the error."""
@@ -113,17 +131,27 @@ class BatchFiller:
         window_s = self.settings.batch_window_ms / 1000.0
         # The window counts from the submission of the handed-out job: a job that already waited
         # that long (a busy queue) batches with what is there and does not wait again.
-        deadline = time.monotonic() + max(0.0, window_s - _age_s(record))
+        own_deadline = time.monotonic() + max(0.0, window_s - _age_s(record))
+        returning = self._returning(window_s)
+        if returning is not None:  # ... or from the last delivery, for the clients coming back
+            return_deadline = time.monotonic() + max(0.0, window_s - _age_s_since(returning[0]))
         group = self.tenants.group_of(queue.name) if self.tenants else [queue]
         seen: dict[str, Candidate] = {}
         running: dict[str, int] = {}
         first = True
         while batch.images < capacity and not self.should_stop():
             waiting = self._claim_waiting(batch, group, seen, capacity, running)
-            if batch.images >= capacity or time.monotonic() >= deadline:
+            if batch.images >= capacity:
                 break
-            if first and not waiting and not self._burst(record):
-                break  # nothing else waits and no other submit is near: start at once
+            if returning is not None:
+                since, jobs = returning
+                if sum(1 for _, r in batch.jobs if r.created_at >= since) >= jobs:
+                    returning = None  # as many came back as the last batch held
+            deadline = own_deadline if returning is None else max(own_deadline, return_deadline)
+            if time.monotonic() >= deadline:
+                break
+            if first and not waiting and returning is None and not self._burst(record):
+                break  # nothing else waits, no other submit is near, nobody is coming back
             first = False
             time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
         return batch
@@ -213,6 +241,10 @@ class BatchFiller:
 
 
 def _age_s(record: JobRecord) -> float:
+    return _age_s_since(record.created_at)
+
+
+def _age_s_since(moment: datetime) -> float:
     from generative_service.schemas import utcnow
 
-    return max(0.0, (utcnow() - record.created_at).total_seconds())
+    return max(0.0, (utcnow() - moment).total_seconds())

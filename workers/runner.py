@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -23,7 +24,7 @@ from generative_service.engine.compatibility import images_in
 from generative_service.engine.interrupt import Interrupted
 from generative_service.errors import ServiceError
 from generative_service.logs import get_logger
-from generative_service.schemas import BatchInfo
+from generative_service.schemas import BatchInfo, utcnow
 from workers import lifecycle
 from workers.outputs import postprocess_and_store
 from workers.progress import ProgressPublisher, preview_data_url
@@ -157,6 +158,9 @@ class BatchRunner:
         self.abort = abort
         self.publisher = publisher
         self.running_key = settings.keys.running
+        self.last_delivery: tuple[datetime, int] | None = (
+            None  # when the last batch's results went out, to how many jobs
+        )
 
     # --- one batch ------------------------------------------------------------------------------
     def run(self, batch: Batch) -> None:
@@ -186,6 +190,7 @@ class BatchRunner:
                 results = self._generate(slots)
                 self.publisher.flush()
                 safety = self._batch_safety(slots, results)
+                self.last_delivery = (utcnow(), len(slots))
                 # Handed-back jobs go to the front of the queue one by one: last first keeps their order.
                 for slot in reversed(slots) if self.abort.is_set() else slots:
                     self._finish(slot, results.get(slot.id), slot.queue or batch.queue, safety)
