@@ -586,7 +586,7 @@ def canny_edges(images: np.ndarray, low: int = 100, high: int = 200) -> np.ndarr
 
 
 def training_scenes(count: int, *, seed: int = 0) -> list[list[Obj]]:
-    """`count` random scenes: 30 % one shape (half in a region), 15 % two alike, 55 % two that differ."""
+    """`count` random scenes: 30 % one shape (half in a region), 20 % two alike, 50 % two that differ."""
     rng = np.random.default_rng(seed)
     scenes = []
     for _ in range(count):
@@ -598,7 +598,7 @@ def training_scenes(count: int, *, seed: int = 0) -> list[list[Obj]]:
             if rng.random() < 0.5:
                 region = list(REGIONS.values())[rng.integers(4)]
             scenes.append([_place_single(rng, colour, shape, region)])
-        elif u < 0.45:
+        elif u < 0.50:
             scenes.append(_place_pair(rng, (colour, shape), (colour, shape), None))
         else:
             while True:

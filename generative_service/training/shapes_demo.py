@@ -108,13 +108,15 @@ def train(
     configs = stage_configs(budget)
     if unet_from is not None:
         vae_from = vae_from if vae_from is not None else unet_from
+        earlier = json.loads((Path(unet_from) / "training.json").read_text())["stages"]
+        rounds = sum(1 for row in earlier if row["name"] == "unet_more")
         configs["unet_more"] = replace(
             configs["unet"],
             name="unet_more",
             steps=unet_steps or max(1, configs["unet"].steps // 3),
             lr=3e-4,
             warmup_steps=min(20, configs["unet"].warmup_steps),
-            seed=27,
+            seed=27 + rounds,  # each round on draws other batches
         )
     tokenizers = M.build_tokenizers()
     text_encoders = M.build_text_encoders(*tokenizers)

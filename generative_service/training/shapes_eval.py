@@ -263,13 +263,13 @@ def _lineage_notes(report: dict) -> list[str]:
             "fine-tune ran again from its decoder."
         )
     if report.get("unet_from"):
-        more = next(st for st in report["stages"] if st["name"] == "unet_more")
+        more = [st["steps"] for st in report["stages"] if st["name"] == "unet_more"]
+        rounds = f" ({' + '.join(map(str, more))}, one `unet_more` row per run)" if len(more) > 1 else ""
         notes.append(
             f"The text encoders and the UNet are those of an earlier run of this recipe (`--unet-from "
             f"{report['unet_from']}`, the bundle there at the time; their stages are the `text` and `unet` "
-            "rows), and the UNet trained "
-            f"{more['steps']} more steps (`unet_more`) on this tree's prompt mixture; the ControlNet and "
-            "the LoRA were trained again over it."
+            f"rows), and the UNet trained {sum(more)} more steps{rounds} on this tree's prompt mixture; "
+            "the ControlNet and the LoRA were trained again over the UNet that came out."
         )
     pastel = report.get("pastel_reconstruction_saturation")
     if pastel:
