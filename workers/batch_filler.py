@@ -8,10 +8,10 @@ backlog cannot fill every batch. It waits for more only while another compatible
 arrive: within GENSVC_BATCH_WINDOW_MS of the job's submission, and only when other jobs were
 submitted less than a window apart from it (the submit script's burst counter) or jobs are
 waiting; a lone job starts at once. Right after a batch of several jobs delivered, it also
-waits (up to a window after that delivery) for that many jobs submitted since: clients that loop
-(submit, wait for the result, submit again) come back together, and without the wait two groups
-of them alternate in half-size batches for good. With GENSVC_MAX_RUNNING_PER_KEY it claims no job of a key
-that already has that many running. A claim moves the job id from the queue to the queue's
+waits (up to a window after its last result went out) for as many jobs submitted since its first
+did: clients that loop (submit, wait for the result, submit again) come back together, and
+without the wait two groups of them alternate in half-size batches for good. With
+GENSVC_MAX_RUNNING_PER_KEY it claims no job of a key that already has that many running. A claim moves the job id from the queue to the queue's
 RQ intermediate list in one atomic step (the same place RQ's own dequeue puts a job), so two
 workers never claim the same job and RQ's intermediate-queue cleanup covers a worker that dies
 right after claiming. The handed-out job is always in the batch (no starvation); a job that is
@@ -101,20 +101,20 @@ class BatchFiller:
 
     def __post_init__(self) -> None:
         self._claim = self.store.redis.register_script(_CLAIM)
-        self._delivered: tuple[datetime, int] | None = None  # the last batch: when, how many jobs
+        self._delivered: tuple[datetime, datetime, int] | None = None
 
-    def delivered(self, at: datetime, jobs: int) -> None:
-        """The worker's last batch handed `jobs` results to their clients at `at`."""
-        self._delivered = (at, jobs)
+    def delivered(self, since: datetime, until: datetime, jobs: int) -> None:
+        """The worker's last batch handed `jobs` results to their clients from `since` to `until`."""
+        self._delivered = (since, until, jobs)
 
-    def _returning(self, window_s: float) -> tuple[datetime, int] | None:
-        """(since, jobs): the last batch delivered less than a window ago, to several jobs."""
+    def _returning(self, window_s: float) -> tuple[datetime, datetime, int] | None:
+        """The last delivery, if it ended less than a window ago and went to several jobs."""
         from generative_service.schemas import utcnow
 
-        if self._delivered is None or self._delivered[1] < 2:
+        if self._delivered is None or self._delivered[2] < 2:
             return None
-        at, jobs = self._delivered
-        return (at, jobs) if utcnow() - at < timedelta(seconds=window_s) else None
+        until = self._delivered[1]
+        return self._delivered if utcnow() - until < timedelta(seconds=window_s) else None
 
     def check(self, record: JobRecord) -> Candidate:
         """Validate one job for this worker: its batch key and image count, or the error."""
@@ -134,7 +134,7 @@ class BatchFiller:
         own_deadline = time.monotonic() + max(0.0, window_s - _age_s(record))
         returning = self._returning(window_s)
         if returning is not None:  # ... or from the last delivery, for the clients coming back
-            return_deadline = time.monotonic() + max(0.0, window_s - _age_s_since(returning[0]))
+            return_deadline = time.monotonic() + max(0.0, window_s - _age_s_since(returning[1]))
         group = self.tenants.group_of(queue.name) if self.tenants else [queue]
         seen: dict[str, Candidate] = {}
         running: dict[str, int] = {}
@@ -144,7 +144,7 @@ class BatchFiller:
             if batch.images >= capacity:
                 break
             if returning is not None:
-                since, jobs = returning
+                since, _, jobs = returning
                 if sum(1 for _, r in batch.jobs if r.created_at >= since) >= jobs:
                     returning = None  # as many came back as the last batch held
             deadline = own_deadline if returning is None else max(own_deadline, return_deadline)

@@ -158,9 +158,8 @@ class BatchRunner:
         self.abort = abort
         self.publisher = publisher
         self.running_key = settings.keys.running
-        self.last_delivery: tuple[datetime, int] | None = (
-            None  # when the last batch's results went out, to how many jobs
-        )
+        # The last batch's results: when the first and the last went out, and to how many jobs.
+        self.last_delivery: tuple[datetime, datetime, int] | None = None
 
     # --- one batch ------------------------------------------------------------------------------
     def run(self, batch: Batch) -> None:
@@ -190,10 +189,11 @@ class BatchRunner:
                 results = self._generate(slots)
                 self.publisher.flush()
                 safety = self._batch_safety(slots, results)
-                self.last_delivery = (utcnow(), len(slots))
+                delivering = utcnow()
                 # Handed-back jobs go to the front of the queue one by one: last first keeps their order.
                 for slot in reversed(slots) if self.abort.is_set() else slots:
                     self._finish(slot, results.get(slot.id), slot.queue or batch.queue, safety)
+                self.last_delivery = (delivering, utcnow(), len(slots))
         finally:
             self.state.end()
 

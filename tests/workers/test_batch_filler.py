@@ -90,7 +90,7 @@ def test_after_a_batch_of_several_it_waits_for_their_clients_to_come_back(
     waited = jobs.submit(seed=1)
     time.sleep(0.35)  # older than the window: on its own it would not wait for anyone
     filler = _batcher(jobs)
-    filler.delivered(utcnow(), 3)  # the last batch's three clients are coming back
+    filler.delivered(utcnow(), utcnow(), 3)  # the last batch's three clients are coming back
     coming_back = _submit_later(jobs, 3, every_s=0.03)
     job, record = _hand_out(jobs)
     batch = filler.fill(job, jobs.queue, record, batch_key(record.request))
@@ -105,7 +105,7 @@ def test_a_lone_looping_client_is_not_kept_waiting(worker_settings, make_jobs) -
     settings = worker_settings(batch_window_ms=300, max_batch_images=4)
     jobs = make_jobs(settings)
     filler = _batcher(jobs)
-    filler.delivered(utcnow(), 1)
+    filler.delivered(utcnow(), utcnow(), 1)
     back = jobs.submit(seed=1)
     later = _submit_later(jobs, 1, every_s=0.15)  # another client, well after
     job, record = _hand_out(jobs)
