@@ -11,8 +11,8 @@ waiting; a lone job starts at once. Right after a batch of several jobs delivere
 waits (up to a window after its last result went out) for as many jobs submitted since its first
 did: clients that loop (submit, wait for the result, submit again) come back together, and
 without the wait two groups of them alternate in half-size batches for good. With
-GENSVC_MAX_RUNNING_PER_KEY it claims no job of a key that already has that many running. A claim moves the job id from the queue to the queue's
-RQ intermediate list in one atomic step (the same place RQ's own dequeue puts a job), so two
+GENSVC_MAX_RUNNING_PER_KEY it claims no job of a key that already has that many running. A claim
+moves the job id from the queue to the queue's RQ intermediate list in one atomic step (the same place RQ's own dequeue puts a job), so two
 workers never claim the same job and RQ's intermediate-queue cleanup covers a worker that dies
 right after claiming. The handed-out job is always in the batch (no starvation); a job that is
 invalid, canceled or incompatible is left where it is and runs alone when RQ hands it out.

@@ -160,10 +160,9 @@ class GpuWorker(SimpleWorker):
             error = candidate.error or GenerationFailed(f"job {job.id} could not be checked")
             self.runner.fail_alone(job, queue, record, error)
             return
-        self.runner.last_delivery = None
-        self.runner.run(self.filler.fill(job, queue, record, candidate.key))
-        if self.runner.last_delivery is not None:
-            self.filler.delivered(*self.runner.last_delivery)
+        delivery = self.runner.run(self.filler.fill(job, queue, record, candidate.key))
+        if delivery is not None:
+            self.filler.delivered(*delivery)
 
     def _hand_back_unstarted(self, job: Job, queue: Queue) -> None:
         """GENSVC_MAX_RUNNING_PER_KEY: the key has enough running; its job goes back to the front

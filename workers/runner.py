@@ -158,12 +158,14 @@ class BatchRunner:
         self.abort = abort
         self.publisher = publisher
         self.running_key = settings.keys.running
-        # The last batch's results: when the first and the last went out, and to how many jobs.
-        self.last_delivery: tuple[datetime, datetime, int] | None = None
 
     # --- one batch ------------------------------------------------------------------------------
-    def run(self, batch: Batch) -> None:
-        """Run `batch` to the end: every job leaves it succeeded, failed, canceled or handed back."""
+    def run(self, batch: Batch) -> tuple[datetime, datetime, int] | None:
+        """Run `batch` to the end: every job leaves it succeeded, failed, canceled or handed back.
+
+        Returns when the first and the last result went out and to how many jobs (None when no
+        job of the batch started).
+        """
         batch_id = "batch_" + secrets.token_hex(8)
         self.state.begin(batch_id, batch.queue)
         try:
@@ -193,7 +195,8 @@ class BatchRunner:
                 # Handed-back jobs go to the front of the queue one by one: last first keeps their order.
                 for slot in reversed(slots) if self.abort.is_set() else slots:
                     self._finish(slot, results.get(slot.id), slot.queue or batch.queue, safety)
-                self.last_delivery = (delivering, utcnow(), len(slots))
+                return delivering, utcnow(), len(slots)
+            return None
         finally:
             self.state.end()
 

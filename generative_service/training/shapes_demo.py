@@ -91,8 +91,8 @@ def train(
     from its decoder, a quarter of its steps. `unet_from` (a bundle of this recipe; implies
     `vae_from` the same bundle unless that is given): its text encoders and UNet stand for the text
     and UNet stages, and the UNet trains on for `unet_steps` more (default a third of the UNet
-    stage's: 800 on the full budget; stage `unet_more`, on this
-    tree's prompt mixture); the ControlNet and the LoRA are trained again over it.
+    stage's: 800 on the full budget; stage `unet_more`, on this tree's prompt mixture); the
+    ControlNet and the LoRA are trained again over it.
     """
     import copy
 
@@ -108,16 +108,6 @@ def train(
     configs = stage_configs(budget)
     if unet_from is not None:
         vae_from = vae_from if vae_from is not None else unet_from
-        earlier = json.loads((Path(unet_from) / "training.json").read_text())["stages"]
-        rounds = sum(1 for row in earlier if row["name"] == "unet_more")
-        configs["unet_more"] = replace(
-            configs["unet"],
-            name="unet_more",
-            steps=unet_steps or max(1, configs["unet"].steps // 3),
-            lr=3e-4,
-            warmup_steps=min(20, configs["unet"].warmup_steps),
-            seed=27 + rounds,  # each round on draws other batches
-        )
     tokenizers = M.build_tokenizers()
     text_encoders = M.build_text_encoders(*tokenizers)
     text = M.TextSide(*text_encoders)
@@ -215,6 +205,15 @@ def train(
     else:
         source = load_text_and_unet(unet_from, tokenizers, text, unet)
         carry(source, ("text", "unet", "unet_more"))
+        rounds = sum(1 for row in source["stages"] if row["name"] == "unet_more")
+        configs["unet_more"] = replace(
+            configs["unet"],
+            name="unet_more",
+            steps=unet_steps or max(1, configs["unet"].steps // 3),
+            lr=3e-4,
+            warmup_steps=min(20, configs["unet"].warmup_steps),
+            seed=27 + rounds,  # each round on draws other batches
+        )
         layout = source["text_layout_accuracy"]
     text.requires_grad_(False)
     _log(f"text encoders: the pooled embedding names the layout of {layout:.1%} of the phrasings")

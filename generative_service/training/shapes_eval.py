@@ -264,7 +264,9 @@ def _lineage_notes(report: dict) -> list[str]:
         )
     if report.get("unet_from"):
         more = [st["steps"] for st in report["stages"] if st["name"] == "unet_more"]
-        rounds = f" ({' + '.join(map(str, more))}, one `unet_more` row per run)" if len(more) > 1 else ""
+        rounds = (
+            f" ({' + '.join(map(str, more))}, one `unet_more` row per run)" if len(more) > 1 else ""
+        )
         notes.append(
             f"The text encoders and the UNet are those of an earlier run of this recipe (`--unet-from "
             f"{report['unet_from']}`, the bundle there at the time; their stages are the `text` and `unet` "
