@@ -89,18 +89,24 @@ WRITTEN_CACHE_MAX = 1_000  # records of jobs this process drives; a worker runs 
 # wrote it, the new record, the event's data. A record that is no longer the one expected is left
 # alone and returned ({position, record or false} pairs), for the caller to update from it.
 _PROGRESS_SCRIPT = """
+-- KEYS: record, events per job. ARGV: events TTL, stream MAXLEN, then per job: the record this
+-- process last wrote, the new record, how many events follow, the events.
 local stale = {}
+local j = 3
 for i = 1, #KEYS, 2 do
-  local j = 3 + (i - 1) / 2 * 3
+  local count = tonumber(ARGV[j + 2])
   local now = redis.call('GET', KEYS[i])
   if now == ARGV[j] then
     redis.call('SET', KEYS[i], ARGV[j + 1], 'KEEPTTL')
-    redis.call('XADD', KEYS[i + 1], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[j + 2])
+    for e = 1, count do
+      redis.call('XADD', KEYS[i + 1], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[j + 2 + e])
+    end
     redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
   else
     table.insert(stale, (i + 1) / 2)
     table.insert(stale, now)
   end
+  j = j + 3 + count
 end
 return stale
 """
@@ -571,50 +577,60 @@ class JobStore:
     def report_progress_many(
         self, updates: builtins.list[tuple[str, int, int, str | None]]
     ) -> None:
-        """`report_progress` for several jobs (job id, step, total, preview) in one round trip:
-        a script writes each record and its event if the record is still the one this process
-        last wrote; a record changed by someone else comes back and is updated from what it is
-        now (a job that ended meanwhile is left alone)."""
-        current = {job_id: self._written.get(job_id) for job_id, *_ in updates}
+        """`report_progress` for several jobs (job id, step, total, preview), several steps of
+        one job included, in one round trip: a script writes each record (at its last step) and
+        every step's event if the record is still the one this process last wrote; a record
+        changed by someone else comes back and is updated from what it is now (a job that ended
+        meanwhile is left alone)."""
+        steps: dict[str, builtins.list[tuple[int, int, str | None]]] = {}
+        for job_id, step, total, preview in updates:
+            steps.setdefault(job_id, []).append((step, total, preview))
+        current = {job_id: self._written.get(job_id) for job_id in steps}
         unknown = [job_id for job_id, raw in current.items() if raw is None]
         if unknown:  # the first step of a job this process did not start
             for job_id, raw in zip(unknown, self.redis.mget([self.keys.job(j) for j in unknown]), strict=True):  # fmt: skip
                 current[job_id] = None if raw is None else reply_text(raw)
         ttl_s = Ttl.events(self.settings)
-        pending = updates
+        pending = list(steps)
         while pending:
             keys: builtins.list[str] = []
             args: builtins.list[str | int] = [ttl_s, events.STREAM_MAXLEN]
-            changed: builtins.list[tuple[JobRecord, Event, str]] = []
-            for job_id, step, total, preview in pending:
+            changed: builtins.list[tuple[JobRecord, builtins.list[Event], str]] = []
+            for job_id in pending:
                 raw = current[job_id]
                 if raw is None or (record := JobRecord.model_validate_json(raw)).status.is_terminal:
                     self._remember(job_id, None)
                     continue
-                done = percent(step, total)
+                step_events = [
+                    Event(type="progress", job_id=job_id, step=step, total_steps=total,
+                          percent=percent(step, total), preview=preview)
+                    for step, total, preview in steps[job_id]
+                ]  # fmt: skip
+                step, total, _ = steps[job_id][-1]
                 record.progress = Progress(
-                    stage=Stage.denoising, step=step, total_steps=total, percent=done
+                    stage=Stage.denoising,
+                    step=step,
+                    total_steps=total,
+                    percent=percent(step, total),
                 )
-                event = Event(type="progress", job_id=job_id, step=step, total_steps=total,
-                              percent=done, preview=preview)  # fmt: skip
                 written = record.model_dump_json()
                 keys += [self.keys.job(job_id), self.keys.events(job_id)]
-                args += [raw, written, events.encode(event)]
-                changed.append((record, event, written))
+                args += [raw, written, len(step_events), *map(events.encode, step_events)]
+                changed.append((record, step_events, written))
             if not changed:
                 return
             reply = self._progress(keys=keys, args=args)
             stale = {int(reply[k]) - 1: reply[k + 1] for k in range(0, len(reply), 2)}
-            for index, (record, event, written) in enumerate(changed):
+            for index, (record, step_events, written) in enumerate(changed):
                 if index in stale:
                     raw = stale[index]
                     current[record.id] = None if raw is None else reply_text(raw)
                     continue
                 self._remember(record.id, written)
                 if record.request.webhook:
-                    webhooks.on_event(self.redis, self.settings, record, event)
-            again = {changed[index][0].id for index in stale}
-            pending = [update for update in pending if update[0] in again]
+                    for event in step_events:
+                        webhooks.on_event(self.redis, self.settings, record, event)
+            pending = [changed[index][0].id for index in stale]
 
     def set_stage(self, job_id: str, stage: Stage) -> JobRecord | None:
         def change(record: JobRecord) -> bool | None:

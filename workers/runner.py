@@ -27,7 +27,7 @@ from generative_service.logs import get_logger
 from generative_service.schemas import BatchInfo, utcnow
 from workers import lifecycle
 from workers.outputs import postprocess_and_store
-from workers.progress import ProgressPublisher, preview_data_url
+from workers.progress import PendingSteps, ProgressPublisher, preview_data_url
 from workers.step_hooks import CancelPoller, Outcome, StepTimer
 
 if TYPE_CHECKING:
@@ -254,16 +254,10 @@ class BatchRunner:
         first = slots[0].id
         timer = StepTimer()
 
-        pending: list[StepReport] = []
-        pending_lock = threading.Lock()
-
-        def write_pending() -> None:
-            # Every step reported so far, all jobs of the batch, in one transaction.
-            with pending_lock:
-                items = pending[:]
-                pending.clear()
-            if items:
-                self._progress_many(items)
+        size = slots[0].record.request.resolved_size  # a batch shares one size
+        steps: PendingSteps[StepReport] = PendingSteps(
+            self.publisher, lambda reports, times: self._write_steps(reports, size, times)
+        )
 
         def on_step(info: StepInfo) -> None:
             request = by_id[info.job_id].record.request
@@ -273,28 +267,30 @@ class BatchRunner:
                 and _wants_preview(request.preview.every_n_steps, info.step, info.total_steps)
                 else None
             )
-            with pending_lock:
-                pending.append(StepReport(info.job_id, info.step, info.total_steps, image, request))
-            self.publisher.submit(write_pending)
-            step_ms = timer.tick(info.step) if info.job_id == first else None
-            if step_ms is not None:
-                self.publisher.submit(
-                    lambda: self.store.queue.record_step_time(*request.resolved_size, step_ms)
-                )
+            steps.add(
+                StepReport(info.job_id, info.step, info.total_steps, image, request),
+                timer.tick(info.step) if info.job_id == first else None,
+                last=info.step >= info.total_steps,
+            )
+
+        def on_cancel(job_id: str) -> None:
+            # NOTE: after the job's progress events so far; terminal at once.
+            steps.submit()
+            self.publisher.submit(partial(self.store.mark_canceled, job_id))
 
         is_canceled = CancelPoller(
             self.store.redis,
             [slot.id for slot in slots],
             [self.store.keys.cancel(slot.id) for slot in slots],
             aborted=self.abort.is_set,
-            # NOTE: ordered after the job's progress events; terminal at once.
-            on_cancel=lambda job_id: self.publisher.submit(
-                partial(self.store.mark_canceled, job_id)
-            ),
+            on_cancel=on_cancel,
         )
 
         jobs = [EngineJob(job_id=slot.id, request=slot.record.request) for slot in slots]
-        outputs = self.models.engine.run(jobs, on_step=on_step, is_canceled=is_canceled)
+        try:
+            outputs = self.models.engine.run(jobs, on_step=on_step, is_canceled=is_canceled)
+        finally:
+            steps.submit()  # the steps gathered since the last write (a failed or canceled run)
         metrics.batch_ran(
             self.store.redis,
             self.settings,
@@ -303,12 +299,16 @@ class BatchRunner:
         )
         return outputs
 
-    def _progress_many(self, items: list[StepReport]) -> None:
-        """Write step events, in order, at once."""
-        self.store.report_progress_many([
-            (item.job_id, item.step, item.total, _preview_url(item))
-            for item in items
-        ])  # fmt: skip
+    def _write_steps(
+        self, items: list[StepReport], size: tuple[int, int], step_times_ms: list[float]
+    ) -> None:
+        """Write step events, in order, at once; then fold the step times into the ETA average."""
+        if items:
+            self.store.report_progress_many([
+                (item.job_id, item.step, item.total, _preview_url(item))
+                for item in items
+            ])  # fmt: skip
+        self.store.queue.record_step_times(*size, step_times_ms)
 
     # --- finishing ------------------------------------------------------------------------------
     def _batch_safety(self, slots: list[Slot], results: dict[str, EngineResult]) -> BatchVerdicts:

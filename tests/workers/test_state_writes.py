@@ -101,13 +101,38 @@ def test_a_canceled_or_ended_job_is_seen_in_one_read(redis, settings) -> None:
 
 def test_a_step_time_is_folded_into_the_eta_average_in_one_round_trip(counted, settings) -> None:
     store = JobStore(counted, settings)
-    store.queue.record_step_time(128, 128, 7.5)  # connects, loads the script (once per Redis)
-    _, first = round_trips(lambda: store.queue.record_step_time(64, 64, 100.0))
-    _, second = round_trips(lambda: store.queue.record_step_time(64, 64, 50.0))
+    store.queue.record_step_times(128, 128, [7.5])  # connects, loads the script (once per Redis)
+    _, first = round_trips(lambda: store.queue.record_step_times(64, 64, [100.0]))
+    _, second = round_trips(lambda: store.queue.record_step_times(64, 64, [50.0]))
     assert (first, second) == (1, 1)
     # 0.8 x old + 0.2 x new per pixel class, as ETAs (and Retry-After) read it.
     assert store.queue.step_times() == {"4096": pytest.approx(90.0), "16384": 7.5}
     assert store.queue.mean_step_ms(64, 64) == pytest.approx(90.0)
+    # Several steps at once: each folded in turn, still one round trip.
+    _, several = round_trips(lambda: store.queue.record_step_times(64, 64, [40.0, 140.0]))
+    assert several == 1
+    assert store.queue.mean_step_ms(64, 64) == pytest.approx(0.8 * (0.8 * 90 + 0.2 * 40) + 28)
+
+
+def test_several_steps_of_one_job_are_one_round_trip_with_every_event(counted, settings) -> None:
+    """The worker writes the steps gathered since its last write together: the record at the
+    last step, an event for each (the first version sent a job's second step as a stale write
+    and paid a second round trip for it)."""
+    store = JobStore(counted, settings)
+    record, _ = store.create(GenerationRequest(prompt="a red house", steps=4, seed=3))
+    store.mark_started(record.id, batch=BatchInfo(id="batch_t", size=1), worker_id="w1")
+    counted.script_load(jobs._PROGRESS_SCRIPT)
+    _, trips = round_trips(
+        lambda: store.report_progress_many([(record.id, s, 4, None) for s in (1, 2, 3)])
+    )
+    assert trips == 1
+    assert store.get(record.id).progress.step == 3
+    streamed = [e for _, e in events.read(counted, settings.key_prefix, record.id)]
+    assert [(e.step, e.percent) for e in streamed if e.type == "progress"] == [
+        (1, 25.0),
+        (2, 50.0),
+        (3, 75.0),
+    ]
 
 
 def test_a_batch_steps_progress_is_one_round_trip_and_never_overwrites_another_writer(
