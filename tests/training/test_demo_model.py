@@ -28,13 +28,13 @@ PER_CATEGORY = 8  # 40 images; one miss in a category costs 12.5 points
 # objects 0.63, counting 0.81, colour attribution 0.92, position 0.98 (overall 0.85); two objects
 # (no colours named) and counting are under the issue's 85 % (#19 stays open). Minimums: that less
 # a margin for 8 prompts (these 8 per category drew 1.0, 0.625, 0.875, 1.0, 0.875; overall 0.875).
-MIN_ACCURACY = {
-    "single": 0.625,
-    "two_objects": 0.375,
-    "counting": 0.5,
-    "colour_attribution": 0.625,
+MIN_ACCURACY = {  # the embedded model scored 7/8, 6/8, 7/8, 7/8, 6/8 (82.5 %) on these prompts
+    "single": 0.75,
+    "two_objects": 0.5,
+    "counting": 0.75,
+    "colour_attribution": 0.75,
     "position": 0.625,
-    "overall": 0.7,
+    "overall": 0.75,
 }
 MIN_PLACED_WITH_CONTROL = 0.5  # shapes where the canny control put them (evaluation: `placed_on`)
 MIN_SAMPLER_SINGLE = 0.5  # single-object accuracy with every sampler
@@ -109,7 +109,7 @@ def test_draws_what_the_prompt_says_in_every_category(demo_drawer, guidance, tra
 @pytest.mark.slow  # draws through the Engine: minutes on CI's 2 cores
 @pytest.mark.xfail(
     reason="issue #19 gap: the embedded model draws the negative colour anyway (evaluation: refused "
-    "2 % of the time; with classifier-free guidance the negative prompt replaces the unconditional "
+    "6 % of the time; with classifier-free guidance the negative prompt replaces the unconditional "
     "branch, and `red` there still pulls toward red when the prompt says red)",
     strict=False,
 )
