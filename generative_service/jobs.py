@@ -84,13 +84,12 @@ def owner_for_key(api_key: str | None) -> str:
 
 
 WRITTEN_CACHE_MAX = 1_000  # records of jobs this process drives; a worker runs a batch at a time
-# A batch step's progress in one round trip. KEYS: per job its record and its event stream.
-# ARGV: the events' TTL, the stream's MAXLEN, then per job: the record as this process last
-# wrote it, the new record, the event's data. A record that is no longer the one expected is left
-# alone and returned ({position, record or false} pairs), for the caller to update from it.
+# The progress of a batch's steps since the last write, in one round trip. KEYS: per job its
+# record and its event stream. ARGV: the events' TTL, the stream's MAXLEN, then per job: the
+# record as this process last wrote it, the new record, how many events follow, each event's
+# data. A record that is no longer the one expected is left alone and returned ({position,
+# record or false} pairs), for the caller to update from it.
 _PROGRESS_SCRIPT = """
--- KEYS: record, events per job. ARGV: events TTL, stream MAXLEN, then per job: the record this
--- process last wrote, the new record, how many events follow, the events.
 local stale = {}
 local j = 3
 for i = 1, #KEYS, 2 do
@@ -582,9 +581,20 @@ class JobStore:
         every step's event if the record is still the one this process last wrote; a record
         changed by someone else comes back and is updated from what it is now (a job that ended
         meanwhile is left alone)."""
-        steps: dict[str, builtins.list[tuple[int, int, str | None]]] = {}
+        steps: dict[str, builtins.list[Event]] = {}  # every step's event, per job, in order
+        last: dict[str, tuple[int, int]] = {}  # the step (and total) its record will show
         for job_id, step, total, preview in updates:
-            steps.setdefault(job_id, []).append((step, total, preview))
+            last[job_id] = (step, total)
+            steps.setdefault(job_id, []).append(
+                Event(
+                    type="progress",
+                    job_id=job_id,
+                    step=step,
+                    total_steps=total,
+                    percent=percent(step, total),
+                    preview=preview,
+                )
+            )
         current = {job_id: self._written.get(job_id) for job_id in steps}
         unknown = [job_id for job_id, raw in current.items() if raw is None]
         if unknown:  # the first step of a job this process did not start
@@ -601,12 +611,8 @@ class JobStore:
                 if raw is None or (record := JobRecord.model_validate_json(raw)).status.is_terminal:
                     self._remember(job_id, None)
                     continue
-                step_events = [
-                    Event(type="progress", job_id=job_id, step=step, total_steps=total,
-                          percent=percent(step, total), preview=preview)
-                    for step, total, preview in steps[job_id]
-                ]  # fmt: skip
-                step, total, _ = steps[job_id][-1]
+                step_events = steps[job_id]
+                step, total = last[job_id]
                 record.progress = Progress(
                     stage=Stage.denoising,
                     step=step,

@@ -120,7 +120,7 @@ class Submission:
     digest: str
 
 
-# KEYS[1] step-times hash; ARGV[1] pixel class, ARGV[2] this step's ms.
+# KEYS[1] step-times hash; ARGV[1] pixel class, ARGV[2..] the steps' ms, in order.
 _STEP_TIME_SCRIPT = """
 local value = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
 for i = 2, #ARGV do

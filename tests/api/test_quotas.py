@@ -31,9 +31,8 @@ def test_one_key_cannot_fill_the_queue_for_another(make_settings, make_api_clien
 def test_retry_after_grows_with_the_backlog(make_settings, redis):
     settings = make_settings(max_batch_images=4)
     store = JobStore(redis, settings)
-    store.queue.record_step_times(
-        64, 64, [100.0]
-    )  # a batch of 4 images in 30 x 100 ms: 1.33 jobs/s
+    # A batch of 4 images in 30 x 100 ms: 1.33 jobs/s.
+    store.queue.record_step_times(64, 64, [100.0])
     assert store.queue.retry_after_s(10) == 1
     assert store.queue.retry_after_s(1000) == 75  # a tenth of the backlog at that rate
 
