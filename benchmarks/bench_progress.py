@@ -4,11 +4,15 @@ denoising loop, in one process, on the embedded demo model and a real Redis.
 One job at a time through `Engine.run`, the variants interleaved round by round:
 
 - `engine alone`: no callbacks;
-- `+ cancel poller`: the worker's CancelPoller (one MGET of the cancel flags at most every 25 ms);
-- `+ a write per step (before)`: what the worker did until 6cbc58d: per step, one progress script
-  call and one step-time script call, each its own publisher wake-up;
-- `+ PendingSteps (now)`: the steps gathered since the last write go out together, at most every
-  PROGRESS_EVERY_S (and at once for the last step).
+- `+ cancel MGET in the loop`: the cancel poller until this change: the denoising loop itself
+  read the batch's cancel flags (one MGET at most every 25 ms);
+- `+ cancel poller thread`: the worker's CancelPoller now: a thread reads the flags, the loop only
+  looks at what it read;
+- `worker before 6cbc58d`: MGET in the loop, and per step one progress script call and one
+  step-time script call, each its own publisher wake-up;
+- `worker at ac30603`: MGET in the loop, and PendingSteps: the steps gathered since the last
+  write go out together, at most every PROGRESS_EVERY_S (and at once for the last step);
+- `worker now`: the poller thread and PendingSteps.
 
     .venv/bin/python benchmarks/bench_progress.py [--steps 20] [--rounds 15] [--no-report]
 
@@ -18,6 +22,7 @@ Writes the "progress" section of benchmarks/REPORT.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -36,10 +41,28 @@ SECTION = "progress"
 PREFIX = "bench-progress:"
 VARIANTS = (
     "engine alone",
-    "+ cancel poller",
-    "+ a write per step (before)",
-    "+ PendingSteps (now)",
+    "+ cancel MGET in the loop",
+    "+ cancel poller thread",
+    "worker before 6cbc58d",
+    "worker at ac30603",
+    "worker now",
 )
+IN_LOOP = {VARIANTS[1], VARIANTS[3], VARIANTS[4]}
+POLL_EVERY_S = 0.025
+
+
+class InLoopCancelPoll:
+    """The cancel poller before it had a thread: the denoising loop's own MGET every 25 ms."""
+
+    def __init__(self, redis, keys: list[str]) -> None:
+        self.redis, self.keys, self.polled_at = redis, keys, 0.0
+
+    def __call__(self, job_id: str) -> bool:
+        now = time.monotonic()
+        if now - self.polled_at >= POLL_EVERY_S:
+            self.polled_at = now
+            self.redis.mget(self.keys)
+        return False
 
 
 def main() -> None:
@@ -75,8 +98,11 @@ def main() -> None:
         record, _ = store.create(request)
         job = EngineJob(record.id, record.request)
         kwargs: dict = {}
-        if variant != VARIANTS[0]:
-            kwargs["is_canceled"] = CancelPoller(
+        poller = contextlib.nullcontext(None)
+        if variant in IN_LOOP:
+            kwargs["is_canceled"] = InLoopCancelPoll(redis, [store.keys.cancel(record.id)])
+        elif variant != VARIANTS[0]:
+            poller = CancelPoller(
                 redis,
                 [record.id],
                 [store.keys.cancel(record.id)],
@@ -84,7 +110,7 @@ def main() -> None:
                 on_cancel=lambda _: None,
             )
         timer = StepTimer()
-        if variant == VARIANTS[2]:
+        if variant == VARIANTS[3]:
 
             def on_step(info) -> None:
                 publisher.submit(
@@ -97,7 +123,7 @@ def main() -> None:
                     publisher.submit(lambda: store.queue.record_step_times(64, 64, [step_ms]))
 
             kwargs["on_step"] = on_step
-        elif variant == VARIANTS[3]:
+        elif variant in (VARIANTS[4], VARIANTS[5]):
             steps = PendingSteps(
                 publisher,
                 lambda reports, times: (
@@ -111,7 +137,10 @@ def main() -> None:
                 last=info.step >= info.total_steps,
             )
         started = time.perf_counter()
-        engine.run([job], **kwargs)
+        with poller as is_canceled:
+            if is_canceled is not None:
+                kwargs["is_canceled"] = is_canceled
+            engine.run([job], **kwargs)
         publisher.flush()
         return time.perf_counter() - started
 

@@ -278,7 +278,7 @@ class BatchRunner:
             steps.submit()
             self.publisher.submit(partial(self.store.mark_canceled, job_id))
 
-        is_canceled = CancelPoller(
+        cancel_poller = CancelPoller(
             self.store.redis,
             [slot.id for slot in slots],
             [self.store.keys.cancel(slot.id) for slot in slots],
@@ -288,7 +288,8 @@ class BatchRunner:
 
         jobs = [EngineJob(job_id=slot.id, request=slot.record.request) for slot in slots]
         try:
-            outputs = self.models.engine.run(jobs, on_step=on_step, is_canceled=is_canceled)
+            with cancel_poller as is_canceled:
+                outputs = self.models.engine.run(jobs, on_step=on_step, is_canceled=is_canceled)
         finally:
             steps.submit()  # the steps gathered since the last write (a failed or canceled run)
         metrics.batch_ran(

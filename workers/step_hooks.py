@@ -1,10 +1,12 @@
 """What a running batch does between denoising steps, apart from progress: the step timer and the
-cancel poller, plus the outcome a job leaves its batch with. No torch here.
+cancel poller (which reads Redis on its own thread), plus the outcome a job leaves its batch with.
+No torch here.
 """
 
 from __future__ import annotations
 
 import enum
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -45,9 +47,11 @@ class StepTimer:
 
 
 class CancelPoller:
-    """Answers "is this job canceled?" at every step with one MGET of the batch's cancel flags at
-    most every CANCEL_POLL_S, not a round trip per job per step: a cancel is seen within one step
-    (or CANCEL_POLL_S) either way. A set `abort` cancels every job (the worker is stopping).
+    """Answers "is this job canceled?" at every step without a Redis round trip in the denoising
+    loop: while it is open (`with`), a background thread reads the batch's cancel flags with one
+    MGET every CANCEL_POLL_S and the loop only looks at what it read. A cancel is seen within
+    CANCEL_POLL_S plus one step; `on_cancel` runs once per job, on the thread that asked, the first
+    time it sees the flag. A set `abort` cancels every job (the worker is stopping).
     """
 
     def __init__(
@@ -65,23 +69,36 @@ class CancelPoller:
         self.aborted = aborted
         self.on_cancel = on_cancel
         self.canceled: set[str] = set()
-        self._polled_at = 0.0
+        self._flagged: frozenset[str] = frozenset()  # replaced whole by the polling thread
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cancel-poller", daemon=True)
+
+    def __enter__(self) -> CancelPoller:
+        self._poll()  # a job canceled while the batch formed is seen at the first step
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
     def __call__(self, job_id: str) -> bool:
         if self.aborted():
             return True
-        now = time.monotonic()
-        if now - self._polled_at >= CANCEL_POLL_S:
-            self._polled_at = now
-            self._poll()
+        if job_id in self._flagged and job_id not in self.canceled:
+            self.canceled.add(job_id)
+            self.on_cancel(job_id)
         return job_id in self.canceled
+
+    def _run(self) -> None:
+        while not self._stop.wait(CANCEL_POLL_S):
+            self._poll()
 
     def _poll(self) -> None:
         try:
             flags = self.redis.mget(self.cancel_keys)
         except RedisError:
-            flags = []
-        for job_id, flag in zip(self.job_ids, flags, strict=False):
-            if flag is not None and job_id not in self.canceled:
-                self.canceled.add(job_id)
-                self.on_cancel(job_id)
+            return
+        self._flagged = frozenset(
+            job_id for job_id, flag in zip(self.job_ids, flags, strict=False) if flag is not None
+        )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
+
+from redis import Redis
 
 from workers.progress import PendingSteps, ProgressPublisher
 from workers.step_hooks import CANCEL_POLL_S, CancelPoller, Outcome, StepTimer
@@ -20,16 +23,63 @@ def test_step_timer_skips_the_first_interval():
 def test_cancel_poller_sees_a_flag_once_and_reports_it_once(redis, make_settings):
     keys = make_settings().keys
     seen: list[str] = []
-    poll = CancelPoller(redis, ["a", "b"], [keys.cancel("a"), keys.cancel("b")],
-                        aborted=lambda: False, on_cancel=seen.append)  # fmt: skip
-    assert not poll("a")
-    redis.set(keys.cancel("b"), "1")
-    time.sleep(CANCEL_POLL_S * 2)
-    assert poll("b") and not poll("a")
-    time.sleep(CANCEL_POLL_S * 2)
-    assert poll("b")
+    with CancelPoller(redis, ["a", "b"], [keys.cancel("a"), keys.cancel("b")],
+                      aborted=lambda: False, on_cancel=seen.append) as poll:  # fmt: skip
+        assert not poll("a")
+        redis.set(keys.cancel("b"), "1")
+        time.sleep(CANCEL_POLL_S * 4)
+        assert poll("b") and not poll("a")
+        time.sleep(CANCEL_POLL_S * 2)
+        assert poll("b")
     assert seen == ["b"]
     redis.delete(keys.cancel("b"))
+
+
+def test_a_job_canceled_before_the_batch_starts_is_canceled_at_the_first_step(redis, make_settings):
+    keys = make_settings().keys
+    redis.set(keys.cancel("a"), "1")
+    try:
+        with CancelPoller(redis, ["a"], [keys.cancel("a")], aborted=lambda: False,
+                          on_cancel=lambda _: None) as poll:  # fmt: skip
+            assert poll("a")
+    finally:
+        redis.delete(keys.cancel("a"))
+
+
+class _ThreadRecordingRedis(Redis):
+    """A real Redis client that notes which thread each MGET ran on."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.mget_threads: list[str] = []
+
+    def mget(self, *args, **kwargs):
+        self.mget_threads.append(threading.current_thread().name)
+        return super().mget(*args, **kwargs)
+
+
+def test_the_denoising_loop_never_waits_on_redis_for_cancel_flags(redis, make_settings):
+    """The loop asks at every step; the flags are read on the poller's own thread (before, the
+    loop's own MGET every 25 ms put a Redis round trip between denoising steps)."""
+    keys = make_settings().keys
+    client = _ThreadRecordingRedis(connection_pool=redis.connection_pool)
+    seen: list[str] = []
+    loop_thread = threading.current_thread().name
+    with CancelPoller(client, ["a"], [keys.cancel("a")], aborted=lambda: False,
+                      on_cancel=seen.append) as poll:  # fmt: skip
+        calls_before = len(client.mget_threads)  # the one read on entering, before step 1
+        for _ in range(10):  # steps
+            assert not poll("a")
+            time.sleep(CANCEL_POLL_S)
+        redis.set(keys.cancel("a"), "1")
+        deadline = time.monotonic() + 5
+        while not poll("a") and time.monotonic() < deadline:
+            time.sleep(CANCEL_POLL_S)
+        assert poll("a") and seen == ["a"]
+    redis.delete(keys.cancel("a"))
+    polled_in_loop = [t for t in client.mget_threads[calls_before:] if t == loop_thread]
+    assert polled_in_loop == []
+    assert len(client.mget_threads) > calls_before  # the thread did poll
 
 
 def test_abort_cancels_every_job(redis, make_settings):
