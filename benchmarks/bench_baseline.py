@@ -111,9 +111,10 @@ def start_baseline(procs: Processes):
     return one
 
 
-def start_service(label: str, tree: Path, procs: Processes):
-    """Start redis, a gateway and one worker from `tree`; returns one user request (submit with
-    `Prefer: wait`, then download the image) and a wait for the service to be ready."""
+def start_service(label: str, tree: Path, procs: Processes, extra_env: dict[str, str]):
+    """Start redis, a gateway and one worker from `tree` (with `extra_env` set, e.g. an engine
+    backend); returns one user request (submit with `Prefer: wait`, then download the image) and
+    a wait for the service to be ready."""
     redis_port, port = free_port(), free_port()
     workdir = procs.workdir / label
     workdir.mkdir()
@@ -123,7 +124,8 @@ def start_service(label: str, tree: Path, procs: Processes):
         "GENSVC_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "GENSVC_KEY_PREFIX": "baseline",
         "GENSVC_STORAGE_DIR": str(workdir / "images"), "GENSVC_LOG_LEVEL": "WARNING",
         "GENSVC_MAX_BATCH_IMAGES": "10", "GENSVC_WAIT_MAX_S": "120", "GENSVC_MODEL": str(MODEL),
-    }  # fmt: skip
+        "GENSVC_CACHE_DIR": str(workdir / "cache"),
+    } | extra_env  # fmt: skip
     argv = [sys.executable, "-m", "generative_service.cli", "api", "--port", str(port)]
     procs.spawn(f"{label}-gateway", argv, env, tree)
     procs.spawn(f"{label}-worker", [sys.executable, "-m", "workers.gpu_worker"], env, tree)
@@ -141,6 +143,14 @@ def start_service(label: str, tree: Path, procs: Processes):
         wait_until(lambda: http_ok(f"{url}/readyz"), 900, f"service of {label}")
 
     return one, ready
+
+
+def _tree(spec: str) -> tuple[str, Path, dict[str, str]]:
+    """`LABEL=PATH[:KEY=VALUE,...]` -> (label, path, environment)."""
+    label, rest = spec.split("=", 1)
+    path, _, assignments = rest.partition(":")
+    env = dict(item.split("=", 1) for item in assignments.split(",") if item)
+    return label, Path(path).resolve(), env
 
 
 def interleaved(servers: dict, users: list[int], seconds: float, rounds: int) -> dict:
@@ -186,7 +196,11 @@ def figure(results: dict[str, dict[int, tuple]], users: list[int]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--tree", action="append", default=[], help="LABEL=PATH of a service tree (repeatable)"
+        "--tree",
+        action="append",
+        default=[],
+        help="LABEL=PATH[:KEY=VALUE,...]: a service from that source tree, with those environment "
+        "variables (e.g. now-ort=.:GENSVC_ENGINE_BACKEND=onnxruntime); repeatable",
     )
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--rounds", type=int, default=2)
@@ -194,14 +208,14 @@ def main() -> int:
     parser.add_argument("--no-report", action="store_true")
     args = parser.parse_args()
     users = [int(n) for n in args.users.split(",")]
-    trees = [item.split("=", 1) for item in args.tree] or [["service", str(ROOT)]]
+    trees = [_tree(item) for item in args.tree] or [("service", ROOT, {})]
     loads = []
     with tempfile.TemporaryDirectory(prefix="gensvc-baseline-") as tmp:
         procs = Processes(Path(tmp))
         try:
             servers = {BASELINE: start_baseline(procs)}
             starting = {  # all start at once; each loads its models
-                label: start_service(label, Path(path).resolve(), procs) for label, path in trees
+                label: start_service(label, path, procs, env) for label, path, env in trees
             }
             for label, (one, ready) in starting.items():
                 ready()
