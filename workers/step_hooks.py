@@ -80,7 +80,9 @@ class CancelPoller:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        # NOTE: a short join: nothing reads the flags after this, and a read stuck on a slow
+        # Redis must not hold back the batch's results (the thread ends after that read).
+        self._thread.join(timeout=CANCEL_POLL_S * 4)
 
     def __call__(self, job_id: str) -> bool:
         if self.aborted():
