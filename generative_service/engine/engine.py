@@ -41,7 +41,7 @@ from generative_service.engine.reproducibility import (
     public_ref,
     reproducibility_record,
 )
-from generative_service.engine.schedulers import DEFAULT_SAMPLER, make_scheduler, x0_prediction
+from generative_service.engine.schedulers import DEFAULT_SAMPLER, Schedulers, x0_prediction
 from generative_service.errors import GenerationFailed, InvalidRequest, ServiceError
 from generative_service.keys import Ttl
 from generative_service.rules import MAX_SEED, SAMPLERS
@@ -97,6 +97,7 @@ class Engine:
         self.pipe = models.pipe
         self.hasher = hasher
         self.scheduler_config = dict(self.pipe.scheduler.config)
+        self.schedulers = Schedulers(self.scheduler_config)
         # NOTE: the backend first: it decides how LoRA layers are held (the compile backend needs
         # fixed hot-swap slots in the UNet before compiling it).
         self.backend = start_backend(settings, models)
@@ -276,7 +277,7 @@ class Engine:
         backend_record = self.backend.prepare(plan, loras=lora_records)
         # 2. One pipeline call.
         pipe = self.models.control_pipes[plan.control_type] if plan.control_type else self.pipe
-        pipe.scheduler = make_scheduler(plan.sampler, self.scheduler_config)  # fresh per call
+        pipe.scheduler = self.schedulers.new(plan.sampler)  # fresh per call
         check = _all_canceled_check(plan, is_canceled, canceled)
         callback = self._step_callback(plan, on_step=on_step, check=check, canceled=canceled)
         started = time.perf_counter()
