@@ -37,6 +37,7 @@ MAX_SEED = 2**63  # seeds are in [0, MAX_SEED)
 RANDOM_SEEDS = 2**32
 MAX_IMAGES = 4  # per job, whatever the batch size
 MIN_GUIDANCE, MAX_GUIDANCE, DEFAULT_GUIDANCE = 0.0, 30.0, 7.5
+MAX_NEGATIVE_GUIDANCE = 10.0  # GENSVC_NEGATIVE_GUIDANCE, a multiple of the guidance scale
 MAX_PROMPT_CHARS = 4000  # prompt and negative prompt each
 MAX_LORAS = 8  # adapters per job
 LORA_NAME_MAX = 128

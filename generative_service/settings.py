@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     attention: Literal["auto", "sdpa", "xformers"] = Field(
         "auto", description="auto = xFormers when installed on CUDA, else PyTorch SDPA."
     )
+    negative_guidance: float | None = Field(
+        None,
+        ge=0,
+        le=10.0,
+        description="How strongly a job's negative prompt takes its concept away, as a multiple of its guidance scale (composable negation: one more UNet pass per step for the images that have a negative prompt). 0 = plain classifier-free guidance (the negative prompt replaces the unconditional branch, as diffusers and AUTOMATIC1111 do). Unset: the model bundle's `negative_guidance` (the embedded demo: 1.5), else 0.",
+    )
     # --- Engine backend (how the UNet, ControlNets and VAE decoder run) -------------------------
     engine_backend: Literal["eager", "compile", "onnxruntime"] = Field(
         "eager",

@@ -137,6 +137,10 @@ class ModelsInfo(BaseModel):
         rules.DEFAULT_GUIDANCE,
         description="Guidance scale a job without `guidance_scale` runs (the model's own when its bundle names one).",
     )
+    negative_guidance: float = Field(
+        0.0,
+        description="How strongly a negative prompt takes its concept away, as a multiple of the job's guidance scale (composable negation); 0 = plain classifier-free guidance, the negative prompt standing in for the unconditional branch.",
+    )
     limits: dict[str, Any] = {}
     backend: dict[str, Any] | None = Field(
         None,

@@ -34,6 +34,7 @@ from generative_service.engine.interrupt import (
 )
 from generative_service.engine.loader import CONTROL_TYPES, LoadedModels, load_models
 from generative_service.engine.lora import target_layers
+from generative_service.engine.negation import Negation, negated, plan_negation
 from generative_service.engine.previews import latent_preview
 from generative_service.engine.prompts import PromptEncoder
 from generative_service.engine.reproducibility import (
@@ -203,6 +204,7 @@ class Engine:
             "default_size": self.default_size,
             "default_steps": rules.DEFAULT_STEPS,  # what a job without `steps` runs
             "default_guidance": self.default_guidance,  # what a job without `guidance_scale` runs
+            "negative_guidance": self.negative_guidance,  # 0: plain CFG negatives (negation.py)
             "prompt_hint": info.get("prompt_hint"),
             "limits": rules.limits(self.settings),
             "device": str(self.models.device),
@@ -220,6 +222,10 @@ class Engine:
     @property
     def default_guidance(self) -> float:
         return paths.default_guidance(self.settings)
+
+    @property
+    def negative_guidance(self) -> float:
+        return paths.negative_guidance(self.settings)
 
     # --- internals -------------------------------------------------------------------------------------
 
@@ -278,10 +284,11 @@ class Engine:
         # 2. One pipeline call.
         pipe = self.models.control_pipes[plan.control_type] if plan.control_type else self.pipe
         pipe.scheduler = self.schedulers.new(plan.sampler)  # fresh per call
+        negation = self._negation(plan, live)
         check = _all_canceled_check(plan, is_canceled, canceled)
         callback = self._step_callback(plan, on_step=on_step, check=check, canceled=canceled)
         started = time.perf_counter()
-        with self.backend.running():
+        with self.backend.running(), negated(pipe.unet, negation, plan.total_images):
             images = self._call(pipe, plan, callback, check=check)
         elapsed_ms = (time.perf_counter() - started) * 1000
         # 3. Split the images back to their jobs.
@@ -357,6 +364,21 @@ class Engine:
             return {}
 
         return callback
+
+    def _negation(self, plan: BatchPlan, jobs: list[EngineJob]) -> Negation | None:
+        """Composable negation for the images whose job has a negative prompt (see negation.py)."""
+        ratio = self.negative_guidance
+        if not plan.cfg or ratio <= 0:
+            return None
+        negated = [False] * plan.total_images
+        for job in jobs:
+            if job.request.negative_prompt:
+                start, stop = plan.slices[job.job_id]
+                negated[start:stop] = [True] * (stop - start)
+        if not any(negated):
+            return None
+        empty = self.prompts.encode("", signature=self.loras.text_signature())
+        return plan_negation(negated, plan.guidance, ratio, (empty.embeds, empty.pooled))
 
     def _control_inputs(self, job: EngineJob, size: tuple[int, int]) -> Image.Image:
         from generative_service.engine.control import canny_image, decode_control_image

@@ -101,6 +101,18 @@ def default_guidance(settings: Settings) -> float:
     return rules.DEFAULT_GUIDANCE
 
 
+def negative_guidance(settings: Settings) -> float:
+    """How strongly a negative prompt takes its concept away, as a multiple of the guidance scale
+    (engine/negation.py): GENSVC_NEGATIVE_GUIDANCE, else the bundle's `negative_guidance`, else 0
+    (plain classifier-free guidance: the negative prompt replaces the unconditional branch)."""
+    if settings.negative_guidance is not None:
+        return float(settings.negative_guidance)
+    value = bundle_info(settings).get("negative_guidance")
+    if isinstance(value, int | float) and 0 <= value <= rules.MAX_NEGATIVE_GUIDANCE:
+        return float(value)
+    return 0.0
+
+
 def resolve_lora_dir(settings: Settings) -> Path:
     """The LoRA directory: GENSVC_LORA_DIR, else CACHE_DIR/loras (seeded with the bundle's samples)."""
     if settings.lora_dir is not None:

@@ -68,6 +68,11 @@ def reproducibility_record(
             "force_zeros_for_empty_prompt", False
         )
         negative_mode = "zeros (force_zeros_for_empty_prompt)" if zeros else "encoded"
+        if request.negative_prompt and engine.negative_guidance > 0:
+            negative_mode = (
+                "composable negation: e(empty) + g (e(prompt) - e(empty)) - "
+                f"{engine.negative_guidance:g} g (e(negative) - e(empty))"
+            )
     record = {
         **static_record(engine),
         "pipeline": type(pipe).__name__,

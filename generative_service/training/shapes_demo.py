@@ -22,6 +22,10 @@ from pathlib import Path
 
 LORA_NAME = "pastel"
 DEFAULT_GUIDANCE = 3.0
+# Composable negation (engine/negation.py) at 1.5 x guidance: `a {c} {s}` with negative `{c}` drew
+# no {c} object 82 % of the time (40 prompts), against 5 % with plain CFG; 1.0 x: 48 %, 2.0 x: 80 %,
+# 3.0 x: 72 %.
+NEGATIVE_GUIDANCE = 1.5
 BUDGETS = ("quick", "short", "full")
 
 
@@ -343,6 +347,7 @@ def bundle_info(budget: str) -> dict:
         "world": "shapes",
         "default_size": 64,
         "default_guidance": DEFAULT_GUIDANCE,
+        "negative_guidance": NEGATIVE_GUIDANCE,
         "default_sampler": "dpmpp_2m_karras",
         "prompt_hint": (
             "one or two flat shapes (circle, square, triangle) in red, green, blue or yellow, "

@@ -283,6 +283,16 @@ def _lineage_notes(report: dict) -> list[str]:
     return ["", *notes] if notes else []
 
 
+def _negation_note(neg: dict, plain: dict | None) -> str:
+    """How the negative prompts were applied, and plain CFG's figure beside it when measured."""
+    if not neg.get("negative_guidance"):
+        return " (plain classifier-free guidance)"
+    note = f" (composable negation at {neg['negative_guidance']:g} x guidance, the bundle's `negative_guidance`"
+    if plain:
+        note += f"; plain classifier-free guidance: {_pct(plain['without_negative_colour'])}"
+    return note + ")"
+
+
 def render_card(report: dict) -> str:
     """The model card text of a shapes bundle."""
     ev = report.get("evaluation")
@@ -345,7 +355,9 @@ def render_card(report: dict) -> str:
         "",
         f"- Fréchet distance on judge features to real renders: {ev['frechet']:.2f} (real-vs-real floor {ev['frechet_real_floor']:.2f}).",
         f"- Guidance ablation, overall ({ev['ablation_per_category']} per category): {ablation}.",
-        f"- Negative prompt `{{c}}` on `a {{c}} {{s}}` (n={neg['n']}): no {{c}} object {_pct(neg['without_negative_colour'])}, a {{s}} of another colour {_pct(neg['other_colour_same_shape'])}.",
+        f"- Negative prompt `{{c}}` on `a {{c}} {{s}}` (n={neg['n']}): no {{c}} object {_pct(neg['without_negative_colour'])}, a {{s}} of another colour {_pct(neg['other_colour_same_shape'])}"
+        + _negation_note(neg, ev.get("negative_plain_cfg"))
+        + ".",
         f"- Canny ControlNet (n={cn['n']}, generic prompt): edge F1 {cn['edge_f1_on']:.3f} with / {cn['edge_f1_off']:.3f} without; shapes where the control put them {_pct(cn['placed_on'])} / {_pct(cn['placed_off'])}.",
         f"- LoRA `{lo['name']}` (n={lo['n']}): saturation {lo['saturation_on']:.3f} on / {lo['saturation_off']:.3f} off (real {lo['saturation_real']:.3f}, pastel real {lo['saturation_real_pastel']:.3f}); accuracy with it {_pct(lo['accuracy_on'])}; base exact after removal: {lo['off_exact']}.",
         f"- {ev['images_per_second']:.2f} images/s through the Engine on this CPU.",

@@ -116,3 +116,22 @@ def test_missing_execution_provider_fails_at_start(make_engine_settings):
         Engine.from_settings(
             make_engine_settings(engine_backend="onnxruntime", onnx_provider="cuda")
         )
+
+
+@pytest.mark.parametrize("control", [False, True], ids=["plain", "canny"])
+def test_composable_negation_matches_eager(make_engine_settings, control):
+    """The extra empty-prompt UNet pass of a negative prompt (engine/negation.py) goes through
+    the backend's graphs like the others (and takes the ControlNet's residuals with it)."""
+    settings = {"negative_guidance": 1.5}
+    ort_engine = Engine.from_settings(
+        make_engine_settings(engine_backend="onnxruntime", **settings)
+    )
+    eager_engine = Engine.from_settings(make_engine_settings(**settings))
+    request_ = (canny(1) if control else req()).model_copy(
+        update={"prompt": "a red dog", "negative_prompt": "red", "seed": 13}
+    )
+    ort = run_one(ort_engine, request_)
+    eager = run_one(eager_engine, request_)
+    assert max_diff(ort.images[0], eager.images[0]) <= TOLERANCE
+    assert ort.reproducibility["backend"]["ran"] == "onnxruntime"
+    assert ort.reproducibility["negative_conditioning"].startswith("composable negation")

@@ -107,12 +107,6 @@ def test_draws_what_the_prompt_says_in_every_category(demo_drawer, guidance, tra
 
 
 @pytest.mark.slow  # draws through the Engine: minutes on CI's 2 cores
-@pytest.mark.xfail(
-    reason="issue #19 gap: the embedded model draws the negative colour anyway (evaluation: refused "
-    "6 % of the time; with classifier-free guidance the negative prompt replaces the unconditional "
-    "branch, and `red` there still pulls toward red when the prompt says red)",
-    strict=False,
-)
 def test_a_negative_colour_is_not_drawn(demo_drawer, guidance, trained):
     asks = [(c, s) for c in S.COLOURS for s in ("circle", "square")]
     drawn = demo_drawer.draw(

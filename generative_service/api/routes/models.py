@@ -41,6 +41,7 @@ def settings_info(settings: Settings) -> dict:
         "default_size": paths.default_size(settings),
         "default_steps": rules.DEFAULT_STEPS,
         "default_guidance": paths.default_guidance(settings),
+        "negative_guidance": paths.negative_guidance(settings),
         "backend": {"name": settings.engine_backend},
         "limits": rules.limits(settings),
     }
