@@ -171,3 +171,30 @@ def test_every_sampler_draws_the_prompted_shape(demo_drawer, guidance, trained, 
         rgb=True,
     )
     assert S.accuracy_by_category(specs, images)["single"] >= MIN_SAMPLER_SINGLE
+
+
+@pytest.mark.slow  # a gateway and a worker on the demo model: ~1 min on CI's 2 cores
+def test_a_negative_colour_is_not_drawn_through_the_running_service(start_service, settings):
+    """What a client of the running service sees: `a {c} {s}` with negative `{c}` (the demo
+    bundle's composable negation), the downloaded PNG judged, and the job saying how it ran."""
+    import io
+
+    import httpx
+    from PIL import Image
+
+    service = start_service(settings.model_copy(update={"model": "demo"}))
+    asks = [("red", "circle"), ("green", "square"), ("blue", "triangle"), ("yellow", "circle")]
+    refused = []
+    with httpx.Client(base_url=service.base_url, timeout=180) as http:
+        for i, (colour, shape) in enumerate(asks):
+            body = {"prompt": f"a {colour} {shape}", "negative_prompt": colour,
+                    "steps": 20, "seed": 91_000 + i}  # fmt: skip
+            answer = http.post("/v1/jobs", json=body, headers={"Prefer": "wait=150"})
+            job = answer.json()
+            assert answer.status_code == 200 and job["status"] == "succeeded", answer.text
+            conditioning = job["reproducibility"]["negative_conditioning"]
+            assert conditioning.startswith("composable negation"), conditioning
+            png = http.get(f"/v1/jobs/{job['id']}/images/0")
+            image = np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB"))
+            refused.append(all(f.colour != colour for f in S.detect(image)))
+    assert np.mean(refused) >= MIN_NEGATIVE, refused
