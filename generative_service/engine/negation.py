@@ -52,8 +52,9 @@ def plan_negation(
     return Negation(
         rows=rows,
         weights=[ratio * guidance[i] / (guidance[i] - 1.0) for i in rows],
-        empty_embeds=embeds.expand(len(rows), *embeds.shape[1:]),
-        empty_pooled=pooled.expand(len(rows), *pooled.shape[1:]),
+        # NOTE: materialised, not expand()ed: exported graphs take contiguous inputs only
+        empty_embeds=embeds.repeat(len(rows), *([1] * (embeds.dim() - 1))),
+        empty_pooled=pooled.repeat(len(rows), *([1] * (pooled.dim() - 1))),
     )
 
 

@@ -136,3 +136,21 @@ def test_a_shape_the_warm_up_missed_fails_the_start(make_engine_settings, monkey
     with pytest.raises(ModelLoadError, match="did not reuse the warmed-up graph"):
         start_compiled(make_engine_settings)
     torch._dynamo.reset()
+
+
+def test_composable_negation_runs_compiled_without_recompiling(make_engine_settings, engine):
+    """The extra empty-prompt pass of a negative prompt (engine/negation.py) has at most the
+    batch's rows, so the compiled UNet serves it with the graphs it has."""
+    negating = start_compiled(make_engine_settings, negative_guidance=1.5)
+    try:
+        request_ = req(prompt="a red dog", negative_prompt="red", seed=13, num_images=2)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            out = run_one(negating, request_)
+        assert out.reproducibility["backend"]["ran"] == "compile"
+        assert out.reproducibility["negative_conditioning"].startswith("composable negation")
+        eager = run_one(Engine.from_settings(make_engine_settings(negative_guidance=1.5)), request_)
+        assert all(max_diff(a, b) <= 2 for a, b in zip(out.images, eager.images, strict=True))
+        plain = run_one(engine, request_)  # eager, plain CFG
+        assert max(max_diff(a, b) for a, b in zip(out.images, plain.images, strict=True)) > 10
+    finally:
+        torch._dynamo.reset()
