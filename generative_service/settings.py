@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from generative_service.keys import Keys
+from generative_service.rules import MAX_NEGATIVE_GUIDANCE
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -142,7 +143,7 @@ class Settings(BaseSettings):
     negative_guidance: float | None = Field(
         None,
         ge=0,
-        le=10.0,
+        le=MAX_NEGATIVE_GUIDANCE,
         description="How strongly a job's negative prompt takes its concept away, as a multiple of its guidance scale (composable negation: one more UNet pass per step for the images that have a negative prompt). 0 = plain classifier-free guidance (the negative prompt replaces the unconditional branch, as diffusers and AUTOMATIC1111 do). Unset: the model bundle's `negative_guidance` (the embedded demo: 1.5), else 0.",
     )
     # --- Engine backend (how the UNet, ControlNets and VAE decoder run) -------------------------

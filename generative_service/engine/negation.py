@@ -65,14 +65,17 @@ class NegatedForward:
         self.inner = inner
         self.negation = negation
         self.images = images
+        device = negation.empty_embeds.device  # once per pipeline call, not per step
+        self.rows = torch.tensor(negation.rows, device=device)
+        self.weights = torch.tensor(negation.weights, device=device)
 
     def __call__(self, sample: torch.Tensor, timestep: Any, *args: Any, **kwargs: Any) -> Any:
         out = self.inner(sample, timestep, *args, **kwargs)
         if sample.shape[0] != 2 * self.images:
             return out
-        pred = out[0] if isinstance(out, tuple) else out.sample
+        pred = _prediction(out)
         b, n = self.images, self.negation
-        index = torch.tensor(n.rows, device=sample.device) + b  # the positive half's rows
+        index = self.rows + b  # the positive half's rows
 
         def pick(value: Any) -> Any:
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == 2 * b:
@@ -93,18 +96,20 @@ class NegatedForward:
                 rest[key] = pick(rest[key])
         if args:  # encoder_hidden_states given by position
             args = args[1:]
-        empty_out = self.inner(pick(sample), pick(timestep), *args, **rest)
-        e0 = empty_out[0] if isinstance(empty_out, tuple) else empty_out.sample
-        weights = torch.tensor(n.weights, dtype=pred.dtype, device=pred.device)
-        weights = weights.view(-1, *([1] * (pred.dim() - 1)))
-        rows = torch.tensor(n.rows, device=pred.device)
-        negative = pred.index_select(0, rows)
+        e0 = _prediction(self.inner(pick(sample), pick(timestep), *args, **rest))
+        weights = self.weights.to(pred.dtype).view(-1, *([1] * (pred.dim() - 1)))
+        negative = pred.index_select(0, self.rows)
         pred = pred.clone()
-        pred[rows] = e0 + weights * (negative - e0)
+        pred[self.rows] = e0 + weights * (negative - e0)
         if isinstance(out, tuple):
             return (pred, *out[1:])
         out.sample = pred
         return out
+
+
+def _prediction(out: Any) -> torch.Tensor:
+    """The noise prediction of a UNet output (`return_dict=False` tuple or output object)."""
+    return out[0] if isinstance(out, tuple) else out.sample
 
 
 @contextlib.contextmanager
