@@ -12,9 +12,12 @@ Redis layout (prefix P = settings.key_prefix):
   P:epoch                   when this Redis's data begins (a restart without persistence starts anew)
   rq:queue:P:{queue}        the RQ queue the job waits in (RQ job id == our job id)  (queue.py)
 
-Gateway and worker both change records; every change is a WATCH/MULTI read-modify-write so
-neither overwrites the other, and the change's event is appended in the same MULTI (a reader
-never sees a record ahead of its event; one round trip less per change). A terminal record never changes again. Admission (the queue bound,
+Gateway and worker both change records; every change is a compare-and-set: a script writes the
+new record, its event and the change's bookkeeping only if the record is still the one the change
+was made from, else hands back the record as it is now for the change to be made again. Neither
+writer overwrites the other, a reader never sees a record ahead of its event, and a process that
+wrote the record last (a worker driving its job) changes it in one round trip, without reading it
+first. A terminal record never changes again. Admission (the queue bound,
 idempotency, enqueueing, positions and ETAs) lives in queue.py.
 """
 
@@ -31,7 +34,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import cast
 
-from redis import Redis, WatchError
+from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from rq.job import Job as RQJob
@@ -83,7 +86,24 @@ def owner_for_key(api_key: str | None) -> str:
     return "key_" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
-WRITTEN_CACHE_MAX = 1_000  # records of jobs this process drives; a worker runs a batch at a time
+KNOWN_CACHE_MAX = 1_000  # records of jobs this process drives; a worker runs a batch at a time
+# A record change, applied only if the record is what the change was made from. KEYS[1]: the
+# record. ARGV[1]: the record as read; then per command its word count and its words (the
+# record's SET, its event, the bookkeeping; as a transaction would have queued them). Returns
+# {1} when applied, else {0, the record now} (nil when it is gone) and writes nothing.
+_CHANGE_SCRIPT = """
+local now = redis.call('GET', KEYS[1])
+if now ~= ARGV[1] then
+  return {0, now}
+end
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return {1}
+"""
 # The progress of a batch's steps since the last write, in one round trip. KEYS: per job its
 # record and its event stream. ARGV: the events' TTL, the stream's MAXLEN, then per job: the
 # record as this process last wrote it, the new record, how many events follow, each event's
@@ -120,10 +140,11 @@ class JobStore:
         self.prefix = settings.key_prefix
         self.keys = settings.keys
         self.queue = JobQueue(redis, settings)
-        # What this process last wrote of each job it drives (record JSON): a progress write
-        # checks it is still what Redis holds instead of WATCH + read + transaction.
-        self._written: dict[str, str] = {}
+        # The record JSON this process last wrote (or read to drive) of each job it drives: a
+        # change is made from it and sent in one round trip, checked there against what Redis holds.
+        self._known: dict[str, str] = {}
         self._progress = redis.register_script(_PROGRESS_SCRIPT)
+        self._change = redis.register_script(_CHANGE_SCRIPT)
 
     # --- submit ---------------------------------------------------------------------------------
     def prepare(
@@ -260,14 +281,19 @@ class JobStore:
         )
 
     # --- read -----------------------------------------------------------------------------------
-    def get(self, job_id: str, *, owner: str | None = None) -> JobRecord:
-        """The job, or NotFound. With `owner`, another owner's job is NotFound too (no leak)."""
+    def get(self, job_id: str, *, owner: str | None = None, drive: bool = False) -> JobRecord:
+        """The job, or NotFound. With `owner`, another owner's job is NotFound too (no leak).
+
+        `drive`: this process is about to change the job (a worker that dequeued it): what was
+        read is kept, so the first change is sent without reading the record again."""
         raw = self.redis.get(self.keys.job(job_id)) if _plausible_id(job_id) else None
         if raw is None:
             raise NotFound(f"job {job_id!r} not found" + self._lost_note(job_id))
         record = JobRecord.model_validate_json(raw)
         if owner is not None and record.owner != owner:
             raise NotFound(f"job {job_id!r} not found")  # never the note: it exists, just not yours
+        if drive and not record.status.is_terminal:
+            self._remember(job_id, reply_text(raw))
         return record
 
     async def get_async(
@@ -433,49 +459,65 @@ class JobStore:
     ) -> JobRecord:
         """Atomically apply `change` to the stored record. `change` returns False to skip writing.
 
-        `make_event(record)` gives the event of the changed record, appended to the job's stream in
-        the same transaction (one round trip less, and no moment where a client reads the new
-        record before its event exists); `also(pipe, record)` queues more writes into it."""
+        `make_event(record)` gives the event of the changed record, appended to the job's stream
+        with it (no moment where a client reads the new record before its event exists);
+        `also(pipe, record)` queues more writes to go with it. One round trip when this process
+        knows the record (it wrote it last), two when it reads it first; a record someone else
+        changed meanwhile comes back with the reply and the change is made again from it."""
         key = self.keys.job(job_id)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise NotFound(f"job {job_id!r} not found")
-                    record = JobRecord.model_validate_json(raw)
-                    old = record.status
-                    if change(record) is False:
-                        pipe.unwatch()
-                        return record
-                    entering_queue = record.status == JobStatus.queued != old
-                    front = self.queue.front_score(record.queue) if entering_queue else 0.0
-                    pipe.multi()
-                    written = record.model_dump_json()
-                    pipe.set(key, written, keepttl=True)
-                    self.queue.status_change(pipe, record, old, front)
-                    if record.status.is_terminal:
-                        pipe.expire(key, Ttl.retention(self.settings))
-                    if make_event is not None:
-                        events.append(
-                            pipe, self.prefix, make_event(record), ttl_s=Ttl.events(self.settings)
-                        )
-                    if also is not None:
-                        also(pipe, record)
-                    pipe.execute()
-                    self._remember(job_id, None if record.status.is_terminal else written)
+        raw = self._known.get(job_id)
+        fresh = raw is None
+        if raw is None:
+            raw = self._read(key, job_id)
+        while True:
+            record = JobRecord.model_validate_json(raw)
+            old = record.status
+            if change(record) is False:
+                if fresh:
                     return record
-                except WatchError:
-                    continue
+                # Skipping is decided on what Redis holds, not on this process's copy of it.
+                raw, fresh = self._read(key, job_id), True
+                continue
+            entering_queue = record.status == JobStatus.queued != old
+            front = self.queue.front_score(record.queue) if entering_queue else 0.0
+            written = record.model_dump_json()
+            with self.redis.pipeline(transaction=False) as pipe:  # records the writes; never sent
+                pipe.set(key, written, keepttl=True)
+                self.queue.status_change(pipe, record, old, front)
+                if record.status.is_terminal:
+                    pipe.expire(key, Ttl.retention(self.settings))
+                if make_event is not None:
+                    events.append(
+                        pipe, self.prefix, make_event(record), ttl_s=Ttl.events(self.settings)
+                    )
+                if also is not None:
+                    also(pipe, record)
+                words: builtins.list = [raw]
+                for args, _options in pipe.command_stack:
+                    words += [len(args), *args]
+            applied, *now = self._change(keys=[key], args=words)
+            if applied:
+                self._remember(job_id, None if record.status.is_terminal else written)
+                return record
+            if now[0] is None:
+                self._remember(job_id, None)
+                raise NotFound(f"job {job_id!r} not found")
+            raw, fresh = reply_text(now[0]), True
 
-    def _remember(self, job_id: str, written: str | None) -> None:
-        if written is None:
-            self._written.pop(job_id, None)
+    def _read(self, key: str, job_id: str) -> str:
+        raw = self.redis.get(key)
+        if raw is None:
+            self._remember(job_id, None)
+            raise NotFound(f"job {job_id!r} not found")
+        return reply_text(raw)
+
+    def _remember(self, job_id: str, raw: str | None) -> None:
+        if raw is None:
+            self._known.pop(job_id, None)
             return
-        if len(self._written) >= WRITTEN_CACHE_MAX:  # jobs this process no longer drives
-            self._written.clear()
-        self._written[job_id] = written
+        if len(self._known) >= KNOWN_CACHE_MAX:  # jobs this process no longer drives
+            self._known.clear()
+        self._known[job_id] = raw
 
     def _emit(self, record: JobRecord, event: Event) -> str:
         event_id = events.publish(self.redis, self.prefix, event, ttl_s=Ttl.events(self.settings))
@@ -505,13 +547,12 @@ class JobStore:
 
         def guarded(record: JobRecord) -> bool | None:
             nonlocal changed
-            if record.status.is_terminal:
-                return False
-            changed = change(record) is not False
+            # Decided on each try: a try made from a copy Redis refused may have said yes.
+            changed = not record.status.is_terminal and change(record) is not False
             return changed
 
         def event_of(record: JobRecord) -> Event:
-            made[:] = [make_event(record)]  # the last try's (a WatchError retries the change)
+            made[:] = [make_event(record)]  # the last try's (a changed record retries the change)
             return made[0]
 
         record = self.update(
@@ -595,7 +636,7 @@ class JobStore:
                     preview=preview,
                 )
             )
-        current = {job_id: self._written.get(job_id) for job_id in steps}
+        current = {job_id: self._known.get(job_id) for job_id in steps}
         unknown = [job_id for job_id, raw in current.items() if raw is None]
         if unknown:  # the first step of a job this process did not start
             for job_id, raw in zip(unknown, self.redis.mget([self.keys.job(j) for j in unknown]), strict=True):  # fmt: skip

@@ -137,7 +137,7 @@ class GpuWorker(SimpleWorker):
     def _execute(self, job: Job, queue: Queue) -> None:
         store = self.context.store
         try:
-            record = store.get(job.id)
+            record = store.get(job.id, drive=True)
         except NotFound:
             execution = lifecycle.start(self, job)
             lifecycle.fail(

@@ -54,17 +54,21 @@ def postprocess_and_store(
     upscaler: Upscaler,
     safety_shared_ms: float = 0.0,
     is_canceled: Callable[[], bool] = lambda: False,
+    cancel_read: bool = False,
 ) -> StoredImages:
     """Filter, upscale (when asked) and store a job's images; returns their ImageInfo entries.
 
     `safety_shared_ms` is the time of a filter call made once for the whole batch (added to
-    every job's `safety_ms`).
+    every job's `safety_ms`). `cancel_read`: the caller has just read the cancel flag (the first
+    check need not read it again).
 
     Raises:
         Interrupted: `is_canceled()` turned true; nothing more is done for the job.
     """
     timings = Timings(inference_ms=round(inference_ms, 1))
     check = CancelCheck(is_canceled)
+    if cancel_read:
+        check.read_just_now()
 
     # 1. Safety: one verdict per image; a flagged image never fails the others.
     check()

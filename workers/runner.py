@@ -158,6 +158,7 @@ class BatchRunner:
         self.abort = abort
         self.publisher = publisher
         self.running_key = settings.keys.running
+        self._after_batch: list[Callable[[], None]] = []  # bookkeeping that waits for delivery
 
     # --- one batch ------------------------------------------------------------------------------
     def run(self, batch: Batch) -> tuple[datetime, datetime, int] | None:
@@ -198,6 +199,8 @@ class BatchRunner:
                 return delivering, utcnow(), len(slots)
             return None
         finally:
+            while self._after_batch:
+                self._after_batch.pop(0)()
             self.state.end()
 
     def fail_alone(self, job: Job, queue: Queue, record: JobRecord, error: ServiceError) -> None:
@@ -292,11 +295,15 @@ class BatchRunner:
                 outputs = self.models.engine.run(jobs, on_step=on_step, is_canceled=is_canceled)
         finally:
             steps.submit()  # the steps gathered since the last write (a failed or canceled run)
-        metrics.batch_ran(
-            self.store.redis,
-            self.settings,
-            sum(images_in(s.record.request) for s in slots),
-            timer.steps_s or None,
+        # Written once the batch's jobs are delivered: not between a lone job's last step and its result.
+        self._after_batch.append(
+            partial(
+                metrics.batch_ran,
+                self.store.redis,
+                self.settings,
+                sum(images_in(s.record.request) for s in slots),
+                timer.steps_s or None,
+            )
         )
         return outputs
 
@@ -391,7 +398,7 @@ class BatchRunner:
                 job_id=slot.id, request=slot.record.request, images=result.images, seeds=result.seeds, inference_ms=result.inference_ms,
                 store=self.store, storage=self.storage, safety=safety, safety_shared_ms=safety.shared_ms,
                 upscaler=self.models.upscaler,
-                is_canceled=partial(self.store.is_cancel_requested, slot.id),
+                is_canceled=partial(self.store.is_cancel_requested, slot.id), cancel_read=True,
             )  # fmt: skip
         except Interrupted:  # canceled during safety, upscaling or storing
             return self._canceled(slot, queue)

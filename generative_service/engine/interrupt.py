@@ -29,6 +29,10 @@ class CancelCheck:
         self.every_s = every_s
         self._last = float("-inf")
 
+    def read_just_now(self) -> None:
+        """The caller has just read what `is_canceled` reads: the next `every_s` need no read."""
+        self._last = time.monotonic()
+
     def __call__(self, *_: Any) -> None:
         now = time.monotonic()
         if now - self._last < self.every_s:

@@ -121,14 +121,13 @@ def test_service_readiness_metrics_and_logs(start_service, settings):
 
     # 3. One job later, /metrics has every named series with the job in it.
     job = run_job(service.base_url)
-    wait_until(
-        lambda: (
-            scrape(service.base_url).get(("gensvc_jobs_finished_total", (("status", "succeeded"),)))
-            == 1
-        ),
-        30,
-        "jobs_finished metric",
-    )
+    def recorded() -> bool:
+        # The batch's own series are written after its jobs' results went out.
+        samples = scrape(service.base_url)
+        finished = samples.get(("gensvc_jobs_finished_total", (("status", "succeeded"),)))
+        return finished == 1 and samples.get(("gensvc_batch_size_count", ()), 0) >= 1
+
+    wait_until(recorded, 30, "jobs_finished and batch_size metrics")
     samples = scrape(service.base_url)
     assert SERIES and all(name in family_names(service.base_url) for name in SERIES)
     assert samples[("gensvc_jobs_submitted_total", (("queue", "default"),))] == 1

@@ -98,9 +98,13 @@ def test_client_drops_its_stream_and_the_gateway_crashes_mid_job(start_service, 
 def test_sigterm_mid_batch_finishes_it_and_the_queue_flows_to_the_next_worker(
     start_service, fault_settings
 ):
-    service = start_service(fault_settings(batch_window_ms=1500), workers=1)
+    service = start_service(fault_settings(batch_window_ms=1500), workers=0)
     url = service.base_url
     batch = [_submit(url, {**LONG, "seed": seed}) for seed in (1, 2)]
+    # Both wait when the worker comes up, so it takes them as one batch (a worker that is
+    # already idle starts a lone job at once, before a second submit can join it).
+    service.start_worker("worker-0")
+    service.wait_for_workers(1)
     wait_for(lambda: all(_step(url, job_id) >= 1 for job_id in batch), what="the batch to start")
     behind = _submit(url, {**QUICK, "width": 72, "height": 72})  # cannot join the running batch
     followers = [Follower(url, job_id) for job_id in [*batch, behind]]
@@ -114,7 +118,7 @@ def test_sigterm_mid_batch_finishes_it_and_the_queue_flows_to_the_next_worker(
         job["status"] == "succeeded" and job["attempts"] == 1 and _image_ok(url, job)
         for job in finished
     ), finished
-    assert finished[0]["batch"]["id"] == finished[1]["batch"]["id"]
+    assert finished[0]["batch"]["id"] == finished[1]["batch"]["id"], finished
     waiting = get_job(url, behind)
     assert (
         waiting["status"] == "queued"

@@ -49,6 +49,7 @@ def test_a_lone_jobs_state_changes_write_record_and_event_together(counted, sett
     record, _ = store.create(GenerationRequest(prompt="a red house", steps=4, seed=1))
     job_id = record.id
     counted.set(settings.keys.cancel(job_id), "1")  # e.g. a cancel that came too late
+    counted.script_load(jobs._CHANGE_SCRIPT)  # once per Redis
     running = settings.keys.running
 
     started, trips_started = round_trips(
@@ -66,10 +67,12 @@ def test_a_lone_jobs_state_changes_write_record_and_event_together(counted, sett
         )
     )
 
-    # WATCH, GET, then one MULTI/EXEC with the record, its event (and the running entry).
-    assert (trips_started, trips_stage) == (3, 3)
-    # ...and the terminal one: the same three, plus the metrics pipeline after the event.
-    assert trips_done == 4
+    # The claim reads the record (the gateway wrote it), then one script writes the record, its
+    # event and the running entry if the record is still what was read (was WATCH, GET, then a
+    # MULTI/EXEC: 3). From then on the worker knows the record it wrote: one round trip a change.
+    assert (trips_started, trips_stage) == (2, 1)
+    # ...and the terminal one, plus the metrics pipeline after the event (was 4).
+    assert trips_done == 2
     assert started is not None and done is not None
     assert json.loads(counted.hget(running, job_id)) == {"worker": "w1"}
     assert not counted.exists(settings.keys.cancel(job_id))  # cleared with the terminal write
@@ -177,8 +180,46 @@ def test_a_batch_steps_progress_is_one_round_trip_and_never_overwrites_another_w
 def test_the_records_a_store_remembers_stay_bounded(redis, settings) -> None:
     """Jobs a worker requeued for others, or stopped driving, must not pile up in its memory."""
     store = JobStore(redis, settings)
-    for k in range(jobs.WRITTEN_CACHE_MAX + 5):
+    for k in range(jobs.KNOWN_CACHE_MAX + 5):
         store._remember(f"job_{k}", "{}")
-    assert len(store._written) <= jobs.WRITTEN_CACHE_MAX
+    assert len(store._known) <= jobs.KNOWN_CACHE_MAX
     store._remember("job_1", None)
-    assert "job_1" not in store._written
+    assert "job_1" not in store._known
+
+
+def test_a_change_made_from_a_stale_copy_is_made_again_from_what_redis_holds(
+    counted, redis, settings
+) -> None:
+    """A worker changes its job from the record it last wrote, in one round trip; when someone
+    else wrote the record since, the script refuses, hands back the record as it is, and the
+    change is made again from that: the other writer's change is kept, never overwritten."""
+    worker = JobStore(counted, settings)
+    other = JobStore(redis, settings)  # the gateway, the recovery loop
+    counted.script_load(jobs._CHANGE_SCRIPT)
+    ids = [worker.create(GenerationRequest(prompt="a red house", steps=4, seed=k))[0].id for k in range(3)]  # fmt: skip
+    for job_id in ids:
+        worker.mark_started(job_id, batch=BatchInfo(id="batch_t", size=3), worker_id="w1")
+
+    other.update(ids[0], lambda r: setattr(r, "worker_id", "w2"))  # a write the worker never saw
+    changed, trips = round_trips(lambda: worker.set_stage(ids[0], Stage.safety))
+    assert trips == 2  # refused with the record as it is now, then applied to it
+    assert changed is not None and changed.worker_id == "w2"
+    now = other.get(ids[0])
+    assert (now.worker_id, now.progress.stage) == ("w2", Stage.safety)
+
+    other.mark_canceled(ids[1])  # ended behind the worker's back
+    assert worker.set_stage(ids[1], Stage.safety) is None
+    assert worker.mark_succeeded(ids[1], images=[], timings=Timings(inference_ms=1.0)) is None
+    assert other.get(ids[1]).status == "canceled"
+    types = [e.type for _, e in events.read(redis, settings.key_prefix, ids[1])]
+    assert types == ["queued", "started", "canceled"]  # nothing of the worker's after the end
+
+    # "Nothing to write" is decided on what Redis holds, not on the worker's copy.
+    worker.set_stage(ids[2], Stage.safety)
+    other.update(ids[2], lambda r: setattr(r.progress, "stage", Stage.denoising))
+    worker.set_stage(ids[2], Stage.safety)
+    assert other.get(ids[2]).progress.stage == Stage.safety
+    redis.delete(settings.keys.job(ids[2]))
+    with pytest.raises(NotFound):
+        worker.set_stage(ids[2], Stage.storing)
+    assert ids[2] not in worker._known
