@@ -140,7 +140,9 @@ class BatchFiller:
         running: dict[str, int] = {}
         first = True
         while batch.images < capacity and not self.should_stop():
-            waiting = self._claim_waiting(batch, group, seen, capacity, running)
+            # The first look also reads whether other submits are near (same round trip).
+            burst_key = self.store.queue.burst_key(record.queue) if first else None
+            waiting, burst = self._claim_waiting(batch, group, seen, capacity, running, burst_key)
             if batch.images >= capacity:
                 break
             if returning is not None:
@@ -150,16 +152,11 @@ class BatchFiller:
             deadline = own_deadline if returning is None else max(own_deadline, return_deadline)
             if time.monotonic() >= deadline:
                 break
-            if first and not waiting and returning is None and not self._burst(record):
+            if first and not waiting and returning is None and not burst:
                 break  # nothing else waits, no other submit is near, nobody is coming back
             first = False
             time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
         return batch
-
-    def _burst(self, record: JobRecord) -> bool:
-        """True when other jobs of the queue were submitted less than a batch window apart."""
-        value = self.store.redis.get(self.store.queue.burst_key(record.queue))
-        return value is not None and int(value) > 1
 
     def _claim_waiting(
         self,
@@ -168,12 +165,20 @@ class BatchFiller:
         seen: dict[str, Candidate],
         capacity: int,
         running: dict[str, int],
-    ) -> int:
-        """Claim compatible waiting jobs, keys in turn. Returns how many jobs were waiting."""
+        burst_key: str | None = None,
+    ) -> tuple[int, bool]:
+        """Claim compatible waiting jobs, keys in turn. Returns how many jobs were waiting, and
+        (with `burst_key`, the queue's burst counter) whether other jobs of the queue were
+        submitted less than a batch window apart."""
         pipe = self.store.redis.pipeline(transaction=False)
         for queue in group:
             pipe.lrange(queue.key, 0, SCAN_DEPTH - 1)
-        listed = [[reply_text(value) for value in ids] for ids in pipe.execute()]
+        if burst_key is not None:
+            pipe.get(burst_key)
+        replies = pipe.execute()
+        listed = [[reply_text(value) for value in ids] for ids in replies[: len(group)]]
+        near = replies[len(group)] if burst_key is not None else None
+        burst = near is not None and int(near) > 1
         self._look_up([i for ids in listed for i in ids if i not in seen], seen)
         per_queue = [
             [
@@ -209,7 +214,7 @@ class BatchFiller:
             seen[job_id] = Candidate(None)  # taken: never look at it again
             if batch.images >= capacity:
                 break
-        return sum(len(ids) for ids in listed)
+        return sum(len(ids) for ids in listed), burst
 
     def _running_counts(self, batch: Batch, owners: list[str], running: dict[str, int]) -> None:
         """Fill `running` (owner -> jobs running now, plus those already in this batch)."""

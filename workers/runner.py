@@ -310,13 +310,19 @@ class BatchRunner:
     def _write_steps(
         self, items: list[StepReport], size: tuple[int, int], step_times_ms: list[float]
     ) -> None:
-        """Write step events, in order, at once; then fold the step times into the ETA average."""
+        """Write step events, in order, at once; then fold the step times into the ETA average
+        (those of a write with a job's last step once the batch's results are out: the worker
+        waits for that write before the job moves on)."""
         if items:
             self.store.report_progress_many([
                 (item.job_id, item.step, item.total, _preview_url(item))
                 for item in items
             ])  # fmt: skip
-        self.store.queue.record_step_times(*size, step_times_ms)
+        fold = partial(self.store.queue.record_step_times, *size, step_times_ms)
+        if any(item.step >= item.total for item in items):
+            self._after_batch.append(fold)
+        else:
+            fold()
 
     # --- finishing ------------------------------------------------------------------------------
     def _batch_safety(self, slots: list[Slot], results: dict[str, EngineResult]) -> BatchVerdicts:
