@@ -56,7 +56,8 @@ def xread_streams(reply: XReadResponse | None) -> list[tuple[str, StreamRangeRes
     return [(reply_text(key), entries) for key, entries in pairs]
 
 
-def _decode(entries: StreamRangeResponse | None) -> list[tuple[str, Event]]:
+def decode(entries: StreamRangeResponse | None) -> list[tuple[str, Event]]:
+    """Stream entries (XRANGE's or XREAD's) as (event id, Event) pairs; trimmed ones dropped."""
     out = []
     for event_id, fields in entries or []:
         if event_id is None or fields is None:  # a trimmed entry: nothing left to decode
@@ -72,7 +73,7 @@ def read(
     redis: Redis, prefix: str, job_id: str, *, after: str = "0-0", count: int = 500
 ) -> list[tuple[str, Event]]:
     """Events after stream id `after` (exclusive), oldest first, without blocking."""
-    return _decode(
+    return decode(
         redis.xrange(
             Keys(prefix).events(job_id), min=f"({after}" if after != "0-0" else "-", count=count
         )
@@ -94,11 +95,11 @@ async def read_async(
     """Events after stream id `after`; waits up to `block_ms` for new ones when there are none."""
     key = Keys(prefix).events(job_id)
     if block_ms <= 0:
-        return _decode(
+        return decode(
             await redis.xrange(key, min=f"({after}" if after != "0-0" else "-", count=count)
         )
     streams = xread_streams(await redis.xread({key: after}, count=count, block=block_ms))
-    return _decode(streams[0][1]) if streams else []
+    return decode(streams[0][1]) if streams else []
 
 
 def valid_event_id(value: str) -> bool:

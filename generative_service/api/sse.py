@@ -77,14 +77,22 @@ async def stream_job_events(
     """
     yield f"retry: {RECONNECT_MS}\n"  # a field of the first event's block, not a block of its own
     key = settings.keys.events(job_id)
-    async with StreamHub.for_client(redis).watch(key, after) as wake:
+    hub = StreamHub.for_client(redis)
+    async with hub.watch(key, after) as wake:
         last_sent = time.monotonic()
         failures = 0
         ended_seen = False
         while True:
             wake.clear()  # before reading: an event appended after the read sets it again
             try:
-                batch = await events.read_async(redis, settings.key_prefix, job_id, after=after)
+                # What the hub just read, when it covers everything after `after`: the events
+                # reach the client without another round trip.
+                known = hub.entries_after(key, after)
+                batch = (
+                    events.decode(known)
+                    if known is not None
+                    else await events.read_async(redis, settings.key_prefix, job_id, after=after)
+                )
                 idle_and_ended = not batch and await _job_ended(redis, settings, job_id)
                 failures = 0
             # NOTE: not `redis.exceptions...`: the `redis` parameter (the client) shadows the module.

@@ -5,7 +5,8 @@ redis-py's BlockingConnectionPool is not fair (a task that releases a connection
 straight back), so with more waiting SSE streams than pooled connections some streams got
 nothing, not even keep-alives, for minutes. Instead one hub task per event loop runs
 `XREAD BLOCK` over the stream keys of every waiting client and wakes the clients whose stream
-grew; each client then reads its own new events with a quick, non-blocking XRANGE.
+grew; each client then takes its new events from what the hub read, or, when that read does
+not cover them all (the client is behind it), reads them with a quick, non-blocking XRANGE.
 
 Nothing can be missed: a client clears its wake-up flag before it reads, and the hub wakes it
 for any entry after the position the client registered with.
@@ -22,7 +23,7 @@ from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
-from redis.typing import KeyT, StreamIdT
+from redis.typing import KeyT, StreamIdT, StreamRangeResponse
 
 from generative_service.events import xread_streams
 from generative_service.keys import Keys, Ttl
@@ -49,6 +50,8 @@ class StreamHub:
         self.redis = redis
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._positions: dict[str, str] = {}
+        # Per stream, the last XREAD's: the position it read after and the entries it got.
+        self._read: dict[str, tuple[str, StreamRangeResponse]] = {}
         self._task: asyncio.Task | None = None
         # A stream registered while the hub blocks in XREAD on the others would wait out the
         # block; the hub also reads this private stream, and a new registration writes to it.
@@ -89,6 +92,24 @@ class StreamHub:
                 if not waiters:
                     del self._waiters[key]
                     self._positions.pop(key, None)
+                    self._read.pop(key, None)
+
+    def entries_after(self, key: str, after: str) -> StreamRangeResponse | None:
+        """The entries of stream `key` after id `after`, from the hub's last read of it, when that
+        read covered them (it started at or before `after` and got entries past it); else None
+        (read them from Redis). Later entries wake the client again, as ever."""
+        read = self._read.get(key)
+        if read is None or not read[1]:
+            return None
+        start, entries = read
+        position, last = _order(after), entries[-1][0]
+        if last is None or position < _order(start) or position >= _order(reply_text(last)):
+            return None
+        return [
+            entry
+            for entry in entries
+            if entry[0] is not None and _order(reply_text(entry[0])) > position
+        ]
 
     async def _nudge(self, wake_key: str) -> None:
         """Make the blocked XREAD return so the next one includes the new stream."""
@@ -131,6 +152,7 @@ class StreamHub:
                         self._wake_pos = reply_text(last)
                     continue
                 if key in self._positions and last is not None:
+                    self._read[key] = (str(streams[key]), entries)
                     self._positions[key] = reply_text(last)
                 for wake in self._waiters.get(key, ()):
                     wake.set()

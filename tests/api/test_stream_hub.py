@@ -45,3 +45,45 @@ def test_a_stream_registered_while_the_hub_blocks_is_woken_without_waiting_out_t
             await client.aclose()
 
     assert asyncio.run(scenario())
+
+
+def test_a_woken_client_takes_its_events_from_the_hubs_read_and_one_behind_it_reads_them(
+    redis, keys
+):
+    """The hub's XREAD already holds the new entries: a client it woke takes them from there
+    (one Redis round trip less per event delivered); a client whose position the read does not
+    cover gets None and reads the stream itself, so nothing is skipped."""
+    first, _ = keys
+
+    async def scenario() -> tuple:
+        client = AsyncRedis.from_url("redis://127.0.0.1:6379/0", socket_timeout=30)
+        hub = stream_hub.StreamHub(client)
+        try:
+            early = await client.xadd(first, {"data": "e0"})
+            async with hub.watch(first, early.decode()) as wake:
+                ids = [(await client.xadd(first, {"data": f"e{k}"})).decode() for k in (1, 2)]
+                await asyncio.wait_for(wake.wait(), timeout=20)
+                while hub._positions.get(first) != ids[-1]:  # both entries read by the hub
+                    await asyncio.sleep(0.01)
+                return (
+                    early.decode(),
+                    ids,
+                    hub.entries_after(first, early.decode()),
+                    hub.entries_after(first, ids[0]),
+                    hub.entries_after(first, ids[1]),  # nothing past it was read
+                    hub.entries_after(first, "0-0"),  # before the read's start: read yourself
+                )
+        finally:
+            if hub._task:
+                hub._task.cancel()
+            await client.aclose()
+
+    early, ids, from_start, from_first, from_last, from_zero = asyncio.run(scenario())
+
+    def names(entries):
+        return [(entry_id.decode(), fields[b"data"].decode()) for entry_id, fields in entries]
+
+    # The hub may have read the two entries in one XREAD or in two.
+    assert names(from_first) == [(ids[1], "e2")]
+    assert from_start is None or names(from_start) == [(ids[0], "e1"), (ids[1], "e2")]
+    assert from_last is None and from_zero is None

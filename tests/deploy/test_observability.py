@@ -121,6 +121,7 @@ def test_service_readiness_metrics_and_logs(start_service, settings):
 
     # 3. One job later, /metrics has every named series with the job in it.
     job = run_job(service.base_url)
+
     def recorded() -> bool:
         # The batch's own series are written after its jobs' results went out.
         samples = scrape(service.base_url)
