@@ -199,9 +199,10 @@ class BatchRunner:
                 return delivering, utcnow(), len(slots)
             return None
         finally:
-            while self._after_batch:
-                self._after_batch.pop(0)()
-            self.state.end()
+            try:
+                run_bookkeeping(self._after_batch)
+            finally:
+                self.state.end()
 
     def fail_alone(self, job: Job, queue: Queue, record: JobRecord, error: ServiceError) -> None:
         """A job this worker cannot run (bad request): failed at once, in RQ too, never batched."""
@@ -456,6 +457,18 @@ class BatchRunner:
             self.store.redis.hdel(self.running_key, job_id)
         except RedisError:
             pass  # the maintenance scan drops entries of finished jobs
+
+
+def run_bookkeeping(calls: list[Callable[[], None]]) -> None:
+    """Run and empty `calls` (a batch's metrics and ETA folds, written after its results): a
+    failure is logged and the rest still run, so bookkeeping never fails a delivered batch (as on
+    the progress publisher's thread, where the ETA folds ran before)."""
+    while calls:
+        call = calls.pop(0)
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - a lost ETA sample must not fail the batch
+            log.warning("batch.bookkeeping_failed", extra={"error": repr(exc)})
 
 
 class StepReport(NamedTuple):

@@ -223,3 +223,24 @@ def test_a_change_made_from_a_stale_copy_is_made_again_from_what_redis_holds(
     with pytest.raises(NotFound):
         worker.set_stage(ids[2], Stage.storing)
     assert ids[2] not in worker._known
+
+
+def test_a_batchs_bookkeeping_after_delivery_never_fails_the_batch(settings) -> None:
+    """The batch's metrics and ETA folds run after its results are out (they ran on the progress
+    publisher's thread, which logs a failure); Redis failing there must not raise out of the
+    batch, and the bookkeeping queued after the failing call still runs."""
+    from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from tests.support import free_port
+    from workers.runner import run_bookkeeping
+
+    dead = Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    ran: list[str] = []
+    calls = [
+        lambda: JobStore(dead, settings).queue.record_step_times(64, 64, [10.0]),
+        lambda: ran.append("metrics"),
+    ]
+    run_bookkeeping(calls)
+    assert ran == ["metrics"] and calls == []
