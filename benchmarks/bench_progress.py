@@ -6,13 +6,17 @@ One job at a time through `Engine.run`, the variants interleaved round by round:
 - `engine alone`: no callbacks;
 - `+ cancel MGET in the loop`: the cancel poller until this change: the denoising loop itself
   read the batch's cancel flags (one MGET at most every 25 ms);
-- `+ cancel poller thread`: the worker's CancelPoller now: a thread reads the flags, the loop only
-  looks at what it read;
+- `+ cancel poller thread (25 ms MGET)`: the worker's CancelPoller until the cancel bell: a thread
+  read the flags with one MGET every 25 ms, the loop only looked at what it read;
+- `+ cancel poller thread (bell)`: the worker's CancelPoller now: the thread blocks on the batch's
+  cancel bells (BLPOP, JobStore.cancel pushes one) and reads the flags when one rings or once a
+  second;
 - `worker before 6cbc58d`: MGET in the loop, and per step one progress script call and one
   step-time script call, each its own publisher wake-up;
 - `worker at ac30603`: MGET in the loop, and PendingSteps: the steps gathered since the last
   write go out together, at most every PROGRESS_EVERY_S (and at once for the last step);
-- `worker now`: the poller thread and PendingSteps.
+- `worker before the bell`: the 25 ms poller thread and PendingSteps;
+- `worker now`: the bell-waiting poller thread and PendingSteps.
 
     .venv/bin/python benchmarks/bench_progress.py [--steps 20] [--rounds 15] [--no-report]
 
@@ -27,6 +31,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,12 +47,16 @@ PREFIX = "bench-progress:"
 VARIANTS = (
     "engine alone",
     "+ cancel MGET in the loop",
-    "+ cancel poller thread",
+    "+ cancel poller thread (25 ms MGET)",
+    "+ cancel poller thread (bell)",
     "worker before 6cbc58d",
     "worker at ac30603",
+    "worker before the bell",
     "worker now",
 )
-IN_LOOP = {VARIANTS[1], VARIANTS[3], VARIANTS[4]}
+IN_LOOP = {VARIANTS[1], VARIANTS[4], VARIANTS[5]}
+POLLING_THREAD = {VARIANTS[2], VARIANTS[6]}
+PENDING_STEPS = {VARIANTS[5], VARIANTS[6], VARIANTS[7]}
 POLL_EVERY_S = 0.025
 
 
@@ -63,6 +72,28 @@ class InLoopCancelPoll:
             self.polled_at = now
             self.redis.mget(self.keys)
         return False
+
+
+class PollingCancelThread:
+    """The cancel poller before the bell: its thread read the flags every 25 ms."""
+
+    def __init__(self, redis, keys: list[str]) -> None:
+        self.redis, self.keys = redis, keys
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.redis.mget(self.keys)
+        self._thread.start()
+        return lambda job_id: False
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_EVERY_S):
+            self.redis.mget(self.keys)
 
 
 def main() -> None:
@@ -101,16 +132,19 @@ def main() -> None:
         poller = contextlib.nullcontext(None)
         if variant in IN_LOOP:
             kwargs["is_canceled"] = InLoopCancelPoll(redis, [store.keys.cancel(record.id)])
+        elif variant in POLLING_THREAD:
+            poller = PollingCancelThread(redis, [store.keys.cancel(record.id)])
         elif variant != VARIANTS[0]:
             poller = CancelPoller(
                 redis,
                 [record.id],
                 [store.keys.cancel(record.id)],
+                [store.keys.cancel_bell(record.id)],
                 aborted=lambda: False,
                 on_cancel=lambda _: None,
             )
         timer = StepTimer()
-        if variant == VARIANTS[3]:
+        if variant == VARIANTS[4]:
 
             def on_step(info) -> None:
                 publisher.submit(
@@ -123,7 +157,7 @@ def main() -> None:
                     publisher.submit(lambda: store.queue.record_step_times(64, 64, [step_ms]))
 
             kwargs["on_step"] = on_step
-        elif variant in (VARIANTS[4], VARIANTS[5]):
+        elif variant in PENDING_STEPS:
             steps = PendingSteps(
                 publisher,
                 lambda reports, times: (

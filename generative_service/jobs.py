@@ -767,7 +767,7 @@ class JobStore:
             )
 
         def bookkeeping(pipe: Pipeline, record: JobRecord) -> None:
-            pipe.delete(self.keys.cancel(job_id))
+            pipe.delete(self.keys.cancel(job_id), self.keys.cancel_bell(job_id))
             if record.started_at is not None:
                 self.queue.record_finished(pipe)
 
@@ -798,7 +798,11 @@ class JobStore:
             raise Conflict(
                 f"job {job_id} already {record.status.value}; only queued or running jobs can be canceled"
             )
-        self.redis.set(self.keys.cancel(job_id), "1", ex=Ttl.retention(self.settings))
+        pipe = self.redis.pipeline()  # the flag, and the bell a running batch's poller waits on
+        pipe.set(self.keys.cancel(job_id), "1", ex=Ttl.retention(self.settings))
+        pipe.rpush(self.keys.cancel_bell(job_id), "1")
+        pipe.expire(self.keys.cancel_bell(job_id), Ttl.CANCEL_BELL_S)
+        pipe.execute()
         if record.status == JobStatus.queued:
             removed = self.queue.remove(record)
             if removed or self.get(job_id).status == JobStatus.queued:

@@ -10,6 +10,8 @@ P is the key prefix (GENSVC_KEY_PREFIX). RETENTION is GENSVC_RETENTION_S.
   P:job:{id}                     string   none while live; RETENTION     jobs.JobStore
                                           once terminal
   P:cancel:{id}                  string   RETENTION (deleted at the end) JobStore.cancel
+  P:cancel-bell:{id}             list     CANCEL_BELL (deleted at the     JobStore.cancel; the
+                                          end)                           cancel poller waits on it
   P:events:{id}                  stream   RETENTION + 1 h, renewed       events.publish
   P:owner:{owner}                zset     none (expired ids pruned)      JobStore.create
   P:idem:{owner}:{key}           string   RETENTION                      queue.JobQueue
@@ -74,6 +76,10 @@ class Keys:
 
     def cancel(self, job_id: str) -> str:
         return self._key("cancel", job_id)
+
+    def cancel_bell(self, job_id: str) -> str:
+        """Pushed to with the cancel flag: a running batch's cancel poller blocks on it."""
+        return self._key("cancel-bell", job_id)
 
     def events(self, job_id: str) -> str:
         return self._key("events", job_id)
@@ -247,6 +253,7 @@ class Ttl:
     """Lifetimes of the keys above, from the settings (seconds unless the name says ms)."""
 
     HUB_WAKE_S = 120
+    CANCEL_BELL_S = 300  # only wakes a poller that is waiting; the flag is the lasting record
     REPLICATION_PROBE_MS = 60_000
 
     @staticmethod

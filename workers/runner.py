@@ -286,6 +286,7 @@ class BatchRunner:
             self.store.redis,
             [slot.id for slot in slots],
             [self.store.keys.cancel(slot.id) for slot in slots],
+            [self.store.keys.cancel_bell(slot.id) for slot in slots],
             aborted=self.abort.is_set,
             on_cancel=on_cancel,
         )

@@ -102,6 +102,21 @@ def test_a_canceled_or_ended_job_is_seen_in_one_read(redis, settings) -> None:
         store.ended_or_cancel_requested("job_0000000000000000000000")
 
 
+def test_a_cancel_rings_the_running_jobs_bell_in_the_same_round_trip(counted, settings) -> None:
+    """JobStore.cancel writes the flag and pushes the bell a running batch's poller blocks on,
+    together; the job's terminal write removes both."""
+    store = JobStore(counted, settings)
+    record, _ = store.create(GenerationRequest(prompt="a red house", steps=4, seed=3))
+    store.mark_started(record.id, batch=BatchInfo(id="batch_t", size=1), worker_id="w1")
+    bell, flag = settings.keys.cancel_bell(record.id), settings.keys.cancel(record.id)
+    _, trips = round_trips(lambda: store.cancel(record.id))
+    assert counted.lrange(bell, 0, -1) == [b"1"] and counted.exists(flag)
+    assert 0 < counted.ttl(bell) <= jobs.Ttl.CANCEL_BELL_S
+    assert trips == 3  # read the record, flag and bell, read it back (as before the bell)
+    store.mark_canceled(record.id)
+    assert not counted.exists(bell) and not counted.exists(flag)
+
+
 def test_a_step_time_is_folded_into_the_eta_average_in_one_round_trip(counted, settings) -> None:
     store = JobStore(counted, settings)
     store.queue.record_step_times(128, 128, [7.5])  # connects, loads the script (once per Redis)
