@@ -35,6 +35,11 @@ loop's (`--offered-only`: those slices alone):
     .venv/bin/python benchmarks/bench_submit.py --tree after=. --interleave 3 --interleave-only \
         --offered-only --seconds 4 --no-report
 
+`--poisson` adds two open-loop slices with Poisson arrivals (700 and 1000 submits/s over 100
+connections, benchmarks/open_loop.mjs, needs `node`), latency counted from when each request was
+due: what independent users see, where `hey -q`'s clients fire in lock-step and slow down with
+the gateway.
+
 `hey` is the Debian package `hey` (`apt-get install hey`). Writes the "submit" section of
 benchmarks/REPORT.md and benchmarks/figures/submit_latency.png.
 """
@@ -54,6 +59,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
@@ -137,6 +143,30 @@ def hey(
         starts.append(offset)
         ends.append(offset + seconds_taken)
     load.wall_s = (max(ends) - min(starts)) if starts else 0.0
+    return load
+
+
+def poisson(url: str, *, clients: int, seconds: float, post: bool, gateway_pid: int | None = None,
+            qps: int) -> Load:  # fmt: skip
+    """Open loop with Poisson arrivals: `qps` requests/s in all over at most `clients` keep-alive
+    connections, each latency counted from when its request was due (benchmarks/open_loop.mjs,
+    Node's own http). Unlike `hey -q`, which sends its clients' requests in lock-step bursts and
+    sends less when answers are late, this keeps offering the rate whatever the answers take."""
+    argv = [
+        "node",
+        str(ROOT / "benchmarks" / "open_loop.mjs"),
+        url,
+        str(qps),
+        str(seconds),
+        str(clients),
+    ]
+    argv += [json.dumps(BODY)] if post else []
+    cpu_before = tree_cpu_s(gateway_pid) if gateway_pid else 0.0
+    out = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    load = Load(cpu_s=tree_cpu_s(gateway_pid) - cpu_before if gateway_pid else 0.0)
+    load.latencies_ms = out["latencies_ms"]
+    load.statuses = {int(code) if code.isdigit() else 0: n for code, n in out["statuses"].items()}
+    load.wall_s = out["wall_s"]
     return load
 
 
@@ -295,10 +325,28 @@ def depth(spec: Spec, deep: int, seconds: float, log_level: str) -> dict[str, Lo
     return out
 
 
-# (key, clients, requests/s per client (0: closed loop), POST?) of one interleaved slice.
-CLOSED = (("post10", 10, 0, True), ("post100", 100, 0, True), ("get50", 50, 0, False))
+class Slice(NamedTuple):
+    """One load of an interleaved slice."""
+
+    key: str
+    clients: int  # hey's clients, or the Poisson generator's connections
+    qps: int  # hey: requests/s per client (0: closed loop); Poisson: requests/s in all
+    post: bool
+    poisson: bool = False
+
+
+CLOSED = (
+    Slice("post10", 10, 0, True),
+    Slice("post100", 100, 0, True),
+    Slice("get50", 50, 0, False),
+)
 # Open loop: 100 clients offering 1000 submits/s and 2000 reads/s in all, whatever the answers take.
-OFFERED = (("post_offered1000", 100, 10, True), ("get_offered2000", 100, 20, False))
+OFFERED = (Slice("post_offered1000", 100, 10, True), Slice("get_offered2000", 100, 20, False))
+# Open loop with Poisson arrivals over 100 connections (open_loop.mjs): independent users.
+POISSON = (
+    Slice("post_poisson700", 100, 700, True, True),
+    Slice("post_poisson1000", 100, 1000, True, True),
+)
 
 
 def interleaved(
@@ -306,7 +354,7 @@ def interleaved(
     rounds: int,
     seconds: float,
     log_level: str,
-    plan: tuple[tuple[str, int, int, bool], ...] = CLOSED,
+    plan: tuple[Slice, ...] = CLOSED,
 ) -> dict[str, dict[str, Load]]:
     """Every tree's gateway up at once and measured in alternating short slices, so the load of a
     shared machine falls on all trees alike (sequential runs minutes apart see different loads).
@@ -329,10 +377,12 @@ def interleaved(
             for _ in range(rounds):
                 for label, service in services.items():
                     jobs, pid = f"{service.url}/v1/jobs", service.pid
-                    for key, clients, qps, post in plan:
+                    for load_slice in plan:
+                        key, clients, qps, post, arrivals = load_slice
                         url = jobs if post else f"{jobs}/{ids[label]}"
-                        load = hey(url, clients=clients, seconds=seconds, post=post,
-                                   gateway_pid=pid, qps=qps)  # fmt: skip
+                        generate = poisson if arrivals else hey
+                        load = generate(url, clients=clients, seconds=seconds, post=post,
+                                        gateway_pid=pid, qps=qps)  # fmt: skip
                         out[label].setdefault(key, Load()).add(load)
             return out
         finally:
@@ -419,7 +469,9 @@ def report(
              "post_q100": "POST, 100 queued", f"post_q{deep}": f"POST, {deep} queued",
              "get_q100": "GET, 100 queued", f"get_q{deep}": f"GET, {deep} queued",
              "post_offered1000": "POST, 1000/s offered (100 clients x 10/s)",
-             "get_offered2000": "GET job, 2000/s offered (100 clients x 20/s)"}  # fmt: skip
+             "get_offered2000": "GET job, 2000/s offered (100 clients x 20/s)",
+             "post_poisson700": "POST, 700/s Poisson (100 connections)",
+             "post_poisson1000": "POST, 1000/s Poisson (100 connections)"}  # fmt: skip
     for label, loads in results.items():
         for key, load in loads.items():
             lines.append(f"| {label} | {names.get(key, key)} | {load.row()} |")
@@ -451,7 +503,19 @@ def report(
     ]
     if any(key in loads for loads in results.values() for key, *_ in OFFERED):
         lines += ["", OFFERED_NOTE]
+    if any(key in loads for loads in results.values() for key, *_ in POISSON):
+        lines += ["", POISSON_NOTE]
     return "\n".join(lines)
+
+
+POISSON_NOTE = (
+    'The "Poisson" rows are an open loop as independent users make one: requests at exponentially '
+    "distributed intervals (benchmarks/open_loop.mjs), 700 or 1000 submits/s over at most 100 "
+    "keep-alive connections, each latency counted from when its request was due. `hey -q` is not "
+    "that: its 100 clients tick together (about 100 requests leave within 10 ms, then none for 90 "
+    "ms, at -q 10), and each waits for its answer before its next tick, so it sends less when the "
+    "gateway is slow and its p99 understates what a backlog costs."
+)
 
 
 OFFERED_NOTE = (
@@ -486,6 +550,12 @@ def main() -> int:
         action="store_true",
         help="interleaved slices also offer a fixed rate (open loop, hey -q): 100 clients x 10 "
         "submits/s and 100 x 20 reads/s",
+    )
+    parser.add_argument(
+        "--poisson",
+        action="store_true",
+        help="interleaved slices also offer 700 and 1000 submits/s with Poisson arrivals over 100 "
+        "connections (benchmarks/open_loop.mjs, needs node)",
     )
     parser.add_argument(
         "--offered-only",
@@ -529,7 +599,8 @@ def main() -> int:
                 args.interleave,
                 args.seconds,
                 args.log_level,
-                OFFERED if args.offered_only else CLOSED + OFFERED if args.offered else CLOSED,
+                (OFFERED if args.offered_only else CLOSED + OFFERED if args.offered else CLOSED)
+                + (POISSON if args.poisson else ()),
             ).items()  # fmt: skip
         }
         loads.append(os.getloadavg())
