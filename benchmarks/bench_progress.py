@@ -137,9 +137,8 @@ def main() -> None:
         elif variant != VARIANTS[0]:
             poller = CancelPoller(
                 redis,
+                store.keys,
                 [record.id],
-                [store.keys.cancel(record.id)],
-                [store.keys.cancel_bell(record.id)],
                 aborted=lambda: False,
                 on_cancel=lambda _: None,
             )

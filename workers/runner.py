@@ -284,9 +284,8 @@ class BatchRunner:
 
         cancel_poller = CancelPoller(
             self.store.redis,
+            self.store.keys,
             [slot.id for slot in slots],
-            [self.store.keys.cancel(slot.id) for slot in slots],
-            [self.store.keys.cancel_bell(slot.id) for slot in slots],
             aborted=self.abort.is_set,
             on_cancel=on_cancel,
         )

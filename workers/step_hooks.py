@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from redis import Redis
 from redis.exceptions import RedisError
 
+from generative_service.keys import Keys
+
 # The longest a cancel flag that came without its bell (set by hand, or the bell lost with a
 # failed-over master) waits to be read; a cancel through JobStore.cancel rings at once.
 CANCEL_WAIT_S = 1.0
@@ -65,17 +67,16 @@ class CancelPoller:
     def __init__(
         self,
         redis: Redis,
+        keys: Keys,
         job_ids: Sequence[str],
-        cancel_keys: Sequence[str],
-        bell_keys: Sequence[str],
         *,
         aborted: Callable[[], bool],
         on_cancel: Callable[[str], None],
     ) -> None:
         self.redis = redis
         self.job_ids = list(job_ids)
-        self.cancel_keys = list(cancel_keys)
-        self.bell_keys = list(bell_keys)
+        self.cancel_keys = [keys.cancel(job_id) for job_id in self.job_ids]
+        self.bell_keys = [keys.cancel_bell(job_id) for job_id in self.job_ids]
         self.aborted = aborted
         self.on_cancel = on_cancel
         self.canceled: set[str] = set()

@@ -32,8 +32,7 @@ def _ring(redis, keys, job_id: str) -> None:
 def _poller(redis, keys, job_ids, **kwargs) -> CancelPoller:
     kwargs.setdefault("aborted", lambda: False)
     kwargs.setdefault("on_cancel", lambda _: None)
-    return CancelPoller(redis, job_ids, [keys.cancel(j) for j in job_ids],
-                        [keys.cancel_bell(j) for j in job_ids], **kwargs)  # fmt: skip
+    return CancelPoller(redis, keys, job_ids, **kwargs)
 
 
 def _wait_for(poll, job_id: str, seconds: float = 5.0) -> bool:
